@@ -1,0 +1,161 @@
+"""RemBertConfig: the model's hyper-parameters, read from and written to transformers' `config.json`.
+
+Field names and defaults are transformers' (`google/rembert`). Keys this class does not know are kept
+as attributes and written back, so a config round-trips through rembert_fast unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.json"
+
+_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 250300,
+    "hidden_size": 1152,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 18,
+    "input_embedding_size": 256,
+    "output_embedding_size": 1664,
+    "intermediate_size": 4608,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "classifier_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "use_cache": True,
+    "pad_token_id": 0,
+    "bos_token_id": 312,
+    "eos_token_id": 313,
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": False,
+    "problem_type": None,
+    "chunk_size_feed_forward": 0,
+}
+
+_PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
+class RemBertConfig:
+    """Configuration of a RemBERT model; the same fields, defaults and JSON as transformers'.
+
+    Args:
+        num_labels: number of labels of a classification head (default 2); sets `id2label`/`label2id`
+            to `LABEL_i` names unless `id2label` is given.
+        **kwargs: any field of `_DEFAULTS`, plus unknown keys, which are preserved.
+    """
+
+    model_type = "rembert"
+
+    def __init__(self, num_labels: int | None = None, **kwargs: Any) -> None:
+        for key, value in _DEFAULTS.items():
+            setattr(self, key, kwargs.pop(key, value))
+        id2label = kwargs.pop("id2label", None)
+        label2id = kwargs.pop("label2id", None)
+        kwargs.pop("model_type", None)
+        if id2label is not None:
+            self.id2label = {int(k): v for k, v in id2label.items()}
+            if num_labels is not None and num_labels != len(self.id2label):
+                raise ValueError(
+                    f"num_labels={num_labels} disagrees with id2label, which has {len(self.id2label)} labels"
+                )
+        else:
+            self.id2label = {i: f"LABEL_{i}" for i in range(2 if num_labels is None else num_labels)}
+        self.label2id = (
+            {k: int(v) for k, v in label2id.items()}
+            if label2id is not None
+            else {v: k for k, v in self.id2label.items()}
+        )
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        self._extra_keys = list(kwargs)
+        self.validate()
+
+    # ------------------------------------------------------------------ derived fields
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if value != len(self.id2label):
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self) -> None:
+        """Raise ValueError for values the model cannot be built with."""
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads="
+                f"{self.num_attention_heads}"
+            )
+        if self.problem_type not in _PROBLEM_TYPES:
+            raise ValueError(f"problem_type={self.problem_type!r} is not one of {_PROBLEM_TYPES}")
+        if self.add_cross_attention and not self.is_decoder:
+            raise ValueError("add_cross_attention=True needs is_decoder=True")
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "input_embedding_size", "output_embedding_size", "intermediate_size",
+                    "max_position_embeddings", "type_vocab_size"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                raise ValueError(f"{key}={getattr(self, key)!r} must be a positive integer")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": self.model_type}
+        for key in _DEFAULTS:
+            out[key] = getattr(self, key)
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = dict(self.label2id)
+        for key in self._extra_keys:
+            out[key] = getattr(self, key)
+        return copy.deepcopy(out)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> RemBertConfig:
+        merged = dict(config_dict)
+        merged.update(overrides)
+        model_type = merged.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(f"config has model_type={model_type!r}; rembert_fast loads only 'rembert'")
+        return cls(**merged)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_NAME).write_text(self.to_json_string(), encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> RemBertConfig:
+        """Read `config.json` from a directory (or the file itself)."""
+        path = Path(path)
+        file = path / CONFIG_NAME if path.is_dir() else path
+        if not path.exists():
+            raise ValueError(f"model path {str(path)!r} does not exist")
+        if not file.is_file():
+            raise ValueError(f"no {CONFIG_NAME} in {str(path)!r}")
+        try:
+            config_dict = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read {str(file)!r}: {err}") from err
+        return cls.from_dict(config_dict, **overrides)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemBertConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"RemBertConfig {self.to_json_string()}"

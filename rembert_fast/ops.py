@@ -1,0 +1,441 @@
+"""The op API: one function per fused op, each dispatching per call to a backend.
+
+Backends (see DESIGN.md "Backends and dispatch"):
+- ``triton``: the kernels in ``rembert_fast.kernels``; chosen for CUDA tensors, and for CPU tensors
+  when ``TRITON_INTERPRET=1`` (the Triton interpreter: how kernels are tested without a GPU).
+- ``cuda``: the compiled extension ``rembert_fast._C``; chosen for ``embed`` on CUDA tensors.
+- ``eager``: plain PyTorch, the ``*_ref`` functions below. The CPU default, the fallback wherever a
+  kernel does not apply (autograd, unsupported head_dim), and the reference every kernel is tested
+  against.
+
+The choice is ``auto`` unless ``REMBERT_FAST_BACKEND`` or ``use_backend(...)`` says otherwise. A
+backend asked for explicitly that cannot run raises ``RuntimeError`` with the reason; ``auto`` never
+raises for availability. Under autograd (grad enabled and an input that requires grad) every op takes
+the eager path, because the kernels have no backward: gradients stay right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "eager", "triton", "cuda")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "selu")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("rembert_fast_backend",
+                                                                               default=None)
+
+
+# ----------------------------------------------------------------------------------------- dispatch
+def requested_backend() -> str:
+    """The backend asked for: `use_backend(...)` if active, else $REMBERT_FAST_BACKEND, else auto."""
+    name = _backend_override.get() or os.environ.get("REMBERT_FAST_BACKEND", "auto") or "auto"
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"REMBERT_FAST_BACKEND={name!r} is not one of {BACKENDS}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the ops inside the block on backend `name` ("auto", "eager", "triton" or "cuda")."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend {name!r} is not one of {BACKENDS}")
+    token = _backend_override.set(name)
+    try:
+        yield
+    finally:
+        _backend_override.reset(token)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def triton_status() -> tuple[bool, str]:
+    """(available, reason) for the Triton backend in this process."""
+    try:
+        import triton  # noqa: F401
+    except Exception as err:  # an ImportError, or a broken install raising anything
+        return False, f"triton cannot be imported: {err}"
+    if torch.cuda.is_available():
+        return True, "triton on CUDA"
+    if _interpreting():
+        return True, "triton interpreter on CPU (TRITON_INTERPRET=1)"
+    return False, "no CUDA device and TRITON_INTERPRET is not set"
+
+
+def _needs_autograd(tensors: tuple[Any, ...]) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors
+    )
+
+
+def _use_triton(device: torch.device, tensors: tuple[Any, ...]) -> bool:
+    """Whether this call runs the Triton kernel; raises if triton was asked for and cannot run."""
+    requested = requested_backend()
+    if requested == "eager" or _needs_autograd(tensors):
+        return False
+    if device.type == "cuda":
+        runnable, reason = triton_status()
+    elif device.type == "cpu" and _interpreting():
+        runnable, reason = triton_status()
+    else:
+        runnable, reason = False, f"triton does not run on {device.type} tensors without TRITON_INTERPRET=1"
+    if requested == "triton" and not runnable:
+        raise RuntimeError(f"backend 'triton' was requested but cannot run: {reason}")
+    return runnable
+
+
+def backend_info() -> dict[str, Any]:
+    """What is available in this process and why not: versions, devices, backends, the extension."""
+    from rembert_fast import extension
+
+    triton_ok, triton_reason = triton_status()
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    ext_ok, ext_reason = extension.status()
+    return {
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "requested_backend": requested_backend(),
+        "triton_interpret": _interpreting(),
+        "backends": {
+            "eager": {"available": True, "reason": "plain PyTorch, always available"},
+            "triton": {"available": triton_ok, "reason": triton_reason},
+            "cuda": {"available": ext_ok, "reason": ext_reason},
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _check_float(name: str, tensor: torch.Tensor) -> None:
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} has dtype {tensor.dtype}; expected one of float32, float16, bfloat16")
+
+
+def _check_same(name: str, tensor: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tensor is None:
+        return
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected {shape}")
+    if tensor.device != like.device:
+        raise ValueError(f"{name} is on {tensor.device} but x is on {like.device}")
+
+
+# ----------------------------------------------------------------------------------------- layer_norm
+def layer_norm_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    x_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eager LN(x + x_bias + residual) over the last dim, in x's dtype (transformers' op order)."""
+    if x_bias is not None:
+        x = x + x_bias
+    if residual is not None:
+        x = x + residual
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def layer_norm(
+    x: torch.Tensor,  # (..., N) fp32/fp16/bf16
+    weight: torch.Tensor,  # (N,)
+    bias: torch.Tensor | None,  # (N,)
+    eps: float,
+    residual: torch.Tensor | None = None,  # (..., N), same shape as x
+    x_bias: torch.Tensor | None = None,  # (N,) added to x before the residual (a Linear's bias)
+) -> torch.Tensor:
+    """LayerNorm(x + x_bias + residual) over the last dimension; statistics in fp32; x's dtype out."""
+    _check_float("x", x)
+    n = x.shape[-1]
+    _check_same("weight", weight, x, (n,))
+    _check_same("bias", bias, x, (n,))
+    _check_same("x_bias", x_bias, x, (n,))
+    _check_same("residual", residual, x, tuple(x.shape))
+    if _use_triton(x.device, (x, weight, bias, residual, x_bias)):
+        from rembert_fast.kernels import layer_norm as kernel
+
+        return kernel.layer_norm(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+    return layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+
+
+# ----------------------------------------------------------------------------------------- bias_act
+def _gelu_new(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+_EAGER_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": _gelu_new,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": _gelu_fast,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "selu": F.selu,
+}
+
+
+def bias_act_ref(x: torch.Tensor, bias: torch.Tensor | None, activation: str = "gelu") -> torch.Tensor:
+    """Eager act(x + bias) with transformers' definition of each activation, in x's dtype."""
+    if bias is not None:
+        x = x + bias
+    return _EAGER_ACTIVATIONS[activation](x)
+
+
+def bias_act(
+    x: torch.Tensor,  # (..., N) fp32/fp16/bf16
+    bias: torch.Tensor | None,  # (N,)
+    activation: str = "gelu",  # transformers' name; "gelu" is the exact erf GELU
+) -> torch.Tensor:
+    """act(x + bias); math in fp32 on the triton backend; x's dtype out."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not supported; choose one of {ACTIVATIONS}")
+    _check_float("x", x)
+    _check_same("bias", bias, x, (x.shape[-1],))
+    if _use_triton(x.device, (x, bias)):
+        from rembert_fast.kernels import activation as kernel
+
+        return kernel.bias_act(x, bias, activation)
+    return bias_act_ref(x, bias, activation)
+
+
+# ----------------------------------------------------------------------------------------- attention
+def _varlen_to_padded(
+    x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(T, H, D) packed rows -> (B, max_seqlen, H, D) zero-padded, the (B, max_seqlen) mask, flat index."""
+    batch = cu_seqlens.numel() - 1
+    seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    positions = torch.arange(max_seqlen, device=x.device)
+    mask = positions[None, :] < seqlens[:, None]  # (B, L)
+    flat = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    padded = x.new_zeros(batch * max_seqlen, *x.shape[1:])
+    padded.index_copy_(0, flat, x)
+    return padded.view(batch, max_seqlen, *x.shape[1:]), mask, flat
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Eager varlen attention: pad per sequence, one masked `scaled_dot_product_attention`, unpad.
+
+    Causal masking is aligned to the bottom-right corner, as flash-attention's varlen functions do
+    (query i of a sequence sees keys j <= i + len_k - len_q); a query row that sees no key gives zeros.
+    """
+    qp, _, q_flat = _varlen_to_padded(q, cu_seqlens_q, max_seqlen_q)
+    kp, k_mask, _ = _varlen_to_padded(k, cu_seqlens_k, max_seqlen_k)
+    vp, _, _ = _varlen_to_padded(v, cu_seqlens_k, max_seqlen_k)
+    allowed = k_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    if causal:
+        len_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
+        len_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
+        q_pos = torch.arange(max_seqlen_q, device=q.device)[None, :] + (len_k - len_q)[:, None]  # (B, Lq)
+        k_pos = torch.arange(max_seqlen_k, device=q.device)
+        allowed = allowed & (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, Lq, Lk)
+    out = F.scaled_dot_product_attention(
+        qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), attn_mask=allowed, scale=softmax_scale
+    ).transpose(1, 2)  # (B, Lq, H, D)
+    out = out.reshape(-1, *q.shape[1:]).index_select(0, q_flat)
+    if causal:
+        out = out.nan_to_num(0.0)
+    return out
+
+
+def _check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_float(name, t)
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be (tokens, heads, head_dim), got shape {tuple(t.shape)}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(f"{name} is {t.dtype} on {t.device}; q is {q.dtype} on {q.device}")
+    if k.shape != v.shape or k.shape[1:] != q.shape[1:]:
+        raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+
+
+def attention(
+    q: torch.Tensor,  # (Tq, heads, head_dim); may be a strided view of a fused QKV buffer
+    k: torch.Tensor,  # (Tk, heads, head_dim)
+    v: torch.Tensor,  # (Tk, heads, head_dim)
+    cu_seqlens_q: torch.Tensor,  # (B+1,) int32 cumulative query lengths
+    cu_seqlens_k: torch.Tensor,  # (B+1,) int32 cumulative key lengths
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = False,
+    softmax_scale: float | None = None,  # default 1/sqrt(head_dim)
+) -> torch.Tensor:
+    """Attention over packed variable-length sequences (flash-attention's varlen arguments).
+
+    Returns (Tq, heads, head_dim) in q's dtype. Head dims the kernel does not take fall back to eager.
+    """
+    _check_attention_args(q, k, v)
+    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(
+            f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k {tuple(cu_seqlens_k.shape)} "
+            "must both be (batch+1,)"
+        )
+    if _use_triton(q.device, (q, k, v)):
+        from rembert_fast.kernels import attention as kernel
+
+        if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
+            return kernel.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                           causal=causal, softmax_scale=softmax_scale)
+    return attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+                         softmax_scale=softmax_scale)
+
+
+def attention_padded_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Eager padded attention through `scaled_dot_product_attention`; (B, L, H, D) in and out."""
+    mask = None
+    if key_padding_mask is not None:
+        mask = key_padding_mask.bool()[:, None, None, :]
+    if causal:
+        lq, lk = q.shape[1], k.shape[1]
+        tri = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        mask = tri if mask is None else mask & tri
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=softmax_scale
+    )
+    return out.transpose(1, 2)
+
+
+def attention_padded(
+    q: torch.Tensor,  # (B, Lq, heads, head_dim)
+    k: torch.Tensor,  # (B, Lk, heads, head_dim)
+    v: torch.Tensor,  # (B, Lk, heads, head_dim)
+    key_padding_mask: torch.Tensor | None = None,  # (B, Lk) bool/int, non-zero = real key
+    causal: bool = False,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Attention on a padded batch with a key-padding mask; (B, Lq, heads, head_dim) out.
+
+    Rows of padding queries are unspecified. For callers that keep (B, L) tensors; the model's fast
+    path uses the packed `attention` instead.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_float(name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be (batch, seqlen, heads, head_dim), got {tuple(t.shape)}")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
+        raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
+                         f"{(k.shape[0], k.shape[1])}")
+    if _use_triton(q.device, (q, k, v)):
+        from rembert_fast.kernels import attention as kernel
+
+        if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
+            return kernel.attention_padded(q, k, v, key_padding_mask, causal=causal,
+                                           softmax_scale=softmax_scale)
+    return attention_padded_ref(q, k, v, key_padding_mask, causal=causal, softmax_scale=softmax_scale)
+
+
+# ----------------------------------------------------------------------------------------- embed
+def embed_ref(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    word_weight: torch.Tensor,
+    position_weight: torch.Tensor,
+    type_weight: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    proj_weight: torch.Tensor | None = None,
+    proj_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eager embedding stage in transformers' order: (word + type) + position, LN, optional projection."""
+    x = F.embedding(input_ids, word_weight) + F.embedding(token_type_ids, type_weight)
+    x = x + F.embedding(position_ids, position_weight)
+    x = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
+    if proj_weight is not None:
+        x = F.linear(x, proj_weight, proj_bias)
+    return x
+
+
+def check_ids(name: str, ids: torch.Tensor, limit: int, limit_name: str) -> None:
+    """Raise ValueError naming the first id outside [0, limit). One host sync."""
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be int64 or int32, got {ids.dtype}")
+    if ids.numel() == 0:
+        return
+    low, high = torch.aminmax(ids)
+    low, high = int(low), int(high)
+    if low < 0 or high >= limit:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} contains {bad}, outside [0, {limit}) ({limit_name}={limit})")
+
+
+def embed(
+    input_ids: torch.Tensor,  # (...) int64/int32 token ids
+    position_ids: torch.Tensor,  # (...) same shape
+    token_type_ids: torch.Tensor,  # (...) same shape
+    word_weight: torch.Tensor,  # (vocab, E)
+    position_weight: torch.Tensor,  # (max_positions, E)
+    type_weight: torch.Tensor,  # (type_vocab, E)
+    ln_weight: torch.Tensor,  # (E,)
+    ln_bias: torch.Tensor,  # (E,)
+    eps: float,
+    proj_weight: torch.Tensor | None = None,  # (hidden, E): embedding_hidden_mapping_in
+    proj_bias: torch.Tensor | None = None,  # (hidden,)
+) -> torch.Tensor:
+    """LN(word[ids] + type[tt] + pos[pos]) then the optional E->hidden projection; (..., E or hidden).
+
+    Ids outside their table raise ValueError naming the value.
+    """
+    for name, ids in (("position_ids", position_ids), ("token_type_ids", token_type_ids)):
+        if ids.shape != input_ids.shape:
+            raise ValueError(f"{name} has shape {tuple(ids.shape)}; input_ids has {tuple(input_ids.shape)}")
+    _check_float("word_weight", word_weight)
+    check_ids("input_ids", input_ids, word_weight.shape[0], "vocab_size")
+    check_ids("position_ids", position_ids, position_weight.shape[0], "max_position_embeddings")
+    check_ids("token_type_ids", token_type_ids, type_weight.shape[0], "type_vocab_size")
+    args = (input_ids, position_ids, token_type_ids, word_weight, position_weight, type_weight,
+            ln_weight, ln_bias, eps, proj_weight, proj_bias)
+    requested = requested_backend()
+    grads = _needs_autograd((word_weight, position_weight, type_weight, ln_weight, ln_bias, proj_weight))
+    if input_ids.device.type == "cuda" and requested in ("auto", "cuda") and not grads:
+        from rembert_fast import extension
+
+        module = extension.load()
+        if module is not None:
+            return extension.embed(module, *args)
+        if requested == "cuda":
+            raise RuntimeError(f"backend 'cuda' was requested but the extension is unavailable: "
+                               f"{extension.status()[1]}")
+    elif requested == "cuda":
+        raise RuntimeError(f"backend 'cuda' runs on CUDA tensors only; these are on {input_ids.device}")
+    return embed_ref(*args)

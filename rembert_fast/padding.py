@@ -1,0 +1,53 @@
+"""Padding removal: pack the real tokens of a (B, L) batch into (T, ...) rows and back.
+
+`unpad_input` runs once at the encoder's entry and `pad_input` once at its exit, so every GEMM,
+LayerNorm and activation in between touches real tokens only (the idea of flash-attention's
+`bert_padding.py`). Sequences may have any mask pattern (right or left padding, holes): a token is
+real where the mask is non-zero, and its packed row keeps its original position id.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def unpad_input(
+    hidden_states: torch.Tensor,  # (B, L, ...) any dtype
+    attention_mask: torch.Tensor,  # (B, L) bool or int, non-zero = real token
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Gather the real tokens of a padded batch.
+
+    Returns:
+        packed: (T, ...) rows of `hidden_states` where the mask is set, batch-major order.
+        indices: (T,) int64 flat indices into B*L of those rows.
+        cu_seqlens: (B+1,) int32 cumulative real lengths, starting at 0.
+        max_seqlen: the longest real length (a Python int; one host sync).
+    """
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be (batch, seqlen), got shape {tuple(attention_mask.shape)}")
+    if hidden_states.shape[:2] != attention_mask.shape:
+        raise ValueError(
+            f"hidden_states shape {tuple(hidden_states.shape)} does not start with the mask's shape "
+            f"{tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask.bool()
+    seqlens = mask.sum(dim=-1, dtype=torch.int32)
+    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    max_seqlen = int(seqlens.max().item()) if seqlens.numel() else 0
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
+    packed = hidden_states.reshape(-1, *hidden_states.shape[2:]).index_select(0, indices)
+    return packed, indices, cu_seqlens, max_seqlen
+
+
+def pad_input(
+    packed: torch.Tensor,  # (T, ...) rows from unpad_input
+    indices: torch.Tensor,  # (T,) flat indices into batch*seqlen
+    batch: int,
+    seqlen: int,
+) -> torch.Tensor:
+    """Scatter packed rows back to (batch, seqlen, ...); padding positions are zeros."""
+    if packed.shape[0] != indices.shape[0]:
+        raise ValueError(f"packed has {packed.shape[0]} rows but indices has {indices.shape[0]}")
+    out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
+    out.index_copy_(0, indices, packed)
+    return out.view(batch, seqlen, *packed.shape[1:])

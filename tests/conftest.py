@@ -1,0 +1,31 @@
+"""Test setup shared by every test file.
+
+Without a GPU, Triton kernels run under the interpreter: TRITON_INTERPRET must be set before any
+kernel module is imported (triton reads it when `@triton.jit` decorates). Tests run on the eager
+backend unless they ask for another (`use_backend("triton")`), so model tests stay fast on CPU.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("REMBERT_FAST_BACKEND", "eager")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
