@@ -96,6 +96,11 @@ class RemBertConfig:
 
     def validate(self) -> None:
         """Raise ValueError for values the model cannot be built with."""
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "input_embedding_size", "output_embedding_size", "intermediate_size",
+                    "max_position_embeddings", "type_vocab_size"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                raise ValueError(f"{key}={getattr(self, key)!r} must be a positive integer")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads="
@@ -103,13 +108,13 @@ class RemBertConfig:
             )
         if self.problem_type not in _PROBLEM_TYPES:
             raise ValueError(f"problem_type={self.problem_type!r} is not one of {_PROBLEM_TYPES}")
+        if self.problem_type == "single_label_classification" and self.num_labels < 2:
+            raise ValueError(
+                f"problem_type='single_label_classification' needs num_labels >= 2, got {self.num_labels} "
+                "(use problem_type='regression' for one output)"
+            )
         if self.add_cross_attention and not self.is_decoder:
             raise ValueError("add_cross_attention=True needs is_decoder=True")
-        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "input_embedding_size", "output_embedding_size", "intermediate_size",
-                    "max_position_embeddings", "type_vocab_size"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
-                raise ValueError(f"{key}={getattr(self, key)!r} must be a positive integer")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +130,12 @@ class RemBertConfig:
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> RemBertConfig:
         merged = dict(config_dict)
+        num_labels = overrides.get("num_labels")
+        saved_labels = merged.get("id2label") or {}
+        if num_labels is not None and "id2label" not in overrides and len(saved_labels) != num_labels:
+            # As in transformers: a num_labels override means a new head, so saved label names go.
+            merged.pop("id2label", None)
+            merged.pop("label2id", None)
         merged.update(overrides)
         model_type = merged.get("model_type", cls.model_type)
         if model_type != cls.model_type:
