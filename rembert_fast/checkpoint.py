@@ -1,0 +1,383 @@
+"""Loading and saving RemBERT checkpoints in transformers' on-disk formats.
+
+Formats (the names transformers uses, so directories move freely between the two libraries):
+- ``model.safetensors`` or shards listed by ``model.safetensors.index.json`` (preferred);
+- ``pytorch_model.bin`` or shards listed by ``pytorch_model.bin.index.json``, read with
+  ``torch.load(..., weights_only=True)`` so a checkpoint cannot run code.
+
+Loading builds the model on the meta device (no memory, no random init), then reads the checkpoint
+one tensor at a time, converting each to the target dtype and device on the way, and assigns them:
+the model is never materialised twice and a bf16 model on a GPU never passes through a float32 copy
+there. Key matching is strict where it matters and follows transformers where users rely on it:
+
+- a head model accepts a base-model checkpoint (keys without ``rembert.``) and a base model accepts a
+  head checkpoint (keys with ``rembert.``; the other head's keys are ignored with a warning);
+- a head (``cls``, ``classifier``, ``qa_outputs``) or the pooler absent from the checkpoint as a whole
+  is freshly initialised with a warning (the fine-tuning case); a module only partly present, any
+  missing embedding/encoder key, an unexpected key inside a module the model has, and any shape
+  mismatch are errors that name the keys.
+
+Saving writes the persistent state-dict keys only (derived state such as a fused QKV weight or the
+``position_ids`` buffer never reaches the disk), plus ``config.json`` with ``architectures``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from rembert_fast.configuration import RemBertConfig
+
+if TYPE_CHECKING:
+    from rembert_fast.modeling import RemBertPreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+# Looked for in this order: safetensors wins over pickle-based .bin when a directory holds both.
+_WEIGHTS_SEARCH_ORDER = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+# Every file name this module may write; stale ones are removed before a save.
+_WRITTEN_FILE_RE = re.compile(
+    r"^(model(-\d{5}-of-\d{5})?\.safetensors|pytorch_model(-\d{5}-of-\d{5})?\.bin|"
+    r"model\.safetensors\.index\.json|pytorch_model\.bin\.index\.json)$"
+)
+
+BASE_MODEL_PREFIX = "rembert"
+# Top-level modules of the base model. Embedding and encoder weights are never initialised at load.
+_BASE_GROUPS = ("embeddings", "encoder", "pooler")
+_REQUIRED_GROUPS = ("embeddings", "encoder")
+
+_DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_SIZE_UNITS = {
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1,
+}
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _resolve_weight_files(path: str | os.PathLike) -> list[Path]:
+    """The weight files a checkpoint path names: one file, or every shard of an index, in order."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"checkpoint path {str(path)!r} does not exist")
+    if path.is_dir():
+        found = [path / name for name in _WEIGHTS_SEARCH_ORDER if (path / name).is_file()]
+        if not found:
+            raise ValueError(
+                f"no weights file in {str(path)!r}: looked for {', '.join(_WEIGHTS_SEARCH_ORDER)}"
+            )
+        path = found[0]
+    if not path.name.endswith(".index.json"):
+        return [path]
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        message = f"cannot read the shard index {str(path)!r} (it needs a 'weight_map'): {err!r}"
+        raise ValueError(message) from err
+    shards = [path.parent / name for name in dict.fromkeys(weight_map.values())]
+    for shard in shards:
+        if not shard.is_file():
+            raise ValueError(f"shard {shard.name!r} named by the index {str(path)!r} does not exist")
+    return shards
+
+
+def _read_file(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, CPU tensor) from one weights file; a damaged file raises ValueError naming it."""
+    if file.suffix == ".safetensors":
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                for key in handle.keys():
+                    yield key, handle.get_tensor(key)
+        except SafetensorError as err:
+            raise ValueError(f"cannot read the safetensors file {str(file)!r}: {err}") from err
+        return
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+        raise ValueError(f"cannot read the weights file {str(file)!r}: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{str(file)!r} does not hold a state dict (a mapping of names to tensors)")
+    yield from state.items()
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors onto the CPU, unchanged.
+
+    Args:
+        path: a directory holding a weights file (see `_WEIGHTS_SEARCH_ORDER`; safetensors preferred),
+            a weights file, or a shard index (`*.index.json`).
+
+    Raises:
+        ValueError: a missing path, no weights file, an index naming a missing shard, a damaged file.
+    """
+    return {key: tensor for file in _resolve_weight_files(path) for key, tensor in _read_file(file)}
+
+
+# ------------------------------------------------------------------------------------------- loading
+def _resolve_dtype(dtype: torch.dtype | str | None, config: RemBertConfig) -> torch.dtype | None:
+    """The floating dtype to load into; None means 'the checkpoint's own' (decided by its first tensor)."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if dtype == "auto":
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        return None if stored is None else _resolve_dtype(str(stored).removeprefix("torch."), config)
+    if isinstance(dtype, str):
+        if dtype not in _DTYPE_NAMES:
+            raise ValueError(f"dtype={dtype!r} is not one of {sorted(_DTYPE_NAMES) + ['auto']}")
+        return _DTYPE_NAMES[dtype]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype={dtype!r} is not a floating torch.dtype nor one of {sorted(_DTYPE_NAMES)}")
+    return dtype
+
+
+def _group(key: str) -> str:
+    """The top-level module a key belongs to: 'embeddings', 'encoder', 'pooler', 'cls', 'classifier'..."""
+    parts = key.split(".")
+    return parts[1] if parts[0] == BASE_MODEL_PREFIX and len(parts) > 1 else parts[0]
+
+
+def _map_key(key: str, model_is_head: bool) -> str:
+    """Rename a checkpoint key to the model's naming (transformers' base <-> head prefix rule)."""
+    prefixed = key.startswith(BASE_MODEL_PREFIX + ".")
+    if model_is_head and not prefixed and key.split(".")[0] in _BASE_GROUPS:
+        return f"{BASE_MODEL_PREFIX}.{key}"
+    if not model_is_head and prefixed:
+        return key[len(BASE_MODEL_PREFIX) + 1:]
+    return key
+
+
+def _init_fresh(module: nn.Module, config: RemBertConfig) -> None:
+    """Initialise a head module the checkpoint lacks the way transformers' RemBERT does."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    else:
+        raise TypeError(f"cannot initialise a missing {type(module).__name__}: the checkpoint must hold it")
+
+
+def _parse_device(device: torch.device | str | int | None) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device: {err}") from err
+
+
+def load_pretrained(
+    model_cls: type[RemBertPreTrainedModel],
+    path: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | int | None = None,
+    **config_overrides: Any,
+) -> RemBertPreTrainedModel:
+    """Build `model_cls` from a checkpoint directory (config.json + weights), ready for inference.
+
+    Args:
+        model_cls: a RemBert* model class of `rembert_fast.modeling`.
+        path: a directory written by `save_pretrained` here or in transformers.
+        dtype: floating dtype of the parameters: a torch.dtype, "float32", "float16", "bfloat16", or
+            "auto" (the config's `dtype`/`torch_dtype`, else the checkpoint's). None means
+            torch.get_default_dtype() (float32), as in transformers. Integer tensors keep their dtype.
+        device: where the parameters live (default CPU); tensors are converted one at a time.
+        **config_overrides: fields that replace config.json's (e.g. `num_labels=5`).
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        ValueError: a missing directory or weights file, a damaged file, missing or unexpected keys,
+            a shape mismatch (each message names the path, keys and shapes).
+    """
+    if not Path(path).is_dir():
+        raise ValueError(f"model directory {str(path)!r} does not exist (or is not a directory)")
+    config = RemBertConfig.from_pretrained(path, **config_overrides)
+    target_dtype = _resolve_dtype(dtype, config)
+    target_device = _parse_device(device)
+    files = _resolve_weight_files(path)
+
+    with torch.device("meta"):
+        model = model_cls(config)
+    expected = model.state_dict()
+    model_is_head = any(key.startswith(BASE_MODEL_PREFIX + ".") for key in expected)
+    model_groups = {_group(key) for key in expected}
+
+    loaded: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    ignored: list[str] = []
+    for file in files:
+        for ckpt_key, tensor in _read_file(file):
+            key = _map_key(ckpt_key, model_is_head)
+            if key not in expected:
+                (unexpected if _group(key) in model_groups else ignored).append(ckpt_key)
+                continue
+            if key in loaded:
+                raise ValueError(f"{str(path)!r} holds {key!r} twice (with and without the "
+                                 f"{BASE_MODEL_PREFIX!r} prefix)")
+            if tensor.shape != expected[key].shape:
+                raise ValueError(
+                    f"{str(path)!r}: {ckpt_key!r} has shape {tuple(tensor.shape)} in the checkpoint but "
+                    f"{tuple(expected[key].shape)} in {model_cls.__name__} (check config.json)"
+                )
+            if tensor.is_floating_point():
+                if target_dtype is None:
+                    target_dtype = tensor.dtype
+                tensor = tensor.to(device=target_device, dtype=target_dtype)
+            else:
+                tensor = tensor.to(device=target_device)
+            loaded[key] = tensor
+
+    missing = [key for key in expected if key not in loaded]
+    absent_groups = {
+        group for group in {_group(key) for key in missing}
+        if group not in _REQUIRED_GROUPS and not any(_group(key) == group for key in loaded)
+    }
+    fresh = [key for key in missing if _group(key) in absent_groups]
+    missing = [key for key in missing if _group(key) not in absent_groups]
+    if missing or unexpected:
+        raise ValueError(
+            f"{str(path)!r} does not match {model_cls.__name__}:"
+            + (f"\n  missing keys: {missing}" if missing else "")
+            + (f"\n  unexpected keys: {unexpected}" if unexpected else "")
+        )
+    if ignored:
+        logger.warning("%s: checkpoint weights not used by %s: %s", path, model_cls.__name__, ignored)
+
+    for key in fresh:
+        meta = expected[key]
+        fresh_dtype = (target_dtype or torch.get_default_dtype()) if meta.is_floating_point() else meta.dtype
+        loaded[key] = torch.empty(meta.shape, device=target_device, dtype=fresh_dtype)
+    model.load_state_dict(loaded, strict=True, assign=True)
+    if fresh:
+        logger.warning(
+            "%s: %s weights not in the checkpoint were newly initialised (train them before use): %s",
+            path, model_cls.__name__, fresh,
+        )
+        with torch.no_grad():
+            for module_name in dict.fromkeys(key.rpartition(".")[0] for key in fresh):
+                _init_fresh(model.get_submodule(module_name), config)
+
+    model._post_load()
+    left_on_meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left_on_meta:
+        raise RuntimeError(f"{model_cls.__name__}._post_load left tensors on the meta device: {left_on_meta}")
+    return model.eval()
+
+
+# -------------------------------------------------------------------------------------------- saving
+def _parse_size(size: int | str) -> int:
+    """Bytes in a shard-size limit: an int, or '5GB' (10^9), '500MiB' (2^20), ..."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)\s*", str(size).upper())
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"max_shard_size={size!r} is not a positive size such as 5GB, 500MB or 1048576")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def _tensors_to_save(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors owning their storage: safetensors refuses shared or strided storage."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[torch.device, int]] = set()
+    for key, tensor in state.items():
+        tensor = tensor.detach()
+        storage = (tensor.device, tensor.untyped_storage().data_ptr())
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        elif storage in seen or not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != (
+            tensor.numel() * tensor.element_size()
+        ):
+            tensor = tensor.contiguous().clone()
+        seen.add(storage)
+        out[key] = tensor
+    return out
+
+
+def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split in key order; a new shard starts where the next tensor would pass the limit."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    return shards
+
+
+def save_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike,
+    safe_serialization: bool = True,
+    max_shard_size: int | str = "5GB",
+) -> None:
+    """Write `model` as a transformers-compatible directory: config.json and the weights.
+
+    Args:
+        model: a rembert_fast model (has `.config`, a RemBertConfig).
+        path: the directory (created if needed). Weight files this function may write that are already
+            there are removed first, so a directory never holds two disagreeing checkpoints.
+        safe_serialization: safetensors (default) or `pytorch_model.bin`.
+        max_shard_size: bytes per file (int, or a string such as "5GB", "500MiB"); a larger state is
+            split into `model-00001-of-0000N.safetensors` files listed by `model.safetensors.index.json`.
+    """
+    max_bytes = _parse_size(max_shard_size)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot save into {str(path)!r}: it is a file, not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+
+    tensors = _tensors_to_save(model.state_dict())
+    floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    config_dict = model.config.to_dict()
+    config_dict["architectures"] = [type(model).__name__]
+    if floating:
+        config_dict["dtype"] = str(floating[0]).removeprefix("torch.")
+    RemBertConfig.from_dict(config_dict).save_pretrained(path)
+
+    for old in path.iterdir():
+        if _WRITTEN_FILE_RE.match(old.name):
+            old.unlink()
+    stem, suffix = ("model", ".safetensors") if safe_serialization else ("pytorch_model", ".bin")
+    single_name = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
+    shards = _shard(tensors, max_bytes)
+    names = (
+        [single_name] if len(shards) == 1
+        else [f"{stem}-{i + 1:05d}-of-{len(shards):05d}{suffix}" for i in range(len(shards))]
+    )
+    for name, shard in zip(names, shards, strict=True):
+        if safe_serialization:
+            save_file(shard, str(path / name), metadata={"format": "pt"})
+        else:
+            torch.save(shard, path / name)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+            "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key in shard},
+        }
+        index_name = SAFE_WEIGHTS_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME
+        (path / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
