@@ -1,10 +1,24 @@
-"""The `rembert-fast` command."""
+"""The `rembert-fast` command.
+
+    rembert-fast doctor                          versions and available backends
+    rembert-fast embed --model DIR --input texts.txt --output vectors.npy
+    rembert-fast classify | fill-mask | token-classify --model DIR --input in.jsonl --output out.jsonl
+
+The batch subcommands are a thin shell over `rembert_fast.inference`: they check the arguments (a
+usage error prints one line and exits 2), pick the writer for the output's suffix, continue a partial
+output with `--resume`, and under `torchrun` split the input across processes and merge the parts.
+Exit status: 0 when every line has a result, 1 when some lines are error records, 2 for usage errors.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -24,12 +38,230 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A mistake in the command line or its files: printed as one line, exit status 2."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _open_input(name: str) -> Any:
+    if name == "-":
+        return sys.stdin.buffer
+    path = Path(name)
+    if path.is_dir():
+        raise UsageError(f"input {name!r} is a directory, not a file")
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise UsageError(f"cannot read input {name!r}: {error.strerror}") from None
+
+
+def _shard_lines(total: int, rank: int, world: int, window: int) -> int:
+    """How many of `total` input lines rank `rank` of `world` computes (windows dealt round-robin)."""
+    windows = range(rank, (total + window - 1) // window, world)
+    return sum(min(window, total - w * window) for w in windows)
+
+
+def _distributed(device: str | None) -> tuple[int, int, str | None]:
+    """(rank, world size, device) under torchrun; (0, 1, device) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))
+    # Ranks finish their shares at different times and wait for the slowest at the merge.
+    dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _reduce(values: list[float], op: str) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    model = Path(args.model)
+    if not model.is_dir():
+        raise UsageError(f"model directory {args.model!r} does not exist")
+    if not (model / "config.json").is_file():
+        raise UsageError(f"{args.model!r} has no config.json: not a model directory")
+    output = Path(args.output)
+    if output.suffix not in (".jsonl", ".npy"):
+        raise UsageError(f"output {args.output!r} must end in .jsonl (or .npy for embed)")
+    if output.suffix == ".npy" and args.command != "embed":
+        raise UsageError(f"{args.command} writes .jsonl, not {args.output!r}: only embed writes .npy")
+    if not output.parent.resolve().is_dir():
+        raise UsageError(f"the directory of output {args.output!r} does not exist")
+    errors = output.with_name(output.stem + ".errors.jsonl") if output.suffix == ".npy" else None
+    return model, output, errors
+
+
+def _make_writer(args: argparse.Namespace, output: Path, errors: Path | None, width: int,
+                 rank: int, world: int) -> Any:
+    from rembert_fast import inference
+
+    part = (lambda p: p.with_name(f"{p.name}.rank{rank}-of-{world}")) if world > 1 else (lambda p: p)
+    try:
+        if errors is None:
+            return inference.JsonlWriter(part(output), resume=args.resume)
+        return inference.NpyWriter(
+            part(output), part(errors), width, dtype=args.npy_dtype, resume=args.resume,
+            line_of_row=lambda row: inference.shard_line(row, rank, world, args.window),
+        )
+    except inference.ResumeError as error:
+        raise UsageError(str(error)) from None
+
+
+def _run_task(args: argparse.Namespace) -> int:
+    from rembert_fast import inference
+
+    model, output, errors = _check_paths(args)
+    stream = _open_input(args.input)
+    jsonl = (args.input_format or ("jsonl" if args.input.endswith(".jsonl") else "txt")) == "jsonl"
+    rank, world, device = _distributed(args.device)
+    if world > 1 and args.input == "-":
+        raise UsageError("a multi-process run (torchrun) needs an input file, not stdin")
+    try:
+        device = inference.resolve_device(device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        engine = inference.InferenceEngine(
+            model, args.command, device=device, dtype=args.dtype, batch_tokens=args.batch_tokens,
+            max_length=args.max_length, pooling=getattr(args, "pooling", "cls"),
+            top_k=getattr(args, "top_k", 5), all_scores=getattr(args, "all_scores", False),
+            aggregate=getattr(args, "aggregate", "none"), window=args.window,
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        raise UsageError(f"cannot load model {args.model!r}: {_first_line(error)}") from None
+    writer = _make_writer(args, output, errors, engine.hidden_size, rank, world)
+    progress = rank == 0 and (args.progress or sys.stderr.isatty())
+    total = None
+    if progress and args.input != "-":
+        lines_in = inference.count_lines(args.input)
+        total = _shard_lines(lines_in, rank, world, args.window) - writer.prior_records
+    records = engine.run(
+        inference.iter_lines(stream), jsonl=jsonl, skip_through=writer.done_through, shard=(rank, world),
+        progress=progress, total=total,
+    )
+    try:
+        for record in records:
+            writer.write(record)
+    except BaseException:
+        writer.close()  # what is written stays in the .partial file for --resume
+        raise
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    writer.commit()
+
+    stats = engine.stats
+    counts = [stats.lines, stats.errors, stats.truncated, stats.tokens]
+    counts += [writer.prior_records, writer.prior_errors]
+    seconds = stats.seconds
+    if world > 1:
+        import torch.distributed as dist
+
+        # Both reductions also wait for every rank to finish its part before rank 0 merges.
+        counts = [int(c) for c in _reduce(counts, "sum")]
+        seconds = _reduce([seconds], "max")[0]
+        if rank == 0:
+            if errors is None:
+                inference.merge_jsonl([writer.path.with_name(f"{output.name}.rank{r}-of-{world}")
+                                       for r in range(world)], output)
+            else:
+                parts = [(output.with_name(f"{output.name}.rank{r}-of-{world}"),
+                          errors.with_name(f"{errors.name}.rank{r}-of-{world}")) for r in range(world)]
+                inference.merge_npy(parts, output, errors, args.window)
+        dist.barrier()
+        dist.destroy_process_group()
+    lines, errors_now, truncated, tokens, prior_records, prior_errors = counts
+    if rank == 0:
+        summary = inference.RunStats(lines, errors_now, truncated, tokens, seconds).summary()
+        resumed = f" (continued after {prior_records} lines done before)" if prior_records else ""
+        print(f"rembert-fast {args.command}: {summary}{resumed} -> {args.output}", file=sys.stderr)
+    return 1 if errors_now + prior_errors else 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    try:
+        return _run_task(args)
+    except UsageError as error:
+        print(f"rembert-fast {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _add_task(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    from rembert_fast.inference import DEFAULT_WINDOW, DTYPES
+
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--model", required=True, help="model directory (config.json, weights, tokenizer files)")
+    p.add_argument("--input", required=True,
+                   help='.txt (a text per line), .jsonl ({"text", "text_pair"?, "id"?} a line) or - (stdin)')
+    p.add_argument("--output", required=True, help=".jsonl: one record per input line, in input order")
+    p.add_argument("--input-format", choices=("txt", "jsonl"),
+                   help="how to read --input (default: jsonl for a .jsonl name, else txt; stdin is txt)")
+    p.add_argument("--max-length", type=_positive,
+                   help="truncate texts to this many tokens (default: the model's max_position_embeddings)")
+    p.add_argument("--batch-tokens", type=_positive,
+                   help="most tokens per batch, rows x longest row (default: 16384 on CUDA, 4096 on CPU)")
+    p.add_argument("--dtype", choices=tuple(DTYPES),
+                   help="model dtype (default: bfloat16 on CUDA, else float32)")
+    p.add_argument("--device",
+                   help="cpu, cuda or cuda:N (default: cuda when available); under torchrun cuda:LOCAL_RANK")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a partial output (same arguments); lines already written are not redone")
+    p.add_argument("--progress", action="store_true",
+                   help="show the progress bar even when stderr is not a TTY")
+    p.add_argument("--window", type=_positive, default=DEFAULT_WINDOW,
+                   help="lines sorted by length together (resume and torchrun parts need the same value)")
+    p.set_defaults(func=_infer)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rembert-fast", description="Accelerated RemBERT.")
     sub = parser.add_subparsers(dest="command", required=True)
     doctor = sub.add_parser("doctor", help="print versions and which backends are available, and why not")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(func=_doctor)
+
+    embed = _add_task(sub, "embed", "one embedding per line, to .jsonl or .npy (+ .errors.jsonl)")
+    embed.add_argument("--pooling", choices=("cls", "mean", "pooler"), default="cls",
+                       help="first token, mean of real tokens, or the model's tanh pooler (default: cls)")
+    embed.add_argument("--npy-dtype", choices=("float32", "float16"), default="float32",
+                       help="row type of a .npy output (default: float32)")
+    classify = _add_task(sub, "classify", "sequence classification: label and score per line")
+    classify.add_argument("--all-scores", action="store_true", help="also write every label's probability")
+    fill = _add_task(sub, "fill-mask", "the top-k tokens and scores at each [MASK]")
+    fill.add_argument("--top-k", type=_positive, default=5, help="predictions per [MASK] (default: 5)")
+    tokens = _add_task(sub, "token-classify", "per-token labels with character offsets")
+    tokens.add_argument("--aggregate", choices=("none", "first", "average"), default="none",
+                        help="label words instead of tokens, by the first token or the average of its tokens")
     return parser
 
 
