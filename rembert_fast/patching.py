@@ -1,0 +1,221 @@
+"""`optimize(model)`: accelerate a transformers `RemBert*` model in place, Liger-Kernel style.
+
+    model = transformers.RemBertForSequenceClassification.from_pretrained(path).eval()
+    rembert_fast.optimize(model)           # same object, same parameters, faster forward
+
+What changes, on the model instance only (its class and every other instance are untouched):
+- the RemBertModel's `forward` (the model itself, or a head's `.rembert`) takes the packed fast path
+  of `rembert_fast.modeling` whenever the call allows it: real tokens only, one fused QKV GEMM per
+  layer, varlen attention and fused LayerNorm / bias+GELU through `rembert_fast.ops`. Calls that need
+  what only the padded path gives (`output_attentions`, `head_mask`, 3-D/4-D masks, cross-attention,
+  decoders and KV caches, training with dropout, gradient checkpointing) run transformers' original
+  forward, unchanged;
+- the MLM / causal-LM head's `cls.predictions` runs bias+activation and its LayerNorm through the ops;
+- with `cuda_graphs=True`, inference calls on CUDA replay a captured graph per batch-size bucket
+  (`rembert_fast.cuda_graphs.CudaGraphRunner`).
+The patched modules say so when printed. Parameters, buffers and state-dict keys are not touched
+(the fused QKV weight is one buffer the query/key/value weights are views of: same values, same
+keys), so `save_pretrained` still writes a plain transformers checkpoint.
+
+Differences from the unpatched model, as in rembert_fast's own models: hidden states at padding
+positions are zeros, and the pooler reads each sequence's first real token (with left padding,
+transformers pools position 0, a padding token). Real positions agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from rembert_fast import ops
+from rembert_fast.padding import pad_input
+
+_STATE = "_rembert_fast"  # instance attribute holding the patch state; its presence means "patched"
+_MARK = "rembert_fast: packed fast path"
+_HEAD_MARK = "rembert_fast: fused bias+activation and LayerNorm"
+# Arguments that leave the fast path when they are set (transformers 4.x and 5.x names).
+_CLASSIC_ONLY = ("head_mask", "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "cache")
+
+
+def optimize(model: nn.Module, *, cuda_graphs: bool = False) -> nn.Module:
+    """Patch a transformers RemBert* model (RemBertModel or any head) in place and return it.
+
+    Args:
+        model: a `transformers` RemBertModel, RemBertFor{MaskedLM, CausalLM, SequenceClassification,
+            MultipleChoice, TokenClassification, QuestionAnswering}, or a subclass of one. A
+            rembert_fast model is returned as it is (it is fast already).
+        cuda_graphs: replay CUDA graphs for inference calls on a CUDA device (under `torch.no_grad()`
+            or `torch.inference_mode()`, without `output_hidden_states`); see `rembert_fast.cuda_graphs`.
+
+    Calling it again is harmless (it only updates `cuda_graphs`). Raises TypeError for anything else.
+    """
+    base = _rembert_base(model)
+    if type(base).__module__.startswith("rembert_fast."):
+        return model
+    state = base.__dict__.get(_STATE)
+    if state is None:
+        state = base.__dict__[_STATE] = {"cuda_graphs": cuda_graphs, "runner": None}
+        base.forward = types.MethodType(_fast_forward, base)
+        base.extra_repr = types.MethodType(_marked_repr(_MARK), base)
+        for module in model.modules():
+            if type(module).__name__ == "RemBertLMPredictionHead" and _op_activation(base.config):
+                # transformers keeps only the callable ACT2FN[config.hidden_act] on the head.
+                module.__dict__[_STATE] = {"activation": base.config.hidden_act}
+                module.forward = types.MethodType(_lm_head_forward, module)
+                module.extra_repr = types.MethodType(_marked_repr(_HEAD_MARK), module)
+    state["cuda_graphs"] = cuda_graphs
+    if not cuda_graphs:
+        state["runner"] = None
+    return model
+
+
+def is_optimized(model: nn.Module) -> bool:
+    """Whether `optimize` has patched this model (or its `.rembert`)."""
+    base = getattr(model, "rembert", model)
+    return isinstance(base, nn.Module) and _STATE in base.__dict__
+
+
+# ----------------------------------------------------------------------------------------- checks
+def _rembert_base(model: Any) -> nn.Module:
+    """The RemBertModel inside `model`, or TypeError naming what `model` is."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    name = type(model).__name__
+    if not isinstance(model, nn.Module) or model_type != "rembert" or not _is_rembert_class(model):
+        raise TypeError(
+            f"optimize() takes a transformers RemBert* model (RemBertModel or one of its heads); got "
+            f"{name} with config.model_type={model_type!r}"
+        )
+    base = model if hasattr(model, "embeddings") else getattr(model, "rembert", None)
+    if not isinstance(base, nn.Module) or not all(hasattr(base, n) for n in ("embeddings", "encoder")):
+        raise TypeError(f"{name} has no RemBertModel (no `.rembert` with embeddings and encoder) to optimize")
+    return base
+
+
+def _is_rembert_class(model: nn.Module) -> bool:
+    return any(cls.__name__.startswith("RemBert") for cls in type(model).__mro__)
+
+
+def _op_activation(config: Any) -> bool:
+    """Whether the LM head's activation is one the ops implement (a custom callable keeps the original)."""
+    return isinstance(config.hidden_act, str) and config.hidden_act in ops.ACTIVATIONS
+
+
+def _marked_repr(mark: str) -> Any:
+    def extra_repr(self: nn.Module) -> str:
+        original = type(self).extra_repr(self)
+        return f"{original}, {mark}" if original else mark
+
+    return extra_repr
+
+
+# ----------------------------------------------------------------------------------------- forwards
+@functools.cache
+def _signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.forward)
+
+
+def _packable(self: nn.Module, args: dict[str, Any], extra: dict[str, Any]) -> bool:
+    """Whether this call can take the packed path (everything else runs the original forward)."""
+    config = self.config
+    ids, embeds, mask = args.get("input_ids"), args.get("inputs_embeds"), args.get("attention_mask")
+    output_attentions = args.get("output_attentions")
+    if output_attentions is None:
+        output_attentions = getattr(config, "output_attentions", False)
+    dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+    return (
+        (ids is None) != (embeds is None)
+        and (ids.dim() == 2 if ids is not None else embeds.dim() == 3)
+        and (mask is None or mask.dim() == 2)
+        and not output_attentions
+        and not config.is_decoder
+        and not args.get("use_cache")
+        and all(args.get(name) is None and extra.get(name) is None for name in _CLASSIC_ONLY)
+        and all(value is None for value in extra.values())
+        and not (self.training and (dropout or getattr(self, "gradient_checkpointing", False)
+                                    or getattr(self.encoder, "gradient_checkpointing", False)))
+    )
+
+
+def _call_arguments(self: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The call's arguments by name (whatever the transformers version's order), and its **kwargs."""
+    signature = _signature(type(self))
+    named = dict(signature.bind(self, *args, **kwargs).arguments)
+    extra: dict[str, Any] = {}
+    for name, param in signature.parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            extra = named.pop(name, {})
+    return named, extra
+
+
+def _fast_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """RemBertModel.forward on the packed path when the call allows it, else the original."""
+    original = type(self).forward
+    params, extra = _call_arguments(self, args, kwargs)
+    if not _packable(self, params, extra):
+        return original(self, *args, **kwargs)
+    config = self.config
+    ids, mask = params.get("input_ids"), params.get("attention_mask")
+    token_type_ids, position_ids = params.get("token_type_ids"), params.get("position_ids")
+    output_hidden_states = params.get("output_hidden_states")
+    if output_hidden_states is None:
+        output_hidden_states = getattr(config, "output_hidden_states", False)
+    return_dict = params.get("return_dict")
+    if return_dict is None:
+        return_dict = getattr(config, "return_dict", True)
+
+    if mask is not None and not bool(mask.any()):  # every token is padding: nothing to pack
+        return original(self, *args, **kwargs)
+    state = self.__dict__[_STATE]
+    if (state["cuda_graphs"] and ids is not None and ids.is_cuda and not output_hidden_states
+            and not torch.is_grad_enabled()):
+        packed = _graph_runner(self, state)(ids, mask, token_type_ids, position_ids)
+        hidden, indices, all_hidden, first = packed.hidden, packed.indices, None, packed.first_tokens()
+    else:
+        from rembert_fast.modeling import _first_rows, packed_encoder_forward
+
+        out = packed_encoder_forward(self.embeddings, self.encoder, ids, mask, token_type_ids, position_ids,
+                                     config, inputs_embeds=params.get("inputs_embeds"),
+                                     output_hidden_states=bool(output_hidden_states))
+        hidden, indices, all_hidden, first = out.hidden, out.indices, out.hidden_states, _first_rows(out)
+
+    batch, seqlen = (ids if ids is not None else params["inputs_embeds"]).shape[:2]
+
+    def pad(rows: torch.Tensor) -> torch.Tensor:  # (T, hidden) -> (B, L, hidden)
+        if indices is None:
+            return rows.view(batch, seqlen, rows.shape[-1])
+        return pad_input(rows, indices, batch, seqlen)
+
+    sequence_output = pad(hidden)
+    # transformers' pooler reads position 0 of a (B, L, hidden) tensor: hand it the first real rows.
+    pooled = self.pooler(first[:, None, :]) if self.pooler is not None else None
+    hidden_states = tuple(pad(h) for h in all_hidden) if output_hidden_states else None
+    if not return_dict:
+        return (sequence_output, pooled) + ((hidden_states,) if hidden_states is not None else ())
+    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+    return BaseModelOutputWithPoolingAndCrossAttentions(
+        last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=hidden_states
+    )
+
+
+def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:
+    from rembert_fast.cuda_graphs import CudaGraphRunner
+
+    if state["runner"] is None:
+        state["runner"] = CudaGraphRunner(self)
+    return state["runner"]
+
+
+def _lm_head_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """transformers' RemBertLMPredictionHead: decoder(LN(act(dense(x)))), with the ops fusing bias+act."""
+    x = ops.bias_act(torch.nn.functional.linear(hidden_states, self.dense.weight), self.dense.bias,
+                     self.__dict__[_STATE]["activation"])
+    x = ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
+    return self.decoder(x)

@@ -1,0 +1,292 @@
+"""`rembert_fast.optimize` on transformers models: forwards swapped, ops called, outputs equal.
+
+Every comparison is against the same transformers model before patching, with fresh random weights
+and inputs, on real (non-padding) positions: the patched path zeros padding positions and pools each
+sequence's first real token, both documented.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import rembert_fast
+from rembert_fast import ops, patching
+
+transformers = pytest.importorskip("transformers")
+
+HEADS = ("RemBertModel", "RemBertForSequenceClassification", "RemBertForMaskedLM",
+         "RemBertForTokenClassification", "RemBertForQuestionAnswering", "RemBertForMultipleChoice")
+SPIED = ("embed", "attention", "attention_padded", "layer_norm", "bias_act")
+TOL = 1e-5
+
+
+def tiny_config(**overrides):
+    # hidden 64 / 4 heads: head_dim 16, a size the Triton attention kernel takes.
+    values = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  input_embedding_size=32, output_embedding_size=48, intermediate_size=128,
+                  max_position_embeddings=64, num_labels=3, bos_token_id=1, eos_token_id=2)
+    values.update(overrides)
+    return transformers.RemBertConfig(**values)
+
+
+def make_mask(kind: str, batch: int = 3, seqlen: int = 12) -> torch.Tensor:
+    lengths = torch.randint(seqlen // 2, seqlen, (batch,))
+    lengths[0] = seqlen  # one full row: the batch is still ragged, not a plain (B, L) batch
+    cols = torch.arange(seqlen)[None, :]
+    if kind == "right":
+        return (cols < lengths[:, None]).long()
+    if kind == "left":
+        return (cols >= (seqlen - lengths)[:, None]).long()
+    mask = torch.ones(batch, seqlen, dtype=torch.long)  # "holes": padding inside the rows too
+    mask[1:, 2:4] = 0
+    mask[2, -3:] = 0
+    return mask
+
+
+def build(head: str, **overrides):
+    if head == "RemBertForQuestionAnswering":
+        overrides.setdefault("num_labels", 2)  # start and end logits
+    return getattr(transformers, head)(tiny_config(**overrides)).eval()
+
+
+def inputs_for(head: str, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    ids = torch.randint(3, 101, mask.shape) * mask  # padding holds the pad id, as a tokenizer writes it
+    types = torch.randint(0, 2, mask.shape)
+    if head == "RemBertForMultipleChoice":  # (batch, choices, seqlen)
+        return {"input_ids": ids.view(1, *mask.shape), "attention_mask": mask.view(1, *mask.shape),
+                "token_type_ids": types.view(1, *mask.shape)}
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def compare(head: str, got, ref, mask: torch.Tensor) -> None:
+    """Assert every output of `head` agrees on what is specified (real positions, real first tokens)."""
+    real = mask.bool()
+    first_real = real[:, 0]  # where transformers' pooler reads a real token
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> None:
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() <= TOL, (a - b).abs().max().item()
+
+    if head == "RemBertModel":
+        close(got.last_hidden_state[real], ref.last_hidden_state[real])
+        close(got.pooler_output[first_real], ref.pooler_output[first_real])
+    elif head == "RemBertForSequenceClassification":
+        close(got.logits[first_real], ref.logits[first_real])
+    elif head == "RemBertForMultipleChoice":
+        close(got.logits[0][first_real], ref.logits[0][first_real])  # one question, a choice per row
+    elif head == "RemBertForQuestionAnswering":
+        close(got.start_logits[real], ref.start_logits[real])
+        close(got.end_logits[real], ref.end_logits[real])
+    else:
+        close(got.logits[real], ref.logits[real])
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Count the calls of each op of `rembert_fast.ops` (still running the real op)."""
+    counts = dict.fromkeys(SPIED, 0)
+
+    def spy(name):
+        real = getattr(ops, name)
+
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for name in SPIED:
+        monkeypatch.setattr(ops, name, spy(name))
+    return counts
+
+
+# ----------------------------------------------------------------------------------------- swapping
+def test_forward_swapped_on_instance_only_and_marked():
+    model = build("RemBertForMaskedLM")
+    other = build("RemBertForMaskedLM")
+    assert rembert_fast.optimize(model) is model
+    assert model.rembert.forward.__func__ is patching._fast_forward
+    assert model.cls.predictions.forward.__func__ is patching._lm_head_forward
+    assert type(model.rembert).forward is transformers.RemBertModel.forward  # the class is untouched
+    assert "forward" not in other.rembert.__dict__
+    text = repr(model)
+    assert patching._MARK in text and patching._HEAD_MARK in text
+    assert patching._MARK not in repr(other)
+    assert patching.is_optimized(model) and not patching.is_optimized(other)
+
+
+def test_ops_called_once_per_layer(spies):
+    model = rembert_fast.optimize(build("RemBertForMaskedLM"))
+    layers = model.config.num_hidden_layers
+    with torch.no_grad():
+        model(**inputs_for("RemBertForMaskedLM", make_mask("right")))
+    # embed once; per layer one varlen attention, two LayerNorms, one bias+GELU; the LM head one each
+    assert spies == {"embed": 1, "attention": layers, "attention_padded": 0,
+                     "layer_norm": 2 * layers + 1, "bias_act": layers + 1}
+
+
+def test_optimize_is_idempotent(spies):
+    model = build("RemBertModel")
+    rembert_fast.optimize(model)
+    forward = model.forward
+    rembert_fast.optimize(model)
+    assert model.forward is forward
+    assert repr(model).count(patching._MARK) == 1
+    with torch.no_grad():
+        model(**inputs_for("RemBertModel", make_mask("right")))
+    assert spies["embed"] == 1 and spies["attention"] == model.config.num_hidden_layers
+
+
+# ----------------------------------------------------------------------------------------- outputs
+@pytest.mark.parametrize("mask_kind", ["right", "left", "holes"])
+@pytest.mark.parametrize("head", HEADS)
+def test_outputs_equal_unpatched(head, mask_kind, spies):
+    model = build(head)
+    mask = make_mask(mask_kind)
+    inputs = inputs_for(head, mask)
+    with torch.no_grad():
+        ref = model(**inputs)
+        rembert_fast.optimize(model)
+        got = model(**inputs)
+    assert spies["attention"] == model.config.num_hidden_layers  # the packed path ran
+    compare(head, got, ref, mask)
+
+
+def test_losses_equal_with_padding_ignored():
+    mask = make_mask("right")
+    model = build("RemBertForMaskedLM")
+    inputs = inputs_for("RemBertForMaskedLM", mask)
+    labels = inputs["input_ids"].masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        ref = model(**inputs, labels=labels).loss
+        got = rembert_fast.optimize(model)(**inputs, labels=labels).loss
+    assert abs(got.item() - ref.item()) <= TOL
+
+
+def test_hidden_states_and_tuple_outputs_equal():
+    mask = make_mask("holes")
+    model = build("RemBertModel")
+    inputs = inputs_for("RemBertModel", mask)
+    with torch.no_grad():
+        ref = model(**inputs, output_hidden_states=True, return_dict=False)
+        got = rembert_fast.optimize(model)(**inputs, output_hidden_states=True, return_dict=False)
+    assert len(got) == len(ref) == 3
+    real = mask.bool()
+    assert len(got[2]) == len(ref[2]) == model.config.num_hidden_layers + 1
+    for a, b in zip(got[2], ref[2], strict=True):
+        assert (a[real] - b[real]).abs().max().item() <= TOL
+    assert (got[0][real] - ref[0][real]).abs().max().item() <= TOL
+
+
+def test_inputs_embeds_and_position_ids_equal():
+    mask = make_mask("left")
+    model = build("RemBertModel")
+    embeds = torch.randn(*mask.shape, 32)
+    positions = torch.randint(0, 64, mask.shape)
+    with torch.no_grad():
+        ref = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        got = rembert_fast.optimize(model)(inputs_embeds=embeds, attention_mask=mask,
+                                           position_ids=positions).last_hidden_state
+    real = mask.bool()
+    assert (got[real] - ref[real]).abs().max().item() <= TOL
+
+
+# ----------------------------------------------------------------------------------------- fallbacks
+def test_output_attentions_runs_the_original_forward(spies):
+    mask = make_mask("right")
+    model = build("RemBertModel")
+    inputs = inputs_for("RemBertModel", mask)
+    with torch.no_grad():
+        ref = model(**inputs, output_attentions=True)
+        got = rembert_fast.optimize(model)(**inputs, output_attentions=True)
+    assert spies["attention"] == 0 and spies["embed"] == 0
+    assert len(got.attentions) == model.config.num_hidden_layers
+    for a, b in zip(got.attentions, ref.attentions, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(got.last_hidden_state, ref.last_hidden_state)
+
+
+def test_decoder_and_dropout_training_run_the_original_forward(spies):
+    decoder = rembert_fast.optimize(build("RemBertForCausalLM", is_decoder=True))
+    dropout = rembert_fast.optimize(build("RemBertModel", hidden_dropout_prob=0.1)).train()
+    inputs = inputs_for("RemBertModel", make_mask("right"))
+    with torch.no_grad():
+        decoder(**inputs)
+        dropout(**inputs)
+    assert spies["attention"] == 0 and spies["embed"] == 0
+
+
+def test_all_padding_batch_runs_the_original_forward():
+    model = build("RemBertModel")
+    mask = torch.zeros(2, 6, dtype=torch.long)
+    ids = torch.randint(3, 101, (2, 6))
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = rembert_fast.optimize(model)(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(got, ref)
+
+
+# ----------------------------------------------------------------------------------------- weights
+def test_state_dict_unchanged_and_save_load_round_trip(tmp_path):
+    model = build("RemBertForTokenClassification")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mask = make_mask("holes")
+    inputs = inputs_for("RemBertForTokenClassification", mask)
+    rembert_fast.optimize(model)
+    with torch.no_grad():
+        expected = model(**inputs).logits  # the forward builds the fused QKV buffer
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert saved == set(before)  # a plain transformers checkpoint: no new or renamed keys
+    loaded = transformers.RemBertForTokenClassification.from_pretrained(tmp_path).eval()
+    assert not patching.is_optimized(loaded)
+    with torch.no_grad():
+        got = loaded(**inputs).logits
+    real = mask.bool()
+    assert (got[real] - expected[real]).abs().max().item() <= TOL
+
+
+# ----------------------------------------------------------------------------------------- refusal
+def test_refuses_non_rembert_models():
+    with pytest.raises(TypeError, match="Linear"):
+        rembert_fast.optimize(nn.Linear(4, 4))
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(TypeError, match=r"BertModel.*'bert'"):
+        rembert_fast.optimize(bert)
+    with pytest.raises(TypeError, match="str"):
+        rembert_fast.optimize("google/rembert")
+
+
+def test_rembert_fast_model_is_returned_as_is():
+    fast = rembert_fast.RemBertModel(rembert_fast.RemBertConfig(**tiny_config().to_dict()))
+    assert rembert_fast.optimize(fast) is fast
+    assert "forward" not in fast.__dict__
+
+
+# ----------------------------------------------------------------------------------------- triton
+@pytest.mark.parametrize("head", ["RemBertModel", "RemBertForMaskedLM"])
+def test_triton_backend_matches_transformers(head, spies):
+    """The fast path with the Triton kernels (the interpreter on CPU, real CUDA on a GPU)."""
+    mask = make_mask("holes")
+    model = build(head)
+    inputs = inputs_for(head, mask)
+    with torch.no_grad():
+        ref = model(**inputs)
+        rembert_fast.optimize(model)
+        with ops.use_backend("triton"):
+            got = model(**inputs)
+    assert spies["attention"] == model.config.num_hidden_layers
+    real = mask.bool()
+    out_got = got.last_hidden_state if head == "RemBertModel" else got.logits
+    out_ref = ref.last_hidden_state if head == "RemBertModel" else ref.logits
+    assert (out_got[real] - out_ref[real]).abs().max().item() <= 1e-4
