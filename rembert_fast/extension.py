@@ -1,18 +1,190 @@
-"""Loading the C++/CUDA extension `rembert_fast._C` (the fused embedding op).
+"""Loading the C++/CUDA extension `rembert_fast._C` (the fused embedding op) and calling it.
 
-Placeholder until the CUDA extension issue lands: reports the extension as unavailable.
+Where the module comes from, first hit wins:
+1. ``rembert_fast._C`` compiled by setup.py (``pip install --no-build-isolation .`` where torch has CUDA
+   and nvcc is found);
+2. a just-in-time build with ``torch.utils.cpp_extension.load`` (ninja + nvcc) on first GPU use, into
+   ``$REMBERT_FAST_CACHE`` (default ``~/.cache/rembert_fast``) under a directory named after the torch
+   and CUDA versions, the GPU architectures, the Python ABI and a hash of the sources, so a rebuilt
+   torch or an edited kernel never loads a stale binary, and later processes load it in about a second;
+3. nothing: ``ops.embed`` takes the eager path and ``status()`` says why.
+
+The sources are found in the package (``rembert_fast/csrc``, where a wheel ships them) or beside it
+(``csrc/`` of a source checkout or an editable install). `load()` caches its result and reason for the
+process; `status()` reports without building anything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
 from types import ModuleType
 
+import torch
 
-def load() -> ModuleType | None:
-    """The extension module, or None where it cannot be had (see `status()`)."""
+SOURCES = ("embed_kernel.cu", "embed_binding.cpp")
+HEADERS = ("embed_kernel.h",)
+JIT_NAME = "rembert_fast_C"  # the module name of the JIT build (its TORCH_EXTENSION_NAME)
+
+_logger = logging.getLogger("rembert_fast")
+_lock = threading.Lock()
+_loaded: tuple[ModuleType | None, str] | None = None  # load()'s result and reason, once known
+
+
+def source_dir() -> Path | None:
+    """The directory holding the extension's sources: the package's csrc/ (wheel) or the checkout's."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "csrc", package.parent / "csrc"):
+        if all((candidate / name).is_file() for name in SOURCES + HEADERS):
+            return candidate
     return None
 
 
+def _source_hash(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        digest.update(name.encode())
+        digest.update((directory / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _arch_tag() -> str:
+    """The GPU architectures a JIT build targets: TORCH_CUDA_ARCH_LIST, else every visible device's."""
+    requested = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if requested:
+        return "arch" + "".join(c if c.isalnum() else "_" for c in requested)
+    capabilities = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    return "sm" + "-".join(f"{major}{minor}" for major, minor in sorted(capabilities))
+
+
+def cache_dir(directory: Path) -> Path:
+    """Where the JIT build of the sources in `directory` goes (needs a CUDA device for the arch tag)."""
+    root = os.environ.get("REMBERT_FAST_CACHE")
+    if root is None:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "rembert_fast")
+    tag = (f"torch{torch.__version__}-cuda{torch.version.cuda}-{_arch_tag()}-"
+           f"{sys.implementation.cache_tag}-{_source_hash(directory)}")
+    return Path(root).expanduser() / tag
+
+
+def _no_cuda_reason() -> str | None:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is built without CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    return None
+
+
+def _prebuilt() -> tuple[ModuleType | None, str | None]:
+    """(module, None) if setup.py built rembert_fast._C; (None, why) if it exists but fails to import."""
+    try:
+        return importlib.import_module("rembert_fast._C"), None
+    except ModuleNotFoundError as err:
+        if err.name == "rembert_fast._C":
+            return None, None
+        return None, f"rembert_fast._C failed to import: {err}"
+    except ImportError as err:  # built against another torch: undefined symbols and the like
+        return None, f"rembert_fast._C failed to import: {err}"
+
+
+def _jit_blocker() -> tuple[Path | None, str | None]:
+    """(sources, None) when a JIT build can be attempted, else (None, why not)."""
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:
+        return None, "no CUDA toolkit found to compile the extension (set CUDA_HOME or put nvcc on PATH)"
+    if not cpp_extension.is_ninja_available():
+        return None, "ninja is not installed, so the extension cannot be compiled (pip install ninja)"
+    directory = source_dir()
+    if directory is None:
+        return None, f"the extension's sources {SOURCES + HEADERS} are not installed beside {__file__}"
+    return directory, None
+
+
+def _build() -> tuple[ModuleType | None, str]:
+    reason = _no_cuda_reason()
+    if reason is not None:
+        return None, reason
+    module, prebuilt_error = _prebuilt()
+    if module is not None:
+        return module, "prebuilt rembert_fast._C"
+    directory, reason = _jit_blocker()
+    if directory is None:
+        return None, reason if prebuilt_error is None else f"{prebuilt_error}; {reason}"
+    from torch.utils import cpp_extension
+
+    build_dir = cache_dir(directory)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    _logger.warning("rembert_fast: compiling the CUDA extension into %s (once; about a minute)", build_dir)
+    try:
+        module = cpp_extension.load(
+            name=JIT_NAME,
+            sources=[str(directory / name) for name in SOURCES],
+            extra_include_paths=[str(directory)],
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    except Exception as err:  # a compiler or linker failure surfaces as any of several types
+        return None, f"compiling the CUDA extension in {build_dir} failed: {type(err).__name__}: {err}"
+    return module, f"JIT-compiled extension from {build_dir}"
+
+
+def load() -> ModuleType | None:
+    """The extension module, or None where it cannot be had (`status()` says why). Cached per process."""
+    global _loaded
+    with _lock:
+        if _loaded is None:
+            _loaded = _build()
+        return _loaded[0]
+
+
 def status() -> tuple[bool, str]:
-    """(available, reason)."""
-    return False, "the CUDA extension is not built in this version"
+    """(available, reason) without compiling: `load()`'s outcome once known, else what it would do."""
+    if _loaded is not None:
+        return _loaded[0] is not None, _loaded[1]
+    reason = _no_cuda_reason()
+    if reason is not None:
+        return False, reason
+    if importlib.util.find_spec("rembert_fast._C") is not None:
+        return True, "prebuilt rembert_fast._C (not loaded yet)"
+    directory, reason = _jit_blocker()
+    if directory is None:
+        return False, reason
+    build_dir = cache_dir(directory)
+    if any(build_dir.glob(f"{JIT_NAME}*.so")):
+        return True, f"JIT-compiled extension cached in {build_dir} (not loaded yet)"
+    return True, f"not compiled yet: built with nvcc on first GPU use into {build_dir}"
+
+
+def embed(
+    module: ModuleType,  # what load() returned
+    input_ids: torch.Tensor,  # (...) int64/int32, CUDA
+    position_ids: torch.Tensor,  # (...) int64/int32
+    token_type_ids: torch.Tensor,  # (...) int64/int32
+    word_weight: torch.Tensor,  # (vocab, E) contiguous; every weight in one dtype
+    position_weight: torch.Tensor,  # (max_positions, E) contiguous
+    type_weight: torch.Tensor,  # (type_vocab, E) contiguous
+    ln_weight: torch.Tensor,  # (E,)
+    ln_bias: torch.Tensor,  # (E,)
+    eps: float,
+    proj_weight: torch.Tensor | None = None,  # (hidden, E)
+    proj_bias: torch.Tensor | None = None,  # (hidden,)
+    *,
+    check_ids: bool = True,  # False: no host sync; bad ids then give zero rows instead of ValueError
+) -> torch.Tensor:
+    """`ops.embed` on the extension: (..., E or hidden) in the weights' dtype.
+
+    Ids are validated in the kernel; with `check_ids` (the default) an out-of-range id raises ValueError
+    naming it, at the cost of one 8-byte device-to-host copy that waits for the kernel. Callers that
+    validated the ids already (or capture CUDA graphs) pass check_ids=False to keep the call asynchronous.
+    """
+    return module.embed(input_ids, position_ids, token_type_ids, word_weight, position_weight, type_weight,
+                        ln_weight, ln_bias, float(eps), proj_weight, proj_bias, check_ids)
