@@ -160,23 +160,6 @@ def _map_key(key: str, model_is_head: bool) -> str:
     return key
 
 
-def _init_fresh(module: nn.Module, config: RemBertConfig) -> None:
-    """Initialise a head module the checkpoint lacks the way transformers' RemBERT does."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=config.initializer_range)
-        if module.padding_idx is not None:
-            module.weight[module.padding_idx].zero_()
-    else:
-        raise TypeError(f"cannot initialise a missing {type(module).__name__}: the checkpoint must hold it")
-
-
 def _parse_device(device: torch.device | str | int | None) -> torch.device:
     if device is None:
         return torch.device("cpu")
@@ -277,7 +260,7 @@ def load_pretrained(
         )
         with torch.no_grad():
             for module_name in dict.fromkeys(key.rpartition(".")[0] for key in fresh):
-                _init_fresh(model.get_submodule(module_name), config)
+                model._init_weights(model.get_submodule(module_name))
 
     model._post_load()
     left_on_meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
