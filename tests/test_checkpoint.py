@@ -1,0 +1,354 @@
+"""Checkpoints: transformers <-> rembert_fast both ways, every file format, dtypes, and every load error.
+
+Reference: transformers' RemBert* classes (same keys, same on-disk formats). Every model here gets fresh
+random weights (LayerNorms and biases too), so a tensor that is not loaded cannot pass by accident.
+"""
+
+import json
+import logging
+import re
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+import rembert_fast
+from rembert_fast.checkpoint import load_state_dict
+
+CONFIG = {
+    "vocab_size": 100,
+    "hidden_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "input_embedding_size": 16,
+    "output_embedding_size": 24,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "num_labels": 3,
+}
+# Output fields compared per class; per-token fields on real positions only.
+HEADS = {
+    "RemBertModel": ("last_hidden_state", "pooler_output"),
+    "RemBertForMaskedLM": ("logits",),
+    "RemBertForCausalLM": ("logits",),
+    "RemBertForSequenceClassification": ("logits",),
+    "RemBertForMultipleChoice": ("logits",),
+    "RemBertForTokenClassification": ("logits",),
+    "RemBertForQuestionAnswering": ("start_logits", "end_logits"),
+}
+ATOL = 1e-5
+
+
+def _config_kwargs(name: str) -> dict:
+    # transformers' question-answering head splits its logits in two: it needs num_labels=2.
+    num_labels = 2 if name == "RemBertForQuestionAnswering" else CONFIG["num_labels"]
+    return {**CONFIG, "num_labels": num_labels, "is_decoder": name == "RemBertForCausalLM"}
+
+
+def _hf_model(name: str) -> torch.nn.Module:
+    """A transformers model with random weights everywhere (not the ones/zeros LayerNorm init)."""
+    model = getattr(transformers, name)(transformers.RemBertConfig(**_config_kwargs(name))).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param) * 0.2)
+    return model
+
+
+def _inputs(name: str) -> dict:
+    ids = torch.randint(3, CONFIG["vocab_size"], (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.randint(0, 2, ids.shape)}
+    if name == "RemBertForMultipleChoice":
+        inputs = {key: value[None].expand(2, -1, -1).contiguous() for key, value in inputs.items()}
+    return inputs
+
+
+def _assert_same_outputs(name: str, ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    inputs = _inputs(name)
+    real = inputs["attention_mask"].bool()
+    with torch.inference_mode():
+        got, want = ours(**inputs), theirs(**inputs)
+    for field in HEADS[name]:
+        a, b = getattr(got, field), getattr(want, field)
+        if a.shape[: real.dim()] == real.shape:
+            a, b = a[real], b[real]
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0, msg=f"{name}.{field}")
+
+
+def _assert_state_equal(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for key, tensor in want.items():
+        assert got[key].dtype == tensor.dtype and torch.equal(got[key], tensor), key
+
+
+def _ours(name: str):
+    return getattr(rembert_fast, name)
+
+
+# ------------------------------------------------------------------------------------ round trips
+@pytest.mark.parametrize("name", HEADS)
+def test_transformers_checkpoint_loads_exactly(tmp_path, name):
+    theirs = _hf_model(name)
+    theirs.save_pretrained(tmp_path)
+    ours = _ours(name).from_pretrained(tmp_path)
+    assert not ours.training
+    _assert_state_equal(ours.state_dict(), theirs.state_dict())
+    _assert_same_outputs(name, ours, theirs)
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_our_checkpoint_loads_in_transformers(tmp_path, name):
+    original = _hf_model(name)
+    original.save_pretrained(tmp_path / "hf")
+    ours = _ours(name).from_pretrained(tmp_path / "hf")
+    ours.save_pretrained(tmp_path / "ours")
+
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["architectures"] == [name] and config["dtype"] == "float32"
+    # Only transformers' persistent keys reach the disk (no fused QKV, no position_ids).
+    _assert_state_equal(load_file(tmp_path / "ours" / "model.safetensors"), dict(original.state_dict()))
+
+    theirs = getattr(transformers, name).from_pretrained(tmp_path / "ours").eval()
+    _assert_state_equal(theirs.state_dict(), original.state_dict())
+    _assert_same_outputs(name, ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("safe", "shard_size"), [(True, "5GB"), (True, "4KB"), (False, "5GB"), (False, 4000)]
+)
+def test_formats_and_shards(tmp_path, safe, shard_size):
+    name = "RemBertForMaskedLM"
+    original = _hf_model(name)
+    original.save_pretrained(tmp_path / "hf")
+    ours = _ours(name).from_pretrained(tmp_path / "hf")
+    out = tmp_path / "ours"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"stale file from an earlier save")
+    ours.save_pretrained(out, safe_serialization=safe, max_shard_size=shard_size)
+
+    files = sorted(p.name for p in out.iterdir() if p.name != "config.json")
+    stem, suffix = ("model", "safetensors") if safe else ("pytorch_model", "bin")
+    if shard_size == "5GB":
+        assert files == [f"{stem}.{suffix}"]
+    else:
+        index = json.loads((out / f"{stem}.{suffix}.index.json").read_text())
+        shards = sorted(set(index["weight_map"].values()))
+        count = len(shards)
+        assert count > 2
+        assert shards == [f"{stem}-{i:05d}-of-{count:05d}.{suffix}" for i in range(1, count + 1)]
+        assert files == sorted([*shards, f"{stem}.{suffix}.index.json"])
+        assert sorted(index["weight_map"]) == sorted(original.state_dict())
+        state = original.state_dict()
+        assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in state.values())
+
+    _assert_state_equal(_ours(name).from_pretrained(out).state_dict(), original.state_dict())
+    _assert_state_equal(load_state_dict(out), dict(original.state_dict()))
+    theirs = transformers.RemBertForMaskedLM.from_pretrained(out).eval()
+    _assert_state_equal(theirs.state_dict(), original.state_dict())
+
+
+def test_transformers_bin_checkpoint_and_safetensors_preferred(tmp_path):
+    first, second = _hf_model("RemBertModel"), _hf_model("RemBertModel")
+    first.config.save_pretrained(tmp_path)
+    torch.save(first.state_dict(), tmp_path / "pytorch_model.bin")
+    _assert_state_equal(_ours("RemBertModel").from_pretrained(tmp_path).state_dict(), first.state_dict())
+    _assert_state_equal(load_state_dict(tmp_path / "pytorch_model.bin"), dict(first.state_dict()))
+    # Both formats present: safetensors wins, as in transformers.
+    save_file(dict(second.state_dict()), tmp_path / "model.safetensors", metadata={"format": "pt"})
+    _assert_state_equal(_ours("RemBertModel").from_pretrained(tmp_path).state_dict(), second.state_dict())
+
+
+# ----------------------------------------------------------------------------------------- dtypes
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [(None, torch.float32), ("auto", torch.float32), (torch.bfloat16, torch.bfloat16),
+     ("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)],
+)
+def test_dtype_conversion(tmp_path, dtype, expected):
+    original = _hf_model("RemBertForSequenceClassification")
+    original.save_pretrained(tmp_path)
+    ours = _ours("RemBertForSequenceClassification").from_pretrained(tmp_path, dtype=dtype, device="cpu")
+    want = {key: t.to(expected) for key, t in original.state_dict().items()}
+    _assert_state_equal(ours.state_dict(), want)
+    assert all(p.dtype == expected and p.device.type == "cpu" for p in ours.parameters())
+
+
+def test_auto_dtype_follows_the_checkpoint(tmp_path):
+    original = _hf_model("RemBertModel")
+    original.save_pretrained(tmp_path / "hf")
+    ours = _ours("RemBertModel").from_pretrained(tmp_path / "hf", dtype=torch.bfloat16)
+    ours.save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert all(t.dtype == torch.bfloat16 for t in load_file(tmp_path / "bf16" / "model.safetensors").values())
+    again = _ours("RemBertModel").from_pretrained(tmp_path / "bf16", dtype="auto")
+    assert all(p.dtype == torch.bfloat16 for p in again.parameters())
+    as_fp32 = _ours("RemBertModel").from_pretrained(tmp_path / "bf16")
+    want = {key: t.to(torch.bfloat16).float() for key, t in original.state_dict().items()}
+    _assert_state_equal(as_fp32.state_dict(), want)
+
+
+# --------------------------------------------------------------------- heads and base models mixed
+def test_head_from_base_checkpoint_initialises_head_with_warning(tmp_path, caplog):
+    base = _hf_model("RemBertModel")
+    base.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="rembert_fast.checkpoint"):
+        ours = _ours("RemBertForSequenceClassification").from_pretrained(tmp_path)
+    assert "newly initialised" in caplog.text
+    assert "classifier.weight" in caplog.text and "classifier.bias" in caplog.text
+    assert "pooler" not in caplog.text and "encoder" not in caplog.text
+    state = ours.state_dict()
+    _assert_state_equal({k[len("rembert."):]: t for k, t in state.items() if k.startswith("rembert.")},
+                        dict(base.state_dict()))
+    weight = state["classifier.weight"]
+    assert weight.shape == (3, 48) and torch.count_nonzero(weight) == weight.numel()
+    assert 0.005 < weight.std().item() < 0.05  # normal(0, initializer_range=0.02), as in transformers
+    assert torch.equal(state["classifier.bias"], torch.zeros(3))
+    # transformers keeps the same base weights.
+    theirs = transformers.RemBertForSequenceClassification.from_pretrained(tmp_path)
+    _assert_state_equal({k: t for k, t in state.items() if k.startswith("rembert.")},
+                        {k: t for k, t in theirs.state_dict().items() if k.startswith("rembert.")})
+
+
+def test_base_from_head_checkpoint_ignores_head(tmp_path, caplog):
+    head = _hf_model("RemBertForMaskedLM")
+    head.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="rembert_fast.checkpoint"):
+        ours = _ours("RemBertModel").from_pretrained(tmp_path)
+    assert "cls.predictions.decoder.weight" in caplog.text  # ignored
+    assert "pooler.dense.weight" in caplog.text  # a masked-LM model has no pooler: initialised
+    want = {k[len("rembert."):]: t for k, t in head.state_dict().items() if k.startswith("rembert.")}
+    got = {k: t for k, t in ours.state_dict().items() if not k.startswith("pooler.")}
+    _assert_state_equal(got, want)
+    theirs = transformers.RemBertModel.from_pretrained(tmp_path)
+    _assert_state_equal(got, {k: t for k, t in theirs.state_dict().items() if not k.startswith("pooler.")})
+
+
+# ----------------------------------------------------------------------------------------- errors
+@pytest.fixture
+def saved(tmp_path):
+    """A transformers RemBertModel directory and its state dict."""
+    model = _hf_model("RemBertModel")
+    model.save_pretrained(tmp_path)
+    return tmp_path, dict(model.state_dict())
+
+
+def _load(path, **kwargs):
+    return _ours("RemBertModel").from_pretrained(path, **kwargs)
+
+
+def test_missing_directory_and_weights(saved):
+    path, _ = saved
+    with pytest.raises(ValueError, match="nowhere.*does not exist"):
+        _load(path / "nowhere")
+    with pytest.raises(ValueError, match="nowhere.*does not exist"):
+        load_state_dict(path / "nowhere")
+    (path / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=re.escape(
+            "looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
+            "pytorch_model.bin.index.json")):
+        _load(path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_safetensors(saved, damage):
+    path, _ = saved
+    file = path / "model.safetensors"
+    data = file.read_bytes()
+    torch.manual_seed(1)
+    file.write_bytes(bytes(torch.randint(0, 256, (512,), dtype=torch.uint8).tolist()) if damage == "garbage"
+                     else data[: len(data) // 2])
+    with pytest.raises(ValueError, match=re.escape(f"cannot read the safetensors file {str(file)!r}")):
+        _load(path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_bin(saved, damage):
+    path, state = saved
+    (path / "model.safetensors").unlink()
+    file = path / "pytorch_model.bin"
+    torch.save(state, file)
+    data = file.read_bytes()
+    file.write_bytes(b"\x80\x02garbage" * 40 if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(ValueError, match=re.escape(f"cannot read the weights file {str(file)!r}")):
+        _load(path)
+
+
+def test_index_naming_a_missing_shard(saved):
+    path, state = saved
+    model = _load(path)
+    model.save_pretrained(path, max_shard_size="20KB")
+    shard = sorted(path.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(ValueError, match=f"shard '{shard.name}'.*model.safetensors.index.json"):
+        _load(path)
+    (path / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(ValueError, match="weight_map"):
+        _load(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("extra_encoder_key", r"unexpected keys: \['encoder.layer.2.output.dense.weight'\]"),
+        ("extra_prefixed_key", r"unexpected keys: \['rembert.embeddings.extra'\]"),
+        ("missing_encoder_key", r"missing keys: \['encoder.layer.1.output.dense.bias'\]"),
+        ("missing_embedding_key", r"missing keys: \['embeddings.LayerNorm.weight'\]"),
+        ("missing_pooler_bias", r"missing keys: \['pooler.dense.bias'\]"),
+        ("wrong_shape", r"'encoder.layer.0.intermediate.dense.weight' has shape \(64, 47\) in the checkpoint "
+                        r"but \(64, 48\)"),
+    ],
+)
+def test_key_mismatches(saved, edit, message):
+    path, state = saved
+    if edit == "extra_encoder_key":
+        state["encoder.layer.2.output.dense.weight"] = torch.randn(48, 64)
+    elif edit == "extra_prefixed_key":
+        state["rembert.embeddings.extra"] = torch.randn(3)
+    elif edit == "missing_encoder_key":
+        del state["encoder.layer.1.output.dense.bias"]
+    elif edit == "missing_embedding_key":
+        del state["embeddings.LayerNorm.weight"]
+    elif edit == "missing_pooler_bias":
+        del state["pooler.dense.bias"]
+    else:
+        state["encoder.layer.0.intermediate.dense.weight"] = torch.randn(64, 47)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=message):
+        _load(path)
+
+
+def test_missing_head_key_in_a_head_checkpoint(tmp_path):
+    model = _hf_model("RemBertForQuestionAnswering")
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["qa_outputs.bias"]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing keys: \['qa_outputs.bias'\]"):
+        _ours("RemBertForQuestionAnswering").from_pretrained(tmp_path)
+
+
+def test_config_override_shape_mismatch(saved):
+    path, _ = saved
+    with pytest.raises(ValueError, match=r"embeddings.word_embeddings.weight' has shape \(100, 16\) in the "
+                                         r"checkpoint but \(101, 16\)"):
+        _load(path, vocab_size=101)
+
+
+@pytest.mark.parametrize("dtype", ["int8", torch.int64, "half-ish"])
+def test_bad_dtype(saved, dtype):
+    with pytest.raises(ValueError, match="dtype="):
+        _load(saved[0], dtype=dtype)
+
+
+def test_bad_save_arguments(saved):
+    path, _ = saved
+    model = _load(path)
+    with pytest.raises(ValueError, match="max_shard_size='lots'"):
+        model.save_pretrained(path / "out", max_shard_size="lots")
+    with pytest.raises(ValueError, match="it is a file"):
+        model.save_pretrained(path / "config.json")
