@@ -1,0 +1,166 @@
+"""CudaGraphRunner: host packing, buckets with dummy sequences, and graph replay vs eager.
+
+The packing and bucket layout run on CPU (`use_graphs=False` runs the bucketed shapes eagerly, so
+dummy and empty sequences go through the same ops); graph capture and replay need a GPU (`gpu`).
+References: transformers' RemBertModel on the same weights, real positions only.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rembert_fast
+from rembert_fast import ops
+from rembert_fast.cuda_graphs import CudaGraphRunner, _Graph, pack_on_host
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            input_embedding_size=32, output_embedding_size=48, intermediate_size=128,
+            max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+
+
+def models(device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(transformers RemBertModel, rembert_fast RemBertModel) with the same random weights, eval mode."""
+    hf = transformers.RemBertModel(transformers.RemBertConfig(**TINY)).eval()
+    fast = rembert_fast.RemBertModel(rembert_fast.RemBertConfig(**TINY)).eval()
+    fast.load_state_dict(hf.state_dict())
+    return hf.to(device, dtype), fast.to(device, dtype)
+
+
+def batch(lengths: list[int], seqlen: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    cols = torch.arange(seqlen)[None, :]
+    lengths_t = torch.tensor(lengths)[:, None]
+    mask = (cols >= seqlen - lengths_t) if left else (cols < lengths_t)
+    ids = torch.randint(3, TINY["vocab_size"], (len(lengths), seqlen)) * mask
+    return ids, mask.long()
+
+
+def max_error(packed, ref: torch.Tensor, mask: torch.Tensor) -> float:
+    real = mask.bool().to(ref.device)
+    return (packed.padded().float()[real] - ref.float()[real]).abs().max().item()
+
+
+# ----------------------------------------------------------------------------------------- host side
+def test_pack_on_host_keeps_original_positions():
+    ids, mask = batch([5, 2, 4], 6, left=True)
+    mask[0, 3] = 0  # a hole
+    types = torch.randint(0, 2, ids.shape)
+    host = pack_on_host(rembert_fast.RemBertConfig(**TINY), ids, mask, types)
+    real = mask.bool()
+    expected_positions = torch.arange(6).expand(3, 6)[real]
+    assert torch.equal(host.ids, ids[real]) and torch.equal(host.types, types[real])
+    assert torch.equal(host.positions, expected_positions)
+    assert torch.equal(host.lengths, mask.sum(1)) and host.tokens == int(mask.sum())
+    assert torch.equal(host.indices, real.flatten().nonzero().flatten())
+
+
+def test_pack_on_host_rejects_ids_outside_their_tables():
+    config = rembert_fast.RemBertConfig(**TINY)
+    ids, mask = batch([3, 3], 4)
+    ids[1, 1] = 101
+    with pytest.raises(ValueError, match="input_ids contains 101"):
+        pack_on_host(config, ids, mask)
+    ids[1, 1] = 5
+    with pytest.raises(ValueError, match="token_type_ids contains 2"):
+        pack_on_host(config, ids, mask, token_type_ids=torch.full_like(ids, 2))
+
+
+@pytest.mark.parametrize("lengths", [[7, 1, 12], [16, 16], [3]])
+def test_bucket_layout_has_dummy_sequences_no_longer_than_the_bucket(lengths):
+    ids, mask = batch(lengths, 16)
+    host = pack_on_host(rembert_fast.RemBertConfig(**TINY), ids, mask)
+    graph = _Graph(tokens=48, max_seqlen=16, batch=4)
+    buffer = torch.full((graph.size,), -7, dtype=torch.int32)  # poison: every slot must be written
+    graph.fill(buffer, host)
+    ids_v, positions, types, cu, indices = graph.views(buffer)
+    assert (buffer != -7).all()
+    cu = cu.long()
+    assert cu[0] == 0 and cu[-1] == graph.tokens and (cu[1:] >= cu[:-1]).all()
+    assert torch.equal(cu[1:len(lengths) + 1], torch.cumsum(torch.tensor(lengths), 0))
+    assert (cu[1:] - cu[:-1]).max() <= graph.max_seqlen  # max_seqlen stays a true upper bound
+    n = host.tokens
+    assert torch.equal(ids_v[:n].long(), host.ids) and (ids_v[n:] == 0).all() and (positions[n:] == 0).all()
+    assert torch.equal(indices[:n].long(), host.indices)
+
+
+def test_bucket_choice():
+    runner = CudaGraphRunner(models()[1], token_buckets=(16, 64), seqlen_buckets=(8, 32),
+                             batch_buckets=(2, 8))
+    assert runner.bucket(10, 8, 2) == (16, 8, 2)
+    assert runner.bucket(17, 9, 3) == (64, 32, 8)
+    assert runner.bucket(65, 8, 2) is None and runner.bucket(10, 33, 2) is None
+    with pytest.raises(ValueError, match="ascending"):
+        CudaGraphRunner(models()[1], token_buckets=(64, 16))
+    with pytest.raises(ValueError, match="CUDA"):
+        CudaGraphRunner(models()[1], use_graphs=True)
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_bucketed_and_eager_paths_match_transformers(backend):
+    """The bucketed shapes (dummy and empty sequences included) give transformers' numbers."""
+    hf, fast = models()
+    runner = CudaGraphRunner(fast, token_buckets=(32,), seqlen_buckets=(16,), batch_buckets=(4,),
+                             use_graphs=False)
+    cases = [batch([9, 3, 12], 12), batch([5, 16], 16, left=True), batch([16, 16, 16], 16)]
+    with torch.no_grad(), ops.use_backend(backend):
+        for ids, mask in cases:
+            ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+            out = runner(ids, mask)
+            assert out.hidden.shape == (int(mask.sum()), TINY["hidden_size"])
+            assert max_error(out, ref, mask) <= 1e-4
+            first = mask.argmax(1)
+            assert torch.allclose(out.first_tokens(), ref[torch.arange(len(ids)), first], atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_replay_matches_eager(dtype):
+    hf, fast = models("cuda", dtype)
+    runner = CudaGraphRunner(fast)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    shapes = [([5, 9, 2], 12), ([7, 3, 12], 12), ([100, 64, 128, 1], 128), ([64] * 8, 64), ([3], 8)]
+    with torch.inference_mode():
+        for lengths, seqlen in shapes + shapes:  # the second pass replays graphs captured in the first
+            ids, mask = batch(lengths, seqlen)
+            ref = fast(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+            out = runner(ids, mask)
+            assert max_error(out, ref, mask) <= tol
+            ref_hf = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+            assert max_error(out, ref_hf, mask) <= 2 * tol
+    keys = {runner.bucket(sum(lengths), max(lengths), len(lengths)) for lengths, _ in shapes}
+    assert set(runner.captured) == keys  # one graph per bucket, reused on the second pass
+
+
+@pytest.mark.gpu
+def test_graphs_follow_a_recast_model_and_inputs_on_gpu():
+    _, fast = models("cuda", torch.float32)
+    runner = CudaGraphRunner(fast)
+    ids, mask = batch([6, 4], 8)
+    with torch.inference_mode():
+        first = runner(ids.cuda(), mask.cuda()).padded()
+        fast.to(torch.float16)
+        ref = fast(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+        again = runner(ids, mask)
+    assert again.hidden.dtype == torch.float16
+    assert max_error(again, ref, mask) <= 3e-2
+    assert first.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_optimize_with_cuda_graphs_matches_transformers():
+    hf, _ = models("cuda", torch.float32)
+    ids, mask = batch([10, 4, 7], 12)
+    ids, mask = ids.cuda(), mask.cuda()
+    with torch.inference_mode():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        rembert_fast.optimize(hf, cuda_graphs=True)
+        got = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        got_again = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    runner = hf.__dict__["_rembert_fast"]["runner"]
+    assert runner is not None and len(runner.captured) == 1
+    real = mask.bool()
+    assert (got[real] - ref[real]).abs().max().item() <= 1e-4
+    assert torch.equal(got, got_again)
