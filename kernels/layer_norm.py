@@ -89,7 +89,7 @@ def _layer_norm_fwd_kernel(
 
 
 def launch_config(n: int) -> tuple[int, int, int]:
-    """(BLOCK_N, ROWS, num_warps) the launcher uses for rows of width `n` (also read by the compile gate)."""
+    """(BLOCK_N, ROWS, num_warps) of the launch for rows of width `n`."""
     block_n = triton.next_power_of_2(n)
     rows = max(1, _MIN_TILE // block_n)
     num_warps = min(max(rows * block_n // 512, 1), _MAX_WARPS)

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 from compile_gate import CompileCase, capture_cases, compile_cases, launch_problems, report
+from rembert_fast.kernels import activation as act_kernels
 from rembert_fast.kernels import layer_norm as ln_kernels
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -73,5 +74,45 @@ def layer_norm_results(request):
 @pytest.mark.parametrize("case", LAYER_NORM_CASES, ids=lambda c: f"{c.label} sm_{c.arch}")
 def test_layer_norm_compiles(case, layer_norm_results):
     result = layer_norm_results[id(case)]
+    assert not launch_problems(result), launch_problems(result)
+    assert result.spill_bytes == 0, f"{result.spill_bytes} B of register spills"
+
+
+# ----------------------------------------------------------------------------------------- bias_act
+def _bias_act_cases() -> list[CompileCase]:
+    cases = []
+    for (dname, dtype), n, activation, has_bias in itertools.product(
+        DTYPES.items(), WIDTHS, act_kernels.ACTIVATIONS, (False, True)
+    ):
+        def call(n=n, dtype=dtype, activation=activation, has_bias=has_bias):
+            act_kernels.bias_act(torch.empty(ROWS, n, dtype=dtype),
+                                 torch.empty(n, dtype=dtype) if has_bias else None, activation)
+
+        label = f"{dname} N={n} {activation}{' +bias' if has_bias else ''}"
+        cases += capture_cases("rembert_fast.kernels.activation", "_bias_act_kernel", call, label=label)
+    for dname, dtype in DTYPES.items():  # rows of a wider buffer, odd row stride
+        def strided(dtype=dtype):
+            act_kernels.bias_act(torch.empty(ROWS, 4611, dtype=dtype)[:, :4608],
+                                 torch.empty(4608, dtype=dtype), "gelu")
+
+        cases += capture_cases("rembert_fast.kernels.activation", "_bias_act_kernel", strided,
+                               label=f"{dname} N=4608 row-stride 4611 gelu +bias")
+    return cases
+
+
+BIAS_ACT_CASES = _bias_act_cases()
+
+
+@pytest.fixture(scope="module")
+def bias_act_results(request):
+    start = time.perf_counter()
+    results = compile_cases(BIAS_ACT_CASES)
+    report(request, "bias_act", results, time.perf_counter() - start)
+    return {id(r.case): r for r in results}
+
+
+@pytest.mark.parametrize("case", BIAS_ACT_CASES, ids=lambda c: f"{c.label} sm_{c.arch}")
+def test_bias_act_compiles(case, bias_act_results):
+    result = bias_act_results[id(case)]
     assert not launch_problems(result), launch_problems(result)
     assert result.spill_bytes == 0, f"{result.spill_bytes} B of register spills"

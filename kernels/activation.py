@@ -1,0 +1,152 @@
+"""Fused bias + activation: ``y = act(x + bias)``, elementwise, bias broadcast along the last dimension.
+
+RemBERT applies it to the first FFN projection (N = 4608, "gelu"), and the MLM head to its dense
+output (N = 1664): one read and one write instead of a bias kernel and an activation kernel.
+
+Activations, transformers' names and definitions (fp32 math, z = x + bias)::
+
+    gelu               z * Phi(z) = 0.5 z (1 + erf(z / sqrt 2))                  exact, RemBERT's
+    gelu_new,          0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))           tanh approximation
+    gelu_pytorch_tanh
+    gelu_fast          0.5 z (1 + tanh(0.7978845608 z (1 + 0.044715 z^2)))
+    quick_gelu         z * sigmoid(1.702 z)
+    relu               max(z, 0)  (NaN stays NaN, as torch.relu)
+    selu               1.0507009873554805 * (z if z > 0 else 1.6732632423543772 * (exp(z) - 1))
+
+``0.5 (1 + tanh(u))`` is evaluated as ``sigmoid(2u) = 1 / (1 + exp(-2u))``, the same function without
+the cancellation of ``1 + tanh(u)`` for negative u, and without needing a tanh instruction;
+``exp(z) - 1`` uses Kahan's ``(e - 1) * z / log(e)``, accurate for tiny z where ``exp(z) - 1`` loses
+every digit. ``erf`` is ``tl.math.erf`` (libdevice ``erff`` on NVIDIA).
+
+Grid: 2-D, ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))`` over the (M, N) view of x, one tile of about
+``_TILE`` elements per program; the bias slice is loaded once per tile. Rows may be strided (a view
+of a wider buffer is read in place); the last dimension must have stride 1, otherwise x is copied once.
+Row offsets are int64.
+
+Dtypes: x in fp32/fp16/bf16; bias in x's dtype; math in fp32; the output in x's dtype.
+
+References: Triton tutorial 02-fused-softmax (row-tiled elementwise work); transformers
+``activations.py`` (the definitions); W. Kahan's expm1 identity (Higham, Accuracy and Stability of
+Numerical Algorithms, 2nd ed., section 1.14.1).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "selu")
+_TILE = 4096  # elements per program: 4 warps x 32 elements per thread, 16-byte loads at every dtype
+_MAX_BLOCK_N = 1024
+_NUM_WARPS = 4
+
+
+@triton.jit
+def _sigmoid(t):
+    # exp(-t) overflows to inf for t < -88: 1 / inf = 0, the right limit, with no NaN.
+    return 1.0 / (1.0 + tl.exp(-t))
+
+
+@triton.jit
+def _expm1(z):
+    # Kahan: with e = exp(z) rounded, (e - 1) * z / log(e) cancels the rounding error of e.
+    e = tl.exp(z)
+    em1 = e - 1.0
+    return tl.where(em1 == 0.0, z, tl.where(em1 == -1.0, -1.0, em1 * z / tl.log(e)))
+
+
+@triton.jit
+def _activation(z, ACTIVATION: tl.constexpr):
+    if ACTIVATION == "gelu":
+        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    elif ACTIVATION == "gelu_new" or ACTIVATION == "gelu_pytorch_tanh":
+        u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+        y = z * _sigmoid(2.0 * u)
+    elif ACTIVATION == "gelu_fast":
+        u = z * 0.7978845608 * (1.0 + 0.044715 * z * z)
+        y = z * _sigmoid(2.0 * u)
+    elif ACTIVATION == "quick_gelu":
+        y = z * _sigmoid(1.702 * z)
+    elif ACTIVATION == "relu":
+        y = tl.where(z < 0.0, 0.0, z)
+    else:
+        tl.static_assert(ACTIVATION == "selu", "unknown activation")
+        y = 1.0507009873554805 * tl.where(z > 0.0, z, 1.6732632423543772 * _expm1(z))
+    return y
+
+
+@triton.jit(do_not_specialize=["M"])  # the token count changes every batch: one binary for all
+def _bias_act_kernel(
+    X,  # (M, N) input, row stride stride_x_row, unit column stride
+    BIAS,  # (N,) added to every row (read only if HAS_BIAS)
+    Y,  # (M, N) output, row stride stride_y_row
+    stride_x_row,  # elements between consecutive rows of X
+    stride_y_row,  # elements between consecutive rows of Y
+    M,  # number of rows
+    N,  # row width
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,  # one of ACTIVATIONS
+    BLOCK_M: tl.constexpr,  # rows per tile
+    BLOCK_N: tl.constexpr,  # columns per tile
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    col_mask = cols < N
+    mask = (rows < M)[:, None] & col_mask[None, :]  # (BLOCK_M, BLOCK_N)
+    rows = rows.to(tl.int64)  # row * stride overflows int32 beyond 2**31 elements
+    z = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(BIAS + cols, mask=col_mask, other=0.0).to(tl.float32)
+        z += bias[None, :]
+    y = _activation(z, ACTIVATION)
+    tl.store(Y + rows[:, None] * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+def launch_config(n: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of the launch for rows of width `n`."""
+    block_n = min(triton.next_power_of_2(n), _MAX_BLOCK_N)
+    return _TILE // block_n, block_n, _NUM_WARPS
+
+
+def bias_act(
+    x: torch.Tensor,  # (..., N) fp32/fp16/bf16
+    bias: torch.Tensor | None,  # (N,) x's dtype
+    activation: str,  # one of ACTIVATIONS (transformers' names)
+    *,
+    out: torch.Tensor | None = None,  # (..., N) contiguous, x's dtype: written in place if given
+) -> torch.Tensor:
+    """act(x + bias) on the Triton kernel; x's shape and dtype out.
+
+    Shapes and devices are validated by `rembert_fast.ops.bias_act`; this checks what the kernel itself
+    needs (activation name, bias dtype, `out`).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"bias_act: activation {activation!r} is not one of {ACTIVATIONS}")
+    if bias is not None and bias.dtype != x.dtype:
+        # eager x + bias would promote to the wider dtype; the kernel's contract is x's dtype out
+        raise ValueError(f"bias_act: bias has dtype {bias.dtype}; it must match x ({x.dtype})")
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"bias_act: out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, "
+                         f"got {out.dtype} {tuple(out.shape)} (contiguous={out.is_contiguous()})")
+    if x.numel() == 0:
+        return out
+
+    n = x.shape[-1]
+    x2 = (x if x.stride(-1) == 1 else x.contiguous()).reshape(-1, n)
+    y2 = out.view(-1, n)
+    m = x2.shape[0]
+    block_m, block_n, num_warps = launch_config(n)
+    _bias_act_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+        x2,
+        bias.contiguous() if bias is not None else None,
+        y2,
+        x2.stride(0), y2.stride(0),
+        m, n,
+        HAS_BIAS=bias is not None,
+        ACTIVATION=activation,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
+    )
+    return out
