@@ -435,9 +435,8 @@ class InferenceEngine:
                 if end - start == 1:
                     raise
                 torch.cuda.empty_cache()
-                middle = start + (end - start) // 2
-                self._row_cap = middle - start
-                pending[:0] = [(start, middle), (middle, end)]
+                self._row_cap = (end - start) // 2
+                pending = [(s, min(s + self._row_cap, rows)) for s in range(start, rows, self._row_cap)]
                 continue
             chunks.append((start, end, outputs))
         event = None
@@ -545,8 +544,8 @@ class InferenceEngine:
             for i in keep:
                 start, end = encoding.offsets[i]
                 tokens.append({
-                    "index": i, "word": encoding.tokens[i], "entity": self.id2label[best[i]],
-                    "score": best_scores[i], "start": start, "end": end,
+                    "index": i, "word": self._backend.id_to_token(encoding.ids[i]),
+                    "entity": self.id2label[best[i]], "score": best_scores[i], "start": start, "end": end,
                 })
             return {"tokens": tokens}
         words: list[list[int]] = []

@@ -1,0 +1,347 @@
+"""The batch-inference engine (rembert_fast.inference) against transformers' models, one line at a time.
+
+Every result is compared with `batch_fixtures.Reference`: transformers' model called on each line
+alone (fp32, CPU, max abs error <= 1e-5), so batching, length-sorting, padding removal and
+post-processing are all checked. Windows and token budgets are tiny so every run sorts, splits and
+pads across several batches and windows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from batch_fixtures import MAX_POSITIONS, Reference, sample_texts, tiny_model_dirs
+
+from rembert_fast import inference
+from rembert_fast.inference import InferenceEngine, LineError
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def dirs():
+    return tiny_model_dirs()
+
+
+@pytest.fixture(scope="module")
+def ref(dirs):
+    return Reference(dirs)
+
+
+def _engine(dirs, task, **kwargs):
+    directory = {"embed": "cls", "classify": "cls", "fill-mask": "mlm", "token-classify": "tok"}[task]
+    kwargs = {"window": 5, "batch_tokens": 96, **kwargs}
+    return InferenceEngine(dirs[directory], task, device="cpu", **kwargs)
+
+
+def _close(actual, expected) -> None:
+    actual = torch.as_tensor(actual, dtype=torch.float32)
+    torch.testing.assert_close(actual, expected.float(), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
+def test_embed_matches_model_line_by_line(dirs, ref, pooling):
+    texts = sample_texts()
+    records = list(_engine(dirs, "embed", pooling=pooling).run(texts))
+    assert [r["line"] for r in records] == list(range(1, len(texts) + 1))
+    for text, record in zip(texts, records, strict=True):
+        assert record["embedding"].dtype == np.float32 and record["embedding"].shape == (32,)
+        _close(record["embedding"], ref.embedding(text, pooling))
+
+
+def test_batches_sorted_by_length_within_budget(dirs):
+    engine = _engine(dirs, "embed", window=8, batch_tokens=100)
+    texts = sample_texts()[:8]
+    window = engine._prepare(1, texts, jsonl=False)
+    lengths = [len(e.ids) for e in window.encodings]
+    rows = [row for batch in window.batches for row in batch.rows]
+    assert sorted(rows) == list(range(8)) and rows != sorted(rows)  # every line once, reordered
+    assert [lengths[r] for r in rows] == sorted(lengths, reverse=True)
+    assert len(window.batches) > 1
+    for batch in window.batches:
+        assert batch.input_ids.shape == (len(batch.rows), lengths[batch.rows[0]])
+        assert len(batch.rows) == 1 or batch.input_ids.numel() <= 100
+        for i, row in enumerate(batch.rows):
+            assert batch.input_ids[i, : lengths[row]].tolist() == window.encodings[row].ids
+            assert batch.attention_mask[i].sum() == lengths[row]
+
+
+def test_classify_matches_model(dirs, ref):
+    texts = sample_texts()
+    records = list(_engine(dirs, "classify", all_scores=True).run(texts))
+    for text, record in zip(texts, records, strict=True):
+        probs = ref.class_probs(text)
+        best = int(probs.argmax())
+        assert record["label"] == ["negative", "neutral", "positive"][best]
+        _close(record["score"], probs[best])
+        assert list(record["scores"]) == ["negative", "neutral", "positive"]
+        _close(list(record["scores"].values()), probs)
+    plain = next(iter(_engine(dirs, "classify").run(texts[:1])))
+    assert set(plain) == {"line", "label", "score"}
+
+
+def test_fill_mask_top_k_matches_model(dirs, ref):
+    texts = ["Le garçon a mangé des [MASK] à la crème.", "[MASK] quick brown [MASK] jumps.", "no mask here",
+             "Wczoraj poszłam do sklepu i [MASK] żółty ser."]
+    records = list(_engine(dirs, "fill-mask", top_k=3).run(texts))
+    assert records[2] == {"line": 3, "error": "no [MASK] token in the text (after truncation)"}
+    for text, record in zip(texts, records, strict=True):
+        if "error" in record:
+            continue
+        positions, probs = ref.mask_probs(text)
+        assert [m["index"] for m in record["masks"]] == positions
+        for mask, row in zip(record["masks"], probs, strict=True):
+            top = row.topk(3)
+            assert [p["token"] for p in mask["predictions"]] == top.indices.tolist()
+            _close([p["score"] for p in mask["predictions"]], top.values)
+            assert [p["token_str"] for p in mask["predictions"]] == [
+                ref.tokenizer.decode([t]) for t in top.indices.tolist()
+            ]
+
+
+def test_fill_mask_truncated_away_is_an_error(dirs):
+    text = " ".join(["word"] * 40) + " [MASK]"
+    (record,) = _engine(dirs, "fill-mask", max_length=16).run([text])
+    assert "error" in record and "[MASK]" in record["error"]
+
+
+def test_token_classify_matches_model(dirs, ref):
+    texts = sample_texts()
+    records = list(_engine(dirs, "token-classify").run(texts))
+    labels = ["O", "B-PER", "I-PER", "B-LOC"]
+    for text, record in zip(texts, records, strict=True):
+        encoding, probs = ref.token_probs(text)
+        expected = [i for i, special in enumerate(encoding["special_tokens_mask"]) if not special]
+        assert [t["index"] for t in record["tokens"]] == expected
+        for token in record["tokens"]:
+            i = token["index"]
+            assert (token["start"], token["end"]) == tuple(encoding["offset_mapping"][i])
+            assert token["word"] == ref.tokenizer.convert_ids_to_tokens(encoding["input_ids"][i])
+            assert token["entity"] == labels[int(probs[i].argmax())]
+            _close(token["score"], probs[i].max())
+
+
+@pytest.mark.parametrize("aggregate", ["first", "average"])
+def test_token_classify_aggregates_words(dirs, ref, aggregate):
+    texts = ["The quick brown fox jumps over the lazy dog.", "El niño comió una manzana en la montaña."]
+    records = list(_engine(dirs, "token-classify", aggregate=aggregate).run(texts))
+    labels = ["O", "B-PER", "I-PER", "B-LOC"]
+    for text, record in zip(texts, records, strict=True):
+        encoding, probs = ref.token_probs(text)
+        words, start = [], 0
+        for word in text.split():
+            start = text.index(word, start)
+            words.append((word, start, start + len(word)))
+            start += len(word)
+        assert [(w["word"], w["start"], w["end"]) for w in record["words"]] == words
+        # A token belongs to the word its first non-space character is in; a whitespace-only token
+        # (a lone "▁") belongs to the word right after it.
+        owner = {}
+        for i, (s, e) in enumerate(encoding["offset_mapping"]):
+            if encoding["special_tokens_mask"][i]:
+                continue
+            while s < e and text[s].isspace():
+                s += 1
+            owner[i] = next(k for k, (_, begin, end) in enumerate(words)
+                            if s < end and (s >= begin or s == e))
+        for k, out in enumerate(record["words"]):
+            tokens = [i for i in owner if owner[i] == k]
+            word_probs = probs[tokens[0]] if aggregate == "first" else probs[tokens].mean(0)
+            assert out["entity"] == labels[int(word_probs.argmax())]
+            _close(out["score"], word_probs.max())
+
+
+def test_errors_ids_pairs_and_order(dirs, ref):
+    lines = [
+        '{"text": "hello world", "id": "a"}', "not json", '{"id": 2}', '{"text": 3, "id": [1]}', "[1, 2]",
+        '{"text": "x", "text_pair": 5}', "", '{"text": ""}',
+        '{"text": "une paire", "text_pair": "de textes"}', LineError("line is not valid UTF-8"),
+    ]
+    records = list(_engine(dirs, "embed", window=4).run(lines, jsonl=True))
+    assert [r["line"] for r in records] == list(range(1, 11))
+    errors = {r["line"]: r["error"] for r in records if "error" in r}
+    assert sorted(errors) == [2, 3, 4, 5, 6, 7, 10]
+    assert errors[2].startswith("malformed JSON") and errors[7].startswith("malformed JSON")
+    assert errors[3] == 'missing "text" field' and errors[4] == '"text" must be a string, got int'
+    assert "JSON object" in errors[5] and '"text_pair"' in errors[6] and "UTF-8" in errors[10]
+    assert records[0]["id"] == "a" and records[2]["id"] == 2 and records[3]["id"] == [1]
+    _close(records[0]["embedding"], ref.embedding("hello world", "cls"))
+    _close(records[7]["embedding"], ref.embedding("", "cls"))
+    _close(records[8]["embedding"], ref.embedding("une paire", "cls", pair="de textes"))
+    # The pair really changed the result (second segment, token type 1).
+    assert not np.allclose(records[8]["embedding"], ref.embedding("une paire", "cls").numpy())
+
+
+def test_truncation_is_counted_not_an_error(dirs, ref):
+    texts = sample_texts()
+    engine = _engine(dirs, "embed", max_length=24)
+    records = list(engine.run(texts))
+    long = sum(len(ref.tokenizer(t)["input_ids"]) > 24 for t in texts)
+    assert long >= 3 and engine.stats.truncated == long and engine.stats.errors == 0
+    assert engine.stats.lines == len(texts)
+    for text, record in zip(texts, records, strict=True):
+        _close(record["embedding"], ref.embedding(text, "cls", max_length=24))
+
+
+def test_shards_and_skip_give_the_same_bits(dirs):
+    texts = sample_texts()
+    engine = _engine(dirs, "embed", window=3)
+    full = list(engine.run(texts))
+    parts = [list(engine.run(texts, shard=(rank, 2))) for rank in range(2)]
+    assert {r["line"] for r in parts[0]} == {1, 2, 3, 7, 8, 9, 13, 14}
+    merged = sorted(parts[0] + parts[1], key=lambda r: r["line"])
+    resumed = list(engine.run(texts, skip_through=5))
+    assert [r["line"] for r in resumed] == list(range(6, len(texts) + 1))
+    for got in (merged, full[5:]):
+        want = full if got is merged else full[5:]
+        assert [inference.encode_record(r) for r in got] == [inference.encode_record(r) for r in want]
+    assert [inference.encode_record(r) for r in resumed] == [inference.encode_record(r) for r in full[5:]]
+
+
+def test_out_of_memory_halves_the_batch(dirs, ref, monkeypatch):
+    texts = sample_texts()
+    engine = _engine(dirs, "embed", window=len(texts), batch_tokens=10_000)
+    forward = engine._forward
+    sizes = []
+
+    def tight_memory(ids, mask, types):
+        sizes.append(ids.shape[0])
+        if ids.shape[0] > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(ids, mask, types)
+
+    monkeypatch.setattr(engine, "_forward", tight_memory)
+    records = list(engine.run(texts))
+    assert sizes[:2] == [14, 7] and max(sizes[2:]) == 3 and engine._row_cap == 3
+    for text, record in zip(texts, records, strict=True):
+        _close(record["embedding"], ref.embedding(text, "cls"))
+
+
+def test_tokenizer_thread_errors_reach_the_caller(dirs):
+    def lines():
+        yield "fine"
+        raise RuntimeError("input broke")
+
+    with pytest.raises(RuntimeError, match="input broke"):
+        list(_engine(dirs, "embed").run(lines()))
+
+
+def test_bad_settings_name_the_value(dirs):
+    with pytest.raises(ValueError, match="'summarize'"):
+        InferenceEngine(dirs["cls"], "summarize")
+    with pytest.raises(ValueError, match="max_length 65"):
+        _engine(dirs, "embed", max_length=MAX_POSITIONS + 1)
+    with pytest.raises(ValueError, match="'max'"):
+        _engine(dirs, "embed", pooling="max")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        InferenceEngine(dirs["cls"].parent, "embed")
+
+
+def test_iter_lines_and_count_lines(tmp_path):
+    data = b"one\r\ntwo\n\n\xff\xfe bad\nlast without newline"
+    assert len(list(inference.iter_lines(io.BytesIO(data)))) == 5
+    lines = list(inference.iter_lines(io.BytesIO(data)))
+    assert lines[:3] == ["one", "two", ""] and isinstance(lines[3], LineError)
+    assert lines[4] == "last without newline"
+    (tmp_path / "a.txt").write_bytes(data)
+    (tmp_path / "b.txt").write_bytes(b"x\ny\n")
+    assert inference.count_lines(tmp_path / "a.txt") == 5 and inference.count_lines(tmp_path / "b.txt") == 2
+    assert [inference.shard_line(k, 1, 2, 3) for k in range(0, 6)] == [0, 4, 5, 6, 10, 11]
+
+
+def _records(n: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [{"line": i, "error": "bad line"} if i % 4 == 0 else
+            {"line": i, "id": f"é{i}", "embedding": rng.standard_normal(6).astype(np.float32)}
+            for i in range(1, n + 1)]
+
+
+def test_jsonl_writer_resumes_after_a_torn_record(tmp_path):
+    out = tmp_path / "out.jsonl"
+    writer = inference.JsonlWriter(out)
+    for record in _records(9):
+        writer.write(record)
+    assert not out.exists()
+    writer.commit()
+    complete = out.read_bytes()
+    assert [json.loads(line)["line"] for line in complete.splitlines()] == list(range(1, 10))
+    cut = complete.index(b'{"line": 6') + 25  # inside record 6
+    (tmp_path / "out.jsonl.partial").write_bytes(complete[:cut])
+    out.unlink()
+    writer = inference.JsonlWriter(out, resume=True)
+    assert (writer.done_through, writer.prior_records, writer.prior_errors) == (5, 5, 1)
+    for record in _records(9)[5:]:
+        writer.write(record)
+    writer.commit()
+    assert out.read_bytes() == complete
+    # A finished output resumed again is kept as it is.
+    writer = inference.JsonlWriter(out, resume=True)
+    assert (writer.done_through, writer.prior_errors) == (9, 2)
+    writer.commit()
+    assert out.read_bytes() == complete
+
+
+def test_npy_writer_nan_rows_errors_file_and_resume(tmp_path):
+    out, errors = tmp_path / "v.npy", tmp_path / "v.errors.jsonl"
+    writer = inference.NpyWriter(out, errors, 6)
+    for record in _records(9):
+        writer.write(record)
+    writer.commit()
+    rows = np.load(out)
+    assert rows.shape == (9, 6) and rows.dtype == np.float32
+    for record, row in zip(_records(9), rows, strict=True):
+        if "error" in record:
+            assert np.isnan(row).all()
+        else:
+            np.testing.assert_array_equal(row, record["embedding"])
+    assert [json.loads(x) for x in errors.read_text().splitlines()] == [
+        {"line": 4, "error": "bad line"}, {"line": 8, "error": "bad line"}]
+    complete, complete_errors = out.read_bytes(), errors.read_bytes()
+    # Crash after row 5 was half written, with the error record of line 8 already on disk.
+    (tmp_path / "v.npy.partial").write_bytes(complete[: 128 + 4 * 6 * 5 + 10])
+    (tmp_path / "v.errors.jsonl.partial").write_bytes(complete_errors)
+    out.unlink()
+    errors.unlink()
+    writer = inference.NpyWriter(out, errors, 6, resume=True)
+    assert (writer.done_through, writer.prior_errors) == (5, 1)
+    for record in _records(9)[5:]:
+        writer.write(record)
+    writer.commit()
+    assert out.read_bytes() == complete and errors.read_bytes() == complete_errors
+    writer = inference.NpyWriter(tmp_path / "w.npy", tmp_path / "w.errors.jsonl", 6)
+    writer.write(_records(1)[0])
+    writer.close()
+    with pytest.raises(inference.ResumeError, match="8-wide"):
+        inference.NpyWriter(tmp_path / "w.npy", tmp_path / "w.errors.jsonl", 8, resume=True)
+
+
+def test_merging_rank_parts_restores_input_order(dirs, tmp_path):
+    texts = sample_texts() + ["not json"]
+    engine = _engine(dirs, "embed", window=3)
+    lines = [json.dumps({"text": t}) for t in texts[:-1]] + ["not json"]
+
+    def write(writer, records):
+        for record in records:
+            writer.write(record)
+        writer.commit()
+
+    write(inference.NpyWriter(tmp_path / "one.npy", tmp_path / "one.errors.jsonl", 32),
+          engine.run(lines, jsonl=True))
+    write(inference.JsonlWriter(tmp_path / "one.jsonl"), engine.run(lines, jsonl=True))
+    npy_parts, jsonl_parts = [], []
+    for rank in range(2):
+        npy_parts.append((tmp_path / f"p{rank}.npy", tmp_path / f"p{rank}.errors.jsonl"))
+        write(inference.NpyWriter(*npy_parts[-1], 32), engine.run(lines, jsonl=True, shard=(rank, 2)))
+        jsonl_parts.append(tmp_path / f"p{rank}.jsonl")
+        write(inference.JsonlWriter(jsonl_parts[-1]), engine.run(lines, jsonl=True, shard=(rank, 2)))
+    inference.merge_npy(npy_parts, tmp_path / "two.npy", tmp_path / "two.errors.jsonl", window=3)
+    inference.merge_jsonl(jsonl_parts, tmp_path / "two.jsonl")
+    for name in ("npy", "errors.jsonl", "jsonl"):
+        assert (tmp_path / f"two.{name}").read_bytes() == (tmp_path / f"one.{name}").read_bytes()
+    assert np.isnan(np.load(tmp_path / "two.npy")[-1]).all()
+    assert not any(p.exists() for pair in npy_parts for p in pair)
+    assert not any(p.exists() for p in jsonl_parts)
