@@ -435,9 +435,7 @@ def main() -> int:
             print(f"  {job_id:40s} {good}/{total} rows identical (ids, type ids, masks, offsets)")
     rows_good = sum(good for good, _ in per_line.values())
     rows_total = sum(total for _, total in per_line.values())
-    print(
-        f"row-level checks (encode/tokenize/decode, all configs, cross-loaded): {rows_good}/{rows_total}"
-    )
+    print(f"row-level checks (encode/tokenize/decode, all configs, cross-loaded): {rows_good}/{rows_total}")
     print(f"jobs: {len(reference) - len(differences)}/{len(reference)} identical")
     for line in differences[:30]:
         print("  DIFF", line)

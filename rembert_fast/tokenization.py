@@ -295,7 +295,6 @@ class _RemBertTokenizerBase:
 
     model_input_names = ("input_ids", "token_type_ids", "attention_mask")
     pad_token_type_id = 0
-    _is_fast = False
 
     def __init__(
         self,
@@ -1110,8 +1109,6 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
             configuration names `[UNK]` / `[PAD]`).
         model_max_length, padding_side, truncation_side, clean_up_tokenization_spaces: as for the slow one.
     """
-
-    _is_fast = True
 
     def __init__(
         self,
