@@ -262,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = _add_task(sub, "token-classify", "per-token labels with character offsets")
     tokens.add_argument("--aggregate", choices=("none", "first", "average"), default="none",
                         help="label words instead of tokens, by the first token or the average of its tokens")
+    from rembert_fast import bench as bench_module
+
+    bench = sub.add_parser("bench", help="benchmark rembert_fast vs transformers and torch.compile",
+                           description=bench_module.__doc__.splitlines()[0])
+    bench_module.add_arguments(bench)
+    bench.set_defaults(func=bench_module.run)
     return parser
 
 

@@ -1,0 +1,177 @@
+"""`rembert-fast bench` on CPU with a tiny config, and the GPU check script's commands.
+
+The benchmark's numbers are not asserted (speed is measured in benchmarks, not tests); its JSON
+schema, its rows per implementation, its correctness check and its options are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rembert_fast import bench, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            input_embedding_size=32, output_embedding_size=48, intermediate_size=128,
+            max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+E2E_FIELDS = {"kind", "impl", "dtype", "batch", "seq", "lengths", "real_tokens", "padded_tokens", "status",
+              "first_call_s", "median_ms", "min_ms", "max_ms", "iters", "max_abs_err", "peak_activation_mb",
+              "tokens_per_s", "ratio_vs_transformers", "error_bar", "agrees"}
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def run_bench(tiny_config: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
+    output = tmp_path / "result.json"
+    args = cli.build_parser().parse_args(
+        ["bench", "--config", str(tiny_config), "--layers", "1", "--batch-sizes", "2", "--seq-lens", "16",
+         "--warmup", "0", "--iters", "1", "--no-progress", "--output", str(output), *extra])
+    code = args.func(args)
+    return code, json.loads(output.read_text())
+
+
+def test_bench_cpu_json_schema_and_rows(tiny_config, tmp_path, capsys):
+    impls = "rembert_fast,transformers+optimize,transformers"
+    code, result = run_bench(tiny_config, tmp_path, "--impls", impls)
+    assert code == 0
+    assert result["schema"] == bench.SCHEMA and result["device"] == "cpu"
+    assert {"torch", "triton", "transformers", "python", "rembert_fast"} <= set(result["versions"])
+    assert result["date"] and "git_commit" in result and result["model"]["num_hidden_layers"] == 1
+    rows = result["rows"]
+    cases = {(r["batch"], r["seq"], r["lengths"]) for r in rows}
+    assert cases == {(2, 16, "fixed"), (2, 16, "variable")}
+    for case in cases:
+        impls = {r["impl"] for r in rows if (r["batch"], r["seq"], r["lengths"]) == case}
+        assert impls == {"rembert_fast", "transformers+optimize", "transformers"}
+    for row in rows:
+        assert set(row) == E2E_FIELDS, row
+        assert row["status"] == "ok" and row["agrees"] is True and row["max_abs_err"] <= 1e-4
+        assert row["median_ms"] > 0 and row["tokens_per_s"] > 0
+        if row["lengths"] == "fixed":
+            assert row["real_tokens"] == row["padded_tokens"] == 32
+        else:
+            assert 0 < row["real_tokens"] <= 32
+    assert all(r["ratio_vs_transformers"] == 1.0 for r in rows if r["impl"] == "transformers")
+    assert result["kernels"] == []  # off on CPU unless --kernels
+    table = capsys.readouterr().out
+    assert "rembert_fast" in table and "transformers+optimize" in table and str(tmp_path) in table
+
+
+def test_bench_kernels_rows(tiny_config, tmp_path):
+    code, result = run_bench(tiny_config, tmp_path, "--impls", "rembert_fast", "--lengths", "fixed",
+                             "--kernels")
+    assert code == 0
+    ops_run = {r["op"] for r in result["kernels"]}
+    assert ops_run == {"layer_norm(+bias+residual)", "bias_act(gelu)", "attention(varlen, d=16)",
+                       "embed(gather+LN)"}
+    for row in result["kernels"]:
+        assert row["status"] == "ok" and row["median_ms"] > 0 and row["eager_median_ms"] > 0
+        assert ("gb_per_s" in row) != ("tflop_per_s" in row)
+
+
+def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
+    """The agreement check can fail: corrupt rembert_fast's output and the row is flagged, exit 1."""
+    real = bench._make_callable
+
+    def corrupted(impl, hf_model, fast_model):
+        fn = real(impl, hf_model, fast_model)
+        return (lambda ids, mask: fn(ids, mask) + 0.01) if impl == "rembert_fast" else fn
+
+    monkeypatch.setattr(bench, "_make_callable", corrupted)
+    code, result = run_bench(tiny_config, tmp_path, "--lengths", "fixed")
+    assert code == 1
+    by_impl = {r["impl"]: r for r in result["rows"]}
+    assert by_impl["rembert_fast"]["agrees"] is False
+    assert by_impl["rembert_fast"]["max_abs_err"] == pytest.approx(0.01, rel=1e-3)
+    assert by_impl["transformers"]["agrees"] is True
+
+
+def test_bench_without_transformers_runs_rembert_fast_alone(tiny_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "_transformers", lambda: None)
+    code, result = run_bench(tiny_config, tmp_path, "--lengths", "fixed")
+    assert code == 0
+    assert [r["impl"] for r in result["rows"]] == ["rembert_fast"]
+    assert result["rows"][0]["max_abs_err"] is None and result["rows"][0]["ratio_vs_transformers"] is None
+    assert any("transformers is not installed" in note for note in result["notes"])
+    assert "transformers is not installed" in capsys.readouterr().err
+
+
+def test_bench_plot_without_matplotlib_says_so(tiny_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    code, _ = run_bench(tiny_config, tmp_path, "--impls", "transformers", "--lengths", "fixed", "--plot")
+    assert code == 1
+    assert "pip install matplotlib" in capsys.readouterr().err
+
+
+def test_bench_argument_errors(tiny_config, tmp_path):
+    parser = cli.build_parser()
+    assert parser.parse_args(["bench", "--shapes", "64x512:variable,1x128"]).shapes == [
+        bench.Shape(64, 512, "variable"), bench.Shape(1, 128, "fixed")]
+    for bad in (["--shapes", "64by512"], ["--impls", "onnx"], ["--dtypes", "fp8"], ["--batch-sizes", "0"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["bench", *bad])
+    with pytest.raises(SystemExit, match="exceed max_position_embeddings=64"):
+        run_bench(tiny_config, tmp_path, "--seq-lens", "128")
+    with pytest.raises(ValueError, match="--layers 5 is outside 1..2"):
+        run_bench(tiny_config, tmp_path, "--layers", "5")
+
+
+def test_cpu_defaults_skip_compile_and_graphs():
+    args = cli.build_parser().parse_args(["bench"])
+    plan = bench._resolve(args, bench.torch.device("cpu"), have_hf=True)
+    assert plan["impls"] == ["rembert_fast", "transformers"]
+    assert plan["dtypes"] == ["float32"] and plan["layers"] == 2 and plan["kernels"] is False
+    compiled = bench._resolve(cli.build_parser().parse_args(["bench", "--compile", "--no-max-autotune"]),
+                              bench.torch.device("cpu"), have_hf=True)
+    assert compiled["impls"] == ["rembert_fast", "transformers", "torch.compile"]
+    gpu = bench._resolve(args, bench.torch.device("cuda"), have_hf=True)
+    assert gpu["impls"] == list(bench.IMPLS) and gpu["dtypes"] == ["bfloat16", "float16"]
+    assert gpu["layers"] is None and gpu["kernels"] is True
+
+
+# ----------------------------------------------------------------------------------------- gpu_check.sh
+def test_gpu_check_script_commands_exist(tmp_path):
+    script = ROOT / "benches" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    env = dict(os.environ, GPU_CHECK_DRY_RUN="1")
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("DRY-RUN "):
+            name, command = line[len("DRY-RUN "):].split(":", 1)
+            commands[name] = shlex.split(command)
+    assert {"install", "doctor", "gpu_tests", "kernel_tests", "bench_e2e", "bench_max_autotune"} <= set(
+        commands)
+    assert commands["install"][:3] == ["python", "-m", "pip"]
+    assert "--no-build-isolation" in commands["install"] and "--no-deps" in commands["install"]
+    parser = cli.build_parser()
+    assert "rembert-fast doctor --json" in commands["doctor"][-1]
+    for name in ("bench_e2e", "bench_max_autotune"):
+        argv = commands[name]
+        assert argv[:2] == ["rembert-fast", "bench"]
+        args = parser.parse_args(argv[1:])  # every option the script passes exists
+        assert args.func is bench.run and args.dtypes == ["bf16"]
+    for name in ("gpu_tests", "kernel_tests"):
+        argv = commands[name]
+        assert argv[:3] == ["python", "-m", "pytest"]
+        for path in (a for a in argv if a.startswith("tests")):
+            assert (ROOT / path).exists(), path
+    for name, argv in commands.items():
+        if name.startswith("bench_") and argv[0] == "python" and argv[1] != "-m":
+            assert (ROOT / argv[1]).exists() and "--json" in argv
+    steps = (tmp_path / "out" / "steps.tsv").read_text().splitlines()
+    assert len(steps) == len(commands) + 1 and all("dry-run" in s for s in steps[1:])
