@@ -7,21 +7,24 @@ down to PTX and cubin, and reads what the compiled kernel needs (shared memory, 
 
 API (used by ``tests/test_compile.py``; each kernel family adds its own cases there):
 
-``capture_cases(module, kernel, call, archs=(80, 90), label="") -> list[CompileCase]``
+``capture_cases(module, kernel, call, archs=(80, 90), label="", configs=None) -> list[CompileCase]``
     Replaces ``module.<kernel>`` by a recorder for the duration of ``call()``, so the public launcher
     runs its real argument preparation with small CPU tensors and records each launch instead of
     running it. Every recorded launch becomes one case per arch, specialised exactly as Triton's JIT
     would specialise it (``native_specialize_impl``: dtype of each pointer, 16-byte divisibility of
     pointers and integers, integers equal to 1 and ``None`` turned into constexprs, the kernel's
-    ``do_not_specialize`` honoured). A ``triton.autotune`` kernel yields one case per config, a
-    ``triton.heuristics`` kernel has its heuristics evaluated on the recorded arguments. This is how
-    the gate compiles what is launched rather than a hand-written copy of it.
+    ``do_not_specialize`` honoured). A ``triton.autotune`` kernel yields one case per config left by
+    its ``early_config_prune`` (or per entry of ``configs``, which replaces the autotuner's list: for
+    kernels whose interpreter build autotunes over a test-only config), a ``triton.heuristics``
+    kernel has its heuristics evaluated on the recorded arguments. This is how the gate compiles what
+    is launched rather than a hand-written copy of it.
 ``CompileCase(label, module, kernel, signature, constexprs, attrs, num_warps, num_stages, arch)``
     One compilation, for cases built by hand: ``signature`` maps each runtime argument to a Triton type
     (``"*bf16"``, ``"i32"``, ``"fp32"``), ``constexprs`` maps the constexpr arguments to values,
     ``attrs`` maps arguments to ``"D"`` (divisible by 16) where the JIT would say so.
-``compile_cases(cases, workers=2) -> list[CompileResult]``
-    Compiles every distinct case (duplicates are compiled once) in ``workers`` subprocesses, each
+``compile_cases(cases, workers=None) -> list[CompileResult]``
+    Compiles every distinct case (duplicates are compiled once) in ``workers`` subprocesses (default:
+    one per CPU this process may use), each
     started without ``TRITON_INTERPRET`` so ``@triton.jit`` yields real JIT functions there. Results
     come back in the order of ``cases``; a failing compile is a result with ``error`` set, not an
     exception.
@@ -176,15 +179,25 @@ def _recording(module: str, kernel: str) -> Iterator[_LaunchRecorder]:
         setattr(mod, kernel, original)
 
 
-def _expand(kernel: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    """Launch options per compiled variant: autotune configs and heuristics applied to the arguments."""
+def _expand(kernel: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+            configs: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """Launch options per compiled variant: autotune configs (pruned as the autotuner prunes them, or
+    `configs` instead when given) and heuristics, applied to the recorded arguments."""
     names = list(inspect.signature(_python_fn(kernel)).parameters)
     positional = dict(zip(names, args, strict=False))  # args may stop before parameters with defaults
     variants = [{**positional, **kwargs}]
     layer = kernel
     while type(layer).__name__ in ("Autotuner", "Heuristics"):
         if type(layer).__name__ == "Autotuner":
-            variants = [{**v, **cfg.all_kwargs()} for v in variants for cfg in layer.configs]
+            expanded = []
+            for v in variants:
+                chosen = configs
+                if chosen is None:
+                    chosen = layer.configs
+                    if layer.early_config_prune:
+                        chosen = layer.early_config_prune(chosen, positional, **kwargs)
+                expanded += [{**v, **cfg.all_kwargs()} for cfg in chosen]
+            variants = expanded
         else:
             for v in variants:
                 for name, rule in layer.values.items():
@@ -199,15 +212,20 @@ def capture_cases(
     call: Callable[[], Any],
     archs: Sequence[int] = ARCHS,
     label: str = "",
+    configs: Sequence[Any] | None = None,
 ) -> list[CompileCase]:
-    """Run `call()` (which calls a public launcher) and turn each launch of `module.kernel` into cases."""
+    """Run `call()` (which calls a public launcher) and turn each launch of `module.kernel` into cases.
+
+    `configs` (a list of `triton.Config`) replaces an autotuned kernel's own configs, for kernels whose
+    autotuner holds a test-only config list under the interpreter.
+    """
     with _recording(module, kernel) as recorder:
         call()
     if not recorder.launches:
         raise AssertionError(f"{module}.{kernel} was not launched by the call for case {label!r}")
     cases = []
     for launch in recorder.launches:
-        for bound in _expand(recorder.kernel, launch["args"], launch["kwargs"]):
+        for bound in _expand(recorder.kernel, launch["args"], launch["kwargs"], configs):
             num_warps = bound.pop("num_warps", None)
             num_stages = bound.pop("num_stages", None)
             for option in ("num_ctas", "maxnreg", "pre_hook", "ir_override"):
@@ -220,8 +238,10 @@ def capture_cases(
 
 
 # ----------------------------------------------------------------------------------------- compile
-def compile_cases(cases: Sequence[CompileCase], workers: int = 2) -> list[CompileResult]:
-    """Compile every distinct case in `workers` fresh interpreters (without TRITON_INTERPRET)."""
+def compile_cases(cases: Sequence[CompileCase], workers: int | None = None) -> list[CompileResult]:
+    """Compile every distinct case in `workers` (default: one per usable CPU) fresh interpreters
+    started without TRITON_INTERPRET."""
+    workers = workers or len(os.sched_getaffinity(0))
     unique: dict[str, CompileCase] = {}
     for case in cases:
         unique.setdefault(case.key(), case)

@@ -4,8 +4,8 @@ and fits the arch's shared-memory and register limits.
 
 Cases are captured from the public launchers themselves (`compile_gate.capture_cases`), so the block
 sizes, num_warps and argument specialisations compiled here are the ones a launch would use. Each
-kernel family compiles its cases once (module fixture, two worker processes) and prints a table of
-shared memory, registers and spills per tile.
+kernel family compiles its cases once (module fixture, one worker process per usable CPU) and prints
+a table of shared memory, registers and spills per tile.
 """
 
 import itertools
@@ -21,6 +21,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # RemBERT's widths (embedding 256, hidden 1152, MLM head 1664, FFN 4608), the widest allowed, and odd
 # widths: 1 (N and the row stride become constexpr 1), 7 and 1153 (no 16-divisibility).
 WIDTHS = (256, 1152, 1664, 4608, ln_kernels.MAX_N, 1, 7, 1153)
+# One more width per remaining power-of-two block (2, then 2**k - 1: masked, not 16-divisible), for
+# one dtype and every feature on, so every BLOCK_N any N <= MAX_N selects is compiled at least once.
+BLOCK_SWEEP = (2, 3, 15, 31, 63, 127, 511, 1023, 4095)
 ROWS = 3  # M is not specialised by the kernels: any row count gives the same binary
 
 
@@ -29,34 +32,35 @@ def _name(flags: dict[str, bool]) -> str:
 
 
 # ----------------------------------------------------------------------------------------- layer_norm
+def _layer_norm_call(x, pdtype, res, xb, b, residual=None):
+    """A call of the public launcher on `x` with the given features (`residual` overrides the default)."""
+    n = x.shape[-1]
+    if res and residual is None:
+        residual = torch.empty(x.shape, dtype=x.dtype)
+
+    def call():
+        ln_kernels.layer_norm(x, torch.empty(n, dtype=pdtype), torch.empty(n, dtype=pdtype) if b else None,
+                              1e-12, residual=residual, x_bias=torch.empty(n, dtype=x.dtype) if xb else None)
+
+    return call
+
+
 def _layer_norm_cases() -> list[CompileCase]:
+    module, kernel = "rembert_fast.kernels.layer_norm", "_layer_norm_fwd_kernel"
     cases = []
     for (dname, dtype), n in itertools.product(DTYPES.items(), WIDTHS):
         for pdtype, res, xb, b in itertools.product({dtype, torch.float32}, *[(False, True)] * 3):
-            flags = {"res": res, "xb": xb, "b": b}
-            label = f"{dname} w={str(pdtype)[6:]} N={n} {_name(flags)}"
-
-            def call(n=n, dtype=dtype, pdtype=pdtype, res=res, xb=xb, b=b):
-                ln_kernels.layer_norm(
-                    torch.empty(ROWS, n, dtype=dtype), torch.empty(n, dtype=pdtype),
-                    torch.empty(n, dtype=pdtype) if b else None, 1e-12,
-                    residual=torch.empty(ROWS, n, dtype=dtype) if res else None,
-                    x_bias=torch.empty(n, dtype=dtype) if xb else None,
-                )
-
-            cases += capture_cases("rembert_fast.kernels.layer_norm", "_layer_norm_fwd_kernel", call,
-                                   label=label)
+            label = f"{dname} w={str(pdtype)[6:]} N={n} {_name({'res': res, 'xb': xb, 'b': b})}"
+            call = _layer_norm_call(torch.empty(ROWS, n, dtype=dtype), pdtype, res, xb, b)
+            cases += capture_cases(module, kernel, call, label=label)
     for dname, dtype in DTYPES.items():  # rows of a wider buffer, odd row stride (e.g. a slice of QKV)
-        def strided(dtype=dtype):
-            n = 1152
-            ln_kernels.layer_norm(
-                torch.empty(ROWS, n + 3, dtype=dtype)[:, :n], torch.empty(n, dtype=dtype),
-                torch.empty(n, dtype=dtype), 1e-12,
-                residual=torch.empty(ROWS, n + 5, dtype=dtype)[:, :n], x_bias=torch.empty(n, dtype=dtype),
-            )
-
-        cases += capture_cases("rembert_fast.kernels.layer_norm", "_layer_norm_fwd_kernel", strided,
-                               label=f"{dname} N=1152 row-stride 1155/1157 res+xb+b")
+        x = torch.empty(ROWS, 1155, dtype=dtype)[:, :1152]
+        residual = torch.empty(ROWS, 1157, dtype=dtype)[:, :1152]
+        call = _layer_norm_call(x, dtype, True, True, True, residual=residual)
+        cases += capture_cases(module, kernel, call, label=f"{dname} N=1152 row-stride 1155/1157 res+xb+b")
+    for n in BLOCK_SWEEP:
+        call = _layer_norm_call(torch.empty(ROWS, n, dtype=torch.bfloat16), torch.bfloat16, True, True, True)
+        cases += capture_cases(module, kernel, call, label=f"bf16 N={n} res+xb+b")
     return cases
 
 
@@ -97,6 +101,13 @@ def _bias_act_cases() -> list[CompileCase]:
 
         cases += capture_cases("rembert_fast.kernels.activation", "_bias_act_kernel", strided,
                                label=f"{dname} N=4608 row-stride 4611 gelu +bias")
+    for n in BLOCK_SWEEP:
+        def sweep(n=n):
+            act_kernels.bias_act(torch.empty(ROWS, n, dtype=torch.bfloat16),
+                                 torch.empty(n, dtype=torch.bfloat16), "gelu")
+
+        cases += capture_cases("rembert_fast.kernels.activation", "_bias_act_kernel", sweep,
+                               label=f"bf16 N={n} gelu +bias")
     return cases
 
 
