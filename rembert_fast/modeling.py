@@ -331,8 +331,6 @@ class RemBertModel(RemBertPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
         )
-        if out.max_seqlen == 0:
-            raise ValueError("attention_mask marks no token as real (all zeros); nothing to encode")
         enc = _Encoded(batch, seqlen, out.hidden, out.indices, True, None, None, None, None, None)
         if out.hidden_states is not None:
             enc.hidden_states = tuple(enc.pad(h) for h in out.hidden_states)
@@ -1200,7 +1198,7 @@ def _packed_attention(
         )
     else:
         out = ops.attention(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal)
-    return out.reshape(tokens, -1)
+    return out.reshape(tokens, q.shape[1] * q.shape[2])
 
 
 def _dense_residual_norm(
@@ -1325,6 +1323,8 @@ def packed_encoder_forward(
         default_positions = torch.arange(seqlen, device=device).repeat(batch)
     else:
         packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask)
+        if max_seqlen == 0:
+            raise ValueError("attention_mask marks no token as real (all zeros); nothing to encode")
         default_positions = indices % seqlen
 
     def gather(t: torch.Tensor) -> torch.Tensor:  # (B, L) -> (T,)
