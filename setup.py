@@ -81,7 +81,7 @@ def get_extensions() -> list:
             name="rembert_fast._C",
             sources=_sources(),
             include_dirs=[str(CSRC)],
-            extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", *gencode]},
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", *gencode]},  # torch picks the C++ standard
         )
     ]
 

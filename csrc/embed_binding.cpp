@@ -154,25 +154,25 @@ at::Tensor embed(const at::Tensor& input_ids,       // (...) int64/int32
   at::Tensor error = at::empty({1}, input_ids.options().dtype(at::kLong));
 
   rembert_fast::EmbedParams params;
-  params.input_ids = flat_input_ids.data_ptr();
-  params.position_ids = flat_position_ids.data_ptr();
-  params.token_type_ids = flat_token_type_ids.data_ptr();
+  params.input_ids = flat_input_ids.const_data_ptr();
+  params.position_ids = flat_position_ids.const_data_ptr();
+  params.token_type_ids = flat_token_type_ids.const_data_ptr();
   params.input_ids_int64 = flat_input_ids.scalar_type() == at::kLong;
   params.position_ids_int64 = flat_position_ids.scalar_type() == at::kLong;
   params.token_type_ids_int64 = flat_token_type_ids.scalar_type() == at::kLong;
   params.num_tokens = num_tokens;
-  params.word = word_weight.data_ptr();
+  params.word = word_weight.const_data_ptr();
   params.vocab_size = word_weight.size(0);
-  params.position = position_weight.data_ptr();
+  params.position = position_weight.const_data_ptr();
   params.num_positions = position_weight.size(0);
-  params.type = type_weight.data_ptr();
+  params.type = type_weight.const_data_ptr();
   params.num_types = type_weight.size(0);
-  params.ln_weight = ln_weight.data_ptr();
-  params.ln_bias = ln_bias.data_ptr();
+  params.ln_weight = ln_weight.const_data_ptr();
+  params.ln_bias = ln_bias.const_data_ptr();
   params.eps = static_cast<float>(eps);
   params.dim = static_cast<int>(dim);
-  params.out = out.data_ptr();
-  params.error = reinterpret_cast<unsigned long long*>(error.data_ptr<int64_t>());
+  params.out = out.mutable_data_ptr();
+  params.error = reinterpret_cast<unsigned long long*>(error.mutable_data_ptr<int64_t>());
   const cudaError_t launched = rembert_fast::launch_embed(params, dtype, stream);
   TORCH_CHECK(launched == cudaSuccess, "rembert_fast embed kernel failed to launch: ",
               cudaGetErrorString(launched));

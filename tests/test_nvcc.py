@@ -1,13 +1,13 @@
 """The nvcc gate: the CUDA extension's sources compile on a machine without a GPU.
 
-Every csrc/*.cu file compiles with the machine's nvcc for sm_80 and sm_90, with the half/bfloat16
-macros torch's extension builds define, so the kernel cannot lean on implicit half conversions. The
-binding (csrc/*.cpp) gets a g++ -fsyntax-only pass against torch's headers and CUDA's: the CPU torch
-wheel ships ATen/ and c10/cuda/ headers but not the generated c10/cuda/impl/cuda_cmake_macros.h (it
-only sets the Windows export macro), so the check defines C10_CUDA_NO_CMAKE_CONFIGURE_FILE when that
-file is missing. The binding includes only c10/cuda headers (CUDAGuard, CUDAStream), not
-ATen/cuda/CUDAContext.h, which pulls in cuBLAS/cuSPARSE headers a bare CUDA toolkit may lack.
-Skipped only where nvcc (or g++ for the binding) is not installed.
+Every csrc/*.cu file compiles with the machine's nvcc for sm_80 and sm_90, as C++17 and C++20, with
+the half/bfloat16 macros torch's extension builds define, so the kernel cannot lean on implicit half
+conversions. The binding (csrc/*.cpp) gets a g++ -std=c++20 -fsyntax-only pass (as torch 2.13 builds
+it) against torch's headers and CUDA's: the CPU torch wheel ships ATen/ and c10/cuda/ headers but not
+the generated c10/cuda/impl/cuda_cmake_macros.h (it only sets the Windows export macro), so the check
+defines C10_CUDA_NO_CMAKE_CONFIGURE_FILE when that file is missing. The binding includes only c10/cuda
+headers (CUDAGuard, CUDAStream), not ATen/cuda/CUDAContext.h, which pulls in cuBLAS/cuSPARSE headers a
+bare CUDA toolkit may lack. Skipped only where nvcc (or g++ for the binding) is not installed.
 """
 
 from __future__ import annotations
@@ -52,11 +52,12 @@ def test_there_are_sources() -> None:
 
 
 @needs_nvcc
+@pytest.mark.parametrize("standard", ["c++17", "c++20"])  # the kernel's floor; torch 2.13 builds C++20
 @pytest.mark.parametrize("source", sorted(CSRC.glob("*.cu")), ids=lambda p: p.name)
-def test_cu_compiles_for_sm80_and_sm90(source: Path, tmp_path: Path) -> None:
+def test_cu_compiles_for_sm80_and_sm90(source: Path, standard: str, tmp_path: Path) -> None:
     obj = tmp_path / (source.stem + ".o")
     command = [
-        NVCC, "-c", "-std=c++17", "-O3",
+        NVCC, "-c", f"-std={standard}", "-O3",
         "-gencode", "arch=compute_80,code=sm_80",
         "-gencode", "arch=compute_90,code=sm_90",
         *TORCH_NVCC_DEFINES, f"-I{CSRC}", str(source), "-o", str(obj),
@@ -79,7 +80,7 @@ def test_binding_passes_a_syntax_check(source: Path) -> None:
         defines.append("-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE")
     system = [*torch_includes, str(_cuda_include_dir()), sysconfig.get_paths()["include"]]
     command = [
-        "g++", "-fsyntax-only", "-std=c++17", "-Wall", "-Wextra", "-Werror", *defines, f"-I{CSRC}",
+        "g++", "-fsyntax-only", "-std=c++20", "-Wall", "-Wextra", "-Werror", *defines, f"-I{CSRC}",
         *(arg for path in system for arg in ("-isystem", path)), str(source),
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
