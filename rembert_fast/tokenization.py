@@ -1393,8 +1393,13 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
             else (max_length if padding_strategy == "max_length" else None, pad_to_multiple_of),
         )
         inputs = [text if pair is None else (text, pair) for text, pair in pairs]
+        # tokenizers >= 0.20 offers encode_batch_fast, which skips offset tracking (~20% faster); the
+        # ids, masks and type ids are the same.
+        encode_batch = self._tokenizer.encode_batch
+        if not return_offsets_mapping:
+            encode_batch = getattr(self._tokenizer, "encode_batch_fast", encode_batch)
         try:
-            encodings = self._tokenizer.encode_batch(inputs, add_special_tokens=add_special_tokens)
+            encodings = encode_batch(inputs, add_special_tokens=add_special_tokens)
         except Exception as err:  # tokenizers raises plain Exception (e.g. a truncation that cannot fit)
             raise ValueError(
                 f"RemBertTokenizerFast could not encode the batch "

@@ -597,3 +597,20 @@ def test_matches_transformers_4_37_2():
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "jobs: " in proc.stdout
+
+
+@pytest.mark.parametrize("which", ["slow", "fast"])
+def test_encode_plus_batch_encode_plus_and_batch_encoding(slow, fast_equal, plain_lines, which):
+    tok = slow if which == "slow" else fast_equal
+    a, b = plain_lines[5], plain_lines[6]
+    assert dict(tok.encode_plus(a, b)) == dict(tok(a, b))
+    assert tok.encode(a, b) == tok(a, b)["input_ids"]
+    batch = tok.batch_encode_plus([a, (a, b)], return_special_tokens_mask=True)
+    assert batch["input_ids"] == [tok.encode(a), tok.encode(a, b)]
+    assert batch.input_ids is batch["input_ids"]
+    with pytest.raises(AttributeError, match="offset_mapping"):
+        _ = batch.offset_mapping
+    with pytest.raises(TypeError, match="list"):
+        tok.encode_plus([a, b])
+    with pytest.raises(TypeError, match="str"):
+        tok.batch_encode_plus(a)
