@@ -149,7 +149,9 @@ def _run_task(args: argparse.Namespace) -> int:
             top_k=getattr(args, "top_k", 5), all_scores=getattr(args, "all_scores", False),
             aggregate=getattr(args, "aggregate", "none"), window=args.window,
         )
-    except (OSError, ValueError, RuntimeError) as error:
+    except ValueError as error:  # a setting that does not fit this model, or an invalid config
+        raise UsageError(f"{args.model}: {_first_line(error)}") from None
+    except (OSError, RuntimeError) as error:
         raise UsageError(f"cannot load model {args.model!r}: {_first_line(error)}") from None
     writer = _make_writer(args, output, errors, engine.hidden_size, rank, world)
     progress = rank == 0 and (args.progress or sys.stderr.isatty())

@@ -1,0 +1,192 @@
+"""The `rembert-fast` batch subcommands end to end: files in, files out, exit codes, resume, torchrun.
+
+The engine's numbers are checked line by line against transformers in test_inference.py; here the
+command's output must hold the same records (embed also against transformers directly), one per input
+line in order, and survive interruption and splitting across processes byte for byte.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from batch_fixtures import Reference, sample_texts, tiny_model_dirs
+
+from rembert_fast import inference
+from rembert_fast.cli import main
+
+MIXED = Path(__file__).parent / "data" / "batch_mixed.jsonl"  # good, malformed and odd lines
+MIXED_ERRORS = {3, 4, 5, 10}  # not JSON, no "text", non-string "text", empty line
+TASK_DIR = {"embed": "cls", "classify": "cls", "fill-mask": "mlm", "token-classify": "tok"}
+
+
+@pytest.fixture(scope="module")
+def dirs():
+    return tiny_model_dirs()
+
+
+def _run(capsys, task, model, inp, out, *extra):
+    code = main([task, "--model", str(model), "--input", str(inp), "--output", str(out), "--window", "4",
+                 "--batch-tokens", "80", *extra])
+    return code, capsys.readouterr().err
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("task", ["embed", "classify", "fill-mask", "token-classify"])
+def test_every_subcommand_writes_one_record_per_line_in_order(dirs, capsys, tmp_path, task):
+    options = {"classify": ["--all-scores"], "fill-mask": ["--top-k", "2"], "token-classify": ["--aggregate",
+                                                                                               "first"]}
+    out = tmp_path / "out.jsonl"
+    code, err = _run(capsys, task, dirs[TASK_DIR[task]], MIXED, out, *options.get(task, []))
+    assert code == 1  # the output is complete, and some lines are error records
+    records = _lines(out)
+    n = inference.count_lines(MIXED)
+    assert [r["line"] for r in records] == list(range(1, n + 1))
+    errors = {r["line"] for r in records if "error" in r}
+    assert errors == (MIXED_ERRORS | {1, 6, 8, 11} if task == "fill-mask" else MIXED_ERRORS)  # no [MASK]
+    assert [r.get("id") for r in records if r["line"] in (1, 2, 7, 11)] == ["en-1", 2, "pair", 10.5]
+    assert "id" in records[8] and records[8]["id"] is None
+    assert f"{n} lines, {len(errors)} errors" in err and err.count("\n") == 1
+    engine = inference.InferenceEngine(
+        dirs[TASK_DIR[task]], task, device="cpu", window=4, batch_tokens=80, all_scores=True, top_k=2,
+        aggregate="first")
+    with open(MIXED, "rb") as f:
+        expected = [inference.encode_record(r) for r in engine.run(inference.iter_lines(f), jsonl=True)]
+    assert out.read_bytes() == b"".join(expected)
+
+
+def test_embed_output_matches_transformers(dirs, capsys, tmp_path):
+    ref = Reference(dirs)
+    out = tmp_path / "out.jsonl"
+    assert _run(capsys, "embed", dirs["cls"], MIXED, out, "--pooling", "mean")[0] == 1
+    for record in _lines(out):
+        if "error" in record:
+            continue
+        item = json.loads(MIXED.read_text(encoding="utf-8").splitlines()[record["line"] - 1])
+        expected = ref.embedding(item["text"], "mean", pair=item.get("text_pair"))
+        torch.testing.assert_close(torch.tensor(record["embedding"]), expected, atol=1e-5, rtol=0)
+
+
+def test_txt_stdin_and_jsonl_inputs_agree(dirs, capsys, tmp_path, monkeypatch):
+    texts = sample_texts()
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    jsonl = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    (tmp_path / "in.jsonl").write_text(jsonl, encoding="utf-8")
+    assert _run(capsys, "classify", dirs["cls"], tmp_path / "in.txt", tmp_path / "a.jsonl")[0] == 0
+    assert _run(capsys, "classify", dirs["cls"], tmp_path / "in.jsonl", tmp_path / "b.jsonl")[0] == 0
+    stdin = io.TextIOWrapper(io.BytesIO((tmp_path / "in.txt").read_bytes()), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert _run(capsys, "classify", dirs["cls"], "-", tmp_path / "c.jsonl")[0] == 0
+    a = (tmp_path / "a.jsonl").read_bytes()
+    assert len(a.splitlines()) == len(texts)
+    assert (tmp_path / "b.jsonl").read_bytes() == a and (tmp_path / "c.jsonl").read_bytes() == a
+
+
+def test_npy_output_has_nan_rows_and_an_errors_file(dirs, capsys, tmp_path):
+    assert _run(capsys, "embed", dirs["cls"], MIXED, tmp_path / "v.npy")[0] == 1
+    assert _run(capsys, "embed", dirs["cls"], MIXED, tmp_path / "v.jsonl")[0] == 1
+    rows = np.load(tmp_path / "v.npy")
+    records = _lines(tmp_path / "v.jsonl")
+    assert rows.shape == (len(records), 32) and rows.dtype == np.float32
+    for record, row in zip(records, rows, strict=True):
+        if "error" in record:
+            assert np.isnan(row).all()
+        else:
+            np.testing.assert_array_equal(row, np.array(record["embedding"], dtype=np.float32))
+    errors = _lines(tmp_path / "v.errors.jsonl")
+    assert errors == [r for r in records if "error" in r] and {r["line"] for r in errors} == MIXED_ERRORS
+    assert _run(capsys, "embed", dirs["cls"], MIXED, tmp_path / "h.npy", "--npy-dtype", "float16")[0] == 1
+    half = np.load(tmp_path / "h.npy")
+    assert half.dtype == np.float16
+    np.testing.assert_array_equal(half, rows.astype(np.float16))
+
+
+def test_truncation_is_counted_and_empty_text_is_valid(dirs, capsys, tmp_path):
+    text = "short\n\n" + "a much longer line of text " * 10 + "\n"
+    (tmp_path / "in.txt").write_text(text, encoding="utf-8")
+    code, err = _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / "o.jsonl",
+                     "--max-length", "16")
+    assert code == 0
+    assert "3 lines, 0 errors, 1 truncated" in err
+
+
+@pytest.mark.parametrize("case", ["no model dir", "no config", "no input", "input is a dir",
+                                  "npy for classify", "bad suffix", "max-length too long"])
+def test_usage_errors_exit_2_with_one_line(dirs, capsys, tmp_path, case):
+    model, inp, out, task, extra = dirs["cls"], MIXED, tmp_path / "o.jsonl", "classify", []
+    if case == "no model dir":
+        model = tmp_path / "missing"
+    elif case == "no config":
+        model = tmp_path
+    elif case == "no input":
+        inp = tmp_path / "missing.txt"
+    elif case == "input is a dir":
+        inp = tmp_path
+    elif case == "npy for classify":
+        out = tmp_path / "o.npy"
+    elif case == "bad suffix":
+        out = tmp_path / "o.csv"
+    else:
+        extra = ["--max-length", "100"]
+    code, err = _run(capsys, task, model, inp, out, *extra)
+    assert code == 2
+    assert err.startswith("rembert-fast classify: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "o.jsonl.partial").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".npy"])
+def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffix):
+    texts = sample_texts() * 2
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / f"out{suffix}"
+    assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", out)[0] == 0
+    complete = out.read_bytes()
+    # A crash while line 11's record (or row) was being written leaves a torn .partial file.
+    cut = complete.index(b'{"line": 11,') + 40 if suffix == ".jsonl" else 128 + 10 * 32 * 4 + 17
+    partial = tmp_path / f"out{suffix}.partial"
+    partial.write_bytes(complete[:cut])
+    out.unlink()
+    if suffix == ".npy":
+        (tmp_path / "out.errors.jsonl").rename(tmp_path / "out.errors.jsonl.partial")
+    code, err = _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", out, "--resume")
+    assert code == 0 and not partial.exists()
+    assert f"{len(texts) - 10} lines, 0 errors" in err and "continued after 10 lines" in err
+    assert out.read_bytes() == complete
+
+
+def test_torchrun_two_processes_match_one(dirs, capsys, tmp_path):
+    texts = sample_texts()
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    # torchrun gives each process one thread; so does the one-process run, as GEMM bits depend on it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / "one.jsonl")[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "rembert_fast.cli", "embed", "--model", str(dirs["cls"]),
+               "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "two.jsonl"),
+               "--window", "4", "--batch-tokens", "80", "--device", "cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "one.jsonl", "two.jsonl"]
+    assert f"{len(texts)} lines, 0 errors" in done.stderr
+
+
+def test_doctor_still_works(capsys):
+    assert main(["doctor", "--json"]) == 0
+    assert "backends" in json.loads(capsys.readouterr().out)
