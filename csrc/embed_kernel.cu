@@ -78,8 +78,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// The three table rows of `token`, or false after recording the token's first out-of-range id. Every lane
-// of the warp reads the same ids (one broadcast transaction each) and so takes the same branch.
 template <typename T>
 struct Rows {
   const T* word;
@@ -87,6 +85,8 @@ struct Rows {
   const T* type;
 };
 
+// The three table rows of `token`, or false after recording the token's first out-of-range id. Every lane
+// of the warp reads the same ids (one broadcast transaction each) and so takes the same branch.
 template <typename T>
 __device__ __forceinline__ bool lookup_rows(const EmbedParams& p, int64_t token, int lane, Rows<T>* rows) {
   const int64_t word_id = load_id(p.input_ids, p.input_ids_int64, token);

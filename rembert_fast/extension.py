@@ -99,6 +99,10 @@ def _jit_blocker() -> tuple[Path | None, str | None]:
 
     if cpp_extension.CUDA_HOME is None:
         return None, "no CUDA toolkit found to compile the extension (set CUDA_HOME or put nvcc on PATH)"
+    if not (Path(cpp_extension.CUDA_HOME) / "include" / "cuda_runtime.h").is_file():
+        # torch guesses CUDA_HOME from nvcc's path, which a wrapper script outside the toolkit misleads.
+        return None, (f"CUDA_HOME={cpp_extension.CUDA_HOME} has no include/cuda_runtime.h; "
+                      "set CUDA_HOME to the CUDA toolkit's root")
     if not cpp_extension.is_ninja_available():
         return None, "ninja is not installed, so the extension cannot be compiled (pip install ninja)"
     directory = source_dir()
