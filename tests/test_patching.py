@@ -15,6 +15,7 @@ import rembert_fast
 from rembert_fast import ops, patching
 
 transformers = pytest.importorskip("transformers")
+hf_pairs = pytest.importorskip("hf_pairs")  # tests/hf_pairs.py: randomize every parameter
 
 HEADS = ("RemBertModel", "RemBertForSequenceClassification", "RemBertForMaskedLM",
          "RemBertForTokenClassification", "RemBertForQuestionAnswering", "RemBertForMultipleChoice")
@@ -46,9 +47,12 @@ def make_mask(kind: str, batch: int = 3, seqlen: int = 12) -> torch.Tensor:
 
 
 def build(head: str, **overrides):
+    """A transformers model with random values in every parameter (biases and LayerNorms included)."""
     if head == "RemBertForQuestionAnswering":
         overrides.setdefault("num_labels", 2)  # start and end logits
-    return getattr(transformers, head)(tiny_config(**overrides)).eval()
+    model = getattr(transformers, head)(tiny_config(**overrides)).eval()
+    hf_pairs.randomize(model, seed=int(torch.randint(0, 2**31 - 1, ())))
+    return model
 
 
 def inputs_for(head: str, mask: torch.Tensor) -> dict[str, torch.Tensor]:
