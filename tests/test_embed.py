@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -316,23 +317,24 @@ def test_extension_other_widths_and_alignment(ext, dim: int, offset: int) -> Non
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "which, value, match",
+    "which, value, limit",
     [
-        (0, GPU_VOCAB, rf"input_ids contains {GPU_VOCAB} \(flat index 777\), outside \[0, {GPU_VOCAB}\)"),
-        (0, -3, r"input_ids contains -3 \(flat index 777\)"),
-        (1, GPU_POSITIONS, rf"position_ids contains {GPU_POSITIONS} .*max_position_embeddings"),
-        (2, 2, r"token_type_ids contains 2 .*type_vocab_size=2"),
+        ("input_ids", GPU_VOCAB, f"[0, {GPU_VOCAB}) (vocab_size={GPU_VOCAB})"),
+        ("input_ids", -3, f"[0, {GPU_VOCAB}) (vocab_size={GPU_VOCAB})"),
+        ("position_ids", GPU_POSITIONS, f"[0, {GPU_POSITIONS}) (max_position_embeddings={GPU_POSITIONS})"),
+        ("token_type_ids", 2, f"[0, {GPU_TYPES}) (type_vocab_size={GPU_TYPES})"),
     ],
 )
-def test_extension_rejects_bad_ids_and_survives(ext, which: int, value: int, match: str) -> None:
+def test_extension_rejects_bad_ids_and_survives(ext, which: str, value: int, limit: str) -> None:
     master, weights = _gpu_weights(torch.bfloat16)
-    ids = list(_random_ids(2048))
+    ids = dict(zip(("input_ids", "position_ids", "token_type_ids"), _random_ids(2048), strict=True))
     ids[which][777] = value
     ids[which][1500] = value  # a later bad token: the lowest index is reported
+    match = re.escape(f"{which} contains {value} (flat index 777), outside {limit}")
     with pytest.raises(ValueError, match=match):
-        extension.embed(ext, *ids, *weights[:5], 1e-12)
-    with ops.use_backend("auto"), pytest.raises(ValueError, match=match):
-        ops.embed(*ids, *weights[:5], 1e-12)
+        extension.embed(ext, *ids.values(), *weights[:5], 1e-12)
+    with ops.use_backend("auto"), pytest.raises(ValueError, match=re.escape(f"{which} contains {value}")):
+        ops.embed(*ids.values(), *weights[:5], 1e-12)
     good = _random_ids(2048)  # the context is intact: the next call works
     got = extension.embed(ext, *good, *weights[:5], 1e-12)
     _assert_accurate(got, good, master, weights, 1e-12, False)
