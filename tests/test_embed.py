@@ -342,6 +342,35 @@ def test_extension_rejects_bad_ids_and_survives(ext, which: str, value: int, lim
 
 
 @pytest.mark.gpu
+def test_extension_without_check_zeroes_bad_rows(ext) -> None:
+    master, weights = _gpu_weights(torch.float32)
+    ids = _random_ids(300)
+    ids[0][5] = GPU_VOCAB + 10**9  # far outside the table: a read there would fault
+    ids[1][9] = -1
+    got = extension.embed(ext, *ids, *weights[:5], 1e-12, check_ids=False)
+    torch.cuda.synchronize()
+    bad = torch.zeros(300, dtype=torch.bool, device="cuda")
+    bad[[5, 9]] = True
+    assert torch.equal(got[bad], torch.zeros_like(got[bad]))
+    good = tuple(t[~bad] for t in ids)
+    _assert_accurate(got[~bad], good, master, weights, 1e-12, False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("project", [False, True])
+def test_extension_takes_empty_and_batched_ids(ext, project: bool) -> None:
+    master, weights = _gpu_weights(torch.bfloat16)
+    proj = weights[5:] if project else ()
+    width = GPU_HIDDEN if project else 256
+    empty = tuple(torch.empty(0, 7, dtype=torch.int64, device="cuda") for _ in range(3))
+    assert extension.embed(ext, *empty, *weights[:5], 1e-12, *proj).shape == (0, 7, width)
+    batched = tuple(t.view(4, 25) for t in _random_ids(100))  # (B, L) ids keep their shape
+    got = extension.embed(ext, *batched, *weights[:5], 1e-12, *proj)
+    assert got.shape == (4, 25, width)
+    _assert_accurate(got, batched, master, weights, 1e-12, project)
+
+
+@pytest.mark.gpu
 def test_extension_rejects_bad_arguments(ext) -> None:
     _, weights = _gpu_weights(torch.float32, vocab=100)
     word, pos, typ, ln_w, ln_b, proj_w, proj_b = weights
