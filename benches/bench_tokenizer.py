@@ -4,9 +4,10 @@ Workload: N sentences (default 100,000) built from tests/data/multilingual.txt (
 special-token text), each the join of two lines picked by a seeded generator (so sentences are
 mostly distinct and mix scripts), encoded in batches of 1,000 with `padding=True, truncation=True,
 max_length=128` (what an inference job asks for). The fast tokenizer encodes all N; the slow one
-encodes a subset (default 10,000) and its rate is
-extrapolated per sentence, which is fair because it encodes sentence by sentence. Each figure is the
-median of `--repeats` timed passes after one warm-up pass.
+encodes a subset (default 10,000) and its rate is extrapolated per sentence, which is fair because it
+encodes sentence by sentence. For context the two engines alone run on the subset too: `tokenizers`'
+encode_batch (no padding) and `sentencepiece`'s encode. Each figure is the median of `--repeats`
+rounds after one warm-up round; a round runs all four in turn, so they share the machine's load.
 
 The vocabulary is the tiny test model trained on the spot (tests/tokenizer_fixtures.py) unless
 `--model` names another sentencepiece .model (e.g. RemBERT's own); absolute rates on RemBERT's
@@ -57,14 +58,17 @@ def encode_all(tokenizer: RemBertTokenizer | RemBertTokenizerFast, sentences: li
     return tokens
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function; one warm-up round, then rounds that run every function in turn,
+    so that all of them see the same machine load (the CPUs here are shared)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def build_tokenizers(model: str) -> tuple[RemBertTokenizerFast, RemBertTokenizer]:
@@ -92,26 +96,43 @@ def main() -> None:
             fast(subset[:200], **ENCODE_KWARGS)["input_ids"]
             == slow(subset[:200], **ENCODE_KWARGS)["input_ids"]
         )
-        fast_s = median_seconds(lambda: encode_all(fast, sentences), args.repeats)
-        slow_s = median_seconds(lambda: encode_all(slow, subset), args.repeats)
-    fast_rate = len(sentences) / fast_s
-    slow_rate = len(subset) / slow_s
+        backend, sp = fast.backend_tokenizer, slow.sp_model
+        encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+        def engine_tokenizers() -> None:
+            fast._configure(None, None)  # the engine alone: no padding or truncation
+            encode_batch(subset)
+
+        load_before = os.getloadavg()[0]
+        seconds = interleaved_medians(
+            {
+                "fast": lambda: encode_all(fast, sentences),
+                "slow": lambda: encode_all(slow, subset),
+                "tokenizers engine": engine_tokenizers,
+                "sentencepiece engine": lambda: sp.encode(subset),
+            },
+            args.repeats,
+        )
+        load_after = os.getloadavg()[0]
+    rates = {
+        name: (len(sentences) if name == "fast" else len(subset)) / value for name, value in seconds.items()
+    }
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
-        f"python {platform.python_version()}, "
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, load average {load_before:.1f} -> "
+        f"{load_after:.1f}, python {platform.python_version()}, "
         f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}"
     )
     print(
         f"vocabulary: {args.model or 'tiny test model'} ({fast.vocab_size} pieces); "
         f"batches of {BATCH}, {ENCODE_KWARGS}"
     )
-    print(f"median of {args.repeats} after 1 warm-up")
-    print(f"fast  {len(sentences):>7} sentences  {fast_s:8.3f} s  {fast_rate:12,.0f} sentences/s")
-    print(
-        f"slow  {len(subset):>7} sentences  {slow_s:8.3f} s  {slow_rate:12,.0f} sentences/s "
-        f"(extrapolated to {len(sentences)}: {len(sentences) / slow_rate:.2f} s)"
-    )
-    print(f"fast / slow: {fast_rate / slow_rate:.1f}x")
+    print(f"median of {args.repeats} interleaved rounds after 1 warm-up round")
+    for name, value in seconds.items():
+        count = len(sentences) if name == "fast" else len(subset)
+        note = "" if name == "fast" else f"  (per sentence, extrapolated to {len(sentences)}: "
+        note += "" if name == "fast" else f"{len(sentences) / rates[name]:.2f} s)"
+        print(f"{name:22s} {count:>7} sentences  {value:8.3f} s  {rates[name]:10,.0f} sentences/s{note}")
+    print(f"fast / slow: {rates['fast'] / rates['slow']:.2f}x")
 
 
 # ------------------------------------------------------------------------------------- pytest-benchmark

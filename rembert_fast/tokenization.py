@@ -919,14 +919,15 @@ class RemBertTokenizer(_RemBertTokenizerBase):
             part if i % 2 else "".join(char.lower() for char in part) for i, part in enumerate(parts)
         )
 
-    def tokenize(self, text: str) -> list[str]:
-        """Pieces of `text`, with special tokens kept whole."""
+    def _split(self, text: str) -> list[str]:
+        """`text` cut around its special tokens, as transformers 4.37.2's `tokenize` cuts it: a list that
+        alternates text, special token, text, ... (odd positions hold the special tokens; any entry may
+        be empty), after lowercasing and the tokens' lstrip/rstrip/single_word rules."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str; got {type(text).__name__}: {text!r:.80}")
         if self.do_lower_case:
             text = self._lowercase(text)
         chunks = self._special_split.split(text)
-        # split() alternates text, special, text, ...: odd positions hold special tokens.
         for i in range(1, len(chunks), 2):
             token = self._added_decoder[self._added_encoder[chunks[i]]]
             if token.rstrip and i + 1 < len(chunks):
@@ -939,8 +940,12 @@ class RemBertTokenizer(_RemBertTokenizerBase):
             elif token.single_word and i + 1 < len(chunks) and chunks[i + 1] and chunks[i + 1][0] != " ":
                 chunks[i + 1] = chunks[i] + chunks[i + 1]
                 chunks[i] = ""
+        return chunks
+
+    def tokenize(self, text: str) -> list[str]:
+        """Pieces of `text`, with special tokens kept whole."""
         pieces: list[str] = []
-        for i, chunk in enumerate(chunks):
+        for i, chunk in enumerate(self._split(text)):
             if not chunk:
                 continue
             if i % 2:
@@ -948,6 +953,27 @@ class RemBertTokenizer(_RemBertTokenizerBase):
             else:
                 pieces.extend(self.sp_model.encode(chunk, out_type=str))
         return pieces
+
+    def _texts_to_ids(self, texts: list[str]) -> list[list[int]]:
+        """`convert_tokens_to_ids(tokenize(text))` for each text, with one sentencepiece call for the
+        whole batch. Asking sentencepiece for ids instead of pieces gives the same ids: a special
+        token that is also a piece has that piece's id, and sentencepiece never emits a control piece
+        or a piece that is not in the vocabulary."""
+        splits = [self._split(text) for text in texts]
+        plain = [chunk for chunks in splits for chunk in chunks[0::2] if chunk]
+        encoded = iter(self.sp_model.encode(plain) if plain else [])
+        out = []
+        for chunks in splits:
+            ids: list[int] = []
+            for i, chunk in enumerate(chunks):
+                if not chunk:
+                    continue
+                if i % 2:
+                    ids.append(self._added_encoder[chunk])
+                else:
+                    ids.extend(next(encoded))
+            out.append(ids)
+        return out
 
     def _token_to_id(self, token: str) -> int:
         index = self._added_encoder.get(token)
@@ -1040,10 +1066,11 @@ class RemBertTokenizer(_RemBertTokenizerBase):
         )
         want_types = True if return_token_type_ids is None else return_token_type_ids
         want_mask = True if return_attention_mask is None else return_attention_mask
+        firsts = self._texts_to_ids([text for text, _ in pairs])
+        seconds = iter(self._texts_to_ids([pair for _, pair in pairs if pair is not None]))
         rows = []
-        for text, pair in pairs:
-            ids = self.convert_tokens_to_ids(self.tokenize(text))
-            pair_ids = self.convert_tokens_to_ids(self.tokenize(pair)) if pair is not None else None
+        for ids, (_, pair) in zip(firsts, pairs, strict=True):
+            pair_ids = next(seconds) if pair is not None else None
             total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
             total += self.num_special_tokens_to_add(pair_ids is not None) if add_special_tokens else 0
             if truncation_strategy != "do_not_truncate" and max_length and total > max_length:

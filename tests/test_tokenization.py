@@ -614,3 +614,12 @@ def test_encode_plus_batch_encode_plus_and_batch_encoding(slow, fast_equal, plai
         tok.encode_plus([a, b])
     with pytest.raises(TypeError, match="str"):
         tok.batch_encode_plus(a)
+
+
+def test_slow_batch_ids_equal_tokenize_then_convert(model_file, lines):
+    # The batch path asks sentencepiece for ids; tokenize() goes through piece strings (4.37.2's path).
+    texts = [*lines, "a  [MASK]b", "[CLS][SEP]", "", " ", "ﬁ ［ＭＡＳＫ］ ꙮꙮ 🦜", "ΟΔΟΣ [MASK] ΟΔΟΣ"]
+    for options in ({}, {"do_lower_case": True}, {"unk_token": "<unk>", "pad_token": "<pad>"}):
+        tok = RemBertTokenizer(model_file, **options)
+        batch = tok(texts, add_special_tokens=False)["input_ids"]
+        assert batch == [tok.convert_tokens_to_ids(tok.tokenize(text)) for text in texts]
