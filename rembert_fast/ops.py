@@ -420,9 +420,6 @@ def embed(
         if ids.shape != input_ids.shape:
             raise ValueError(f"{name} has shape {tuple(ids.shape)}; input_ids has {tuple(input_ids.shape)}")
     _check_float("word_weight", word_weight)
-    check_ids("input_ids", input_ids, word_weight.shape[0], "vocab_size")
-    check_ids("position_ids", position_ids, position_weight.shape[0], "max_position_embeddings")
-    check_ids("token_type_ids", token_type_ids, type_weight.shape[0], "type_vocab_size")
     args = (input_ids, position_ids, token_type_ids, word_weight, position_weight, type_weight,
             ln_weight, ln_bias, eps, proj_weight, proj_bias)
     requested = requested_backend()
@@ -438,4 +435,8 @@ def embed(
                                f"{extension.status()[1]}")
     elif requested == "cuda":
         raise RuntimeError(f"backend 'cuda' runs on CUDA tensors only; these are on {input_ids.device}")
+    # Checked here, not before the extension call: its kernel validates the ids itself (one sync, not three).
+    check_ids("input_ids", input_ids, word_weight.shape[0], "vocab_size")
+    check_ids("position_ids", position_ids, position_weight.shape[0], "max_position_embeddings")
+    check_ids("token_type_ids", token_type_ids, type_weight.shape[0], "type_vocab_size")
     return embed_ref(*args)
