@@ -15,8 +15,9 @@ Per kernel, every op of `rembert_fast.ops` at RemBERT's widths against its eager
 run, with GB/s (and the fraction of a plain copy's bandwidth) for the memory-bound ops and TFLOP/s
 for attention (plus SDPA's flash backend on CUDA).
 
-Timing: the median of `--iters` calls after `--warmup` calls (CUDA events on GPU, `perf_counter` on
-CPU); the first call's time is reported separately (it holds compilation and autotuning). Results go
+Timing: the median of `--iters` calls after the first call (whose output is checked and whose time,
+holding compilation and autotuning, is reported separately) and `--warmup` more calls (CUDA events
+on GPU, `perf_counter` on CPU). Results go
 to a table on stdout and a JSON file (device, date, git commit, versions, one entry per row).
 """
 
@@ -143,7 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="per-kernel benchmarks (default: on for CUDA, off for CPU, where every op "
                       "is its eager reference)")
     run_opts = parser.add_argument_group("run")
-    run_opts.add_argument("--warmup", type=int, help="calls before timing (default: 3 GPU, 1 CPU)")
+    run_opts.add_argument("--warmup", type=int,
+                          help="untimed calls after the first, checked one (default: 3 GPU, 0 CPU)")
     run_opts.add_argument("--iters", type=int, help="timed calls (default: 20 GPU, 3 CPU)")
     run_opts.add_argument("--seed", type=int, default=0)
     run_opts.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); "
@@ -618,7 +620,7 @@ def _resolve(args: argparse.Namespace, device: torch.device, have_hf: bool) -> d
     return {
         "dtypes": dtypes, "shapes": shapes, "impls": impls, "notes": notes,
         "layers": args.layers if args.layers is not None else (None if on_gpu else 2),
-        "warmup": args.warmup if args.warmup is not None else (3 if on_gpu else 1),
+        "warmup": args.warmup if args.warmup is not None else (3 if on_gpu else 0),
         "iters": args.iters if args.iters is not None else (20 if on_gpu else 3),
         "kernels": args.kernels if args.kernels is not None else on_gpu,
     }
@@ -667,8 +669,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = bench_e2e(hf_master, fast_master, plan["impls"], plan["dtypes"], plan["shapes"], device,
                          plan["warmup"], plan["iters"], args.seed, progress)
-        kernels = (bench_kernels(model_config, plan["dtypes"], plan["shapes"], device, plan["warmup"],
-                                 plan["iters"], progress) if plan["kernels"] else [])
+        kernels = (bench_kernels(model_config, plan["dtypes"], plan["shapes"], device,
+                                 max(1, plan["warmup"]), plan["iters"], progress) if plan["kernels"] else [])
     finally:
         progress.close()
 
@@ -695,7 +697,8 @@ def run(args: argparse.Namespace) -> int:
     output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
     print(f"device: {result['device_name']}  layers: {model_config.num_hidden_layers}  "
-          f"torch {result['versions']['torch']}  median of {plan['iters']} after {plan['warmup']} warm-up")
+          f"torch {result['versions']['torch']}  median of {plan['iters']} calls after 1 + {plan['warmup']} "
+          "untimed")
     if kernels:
         print(format_kernel_table(kernels))
         print()

@@ -69,6 +69,22 @@ def test_bench_cpu_json_schema_and_rows(tiny_config, tmp_path, capsys):
     assert "rembert_fast" in table and "transformers+optimize" in table and str(tmp_path) in table
 
 
+def test_bench_model_dir_loads_the_same_weights_in_both(tmp_path):
+    """--model: a head checkpoint saved by transformers, read as the base model by both libraries."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.RemBertForSequenceClassification(transformers.RemBertConfig(**TINY))
+    model.save_pretrained(tmp_path / "ckpt")
+    output = tmp_path / "result.json"
+    args = cli.build_parser().parse_args(
+        ["bench", "--model", str(tmp_path / "ckpt"), "--shapes", "2x8:variable", "--iters", "1",
+         "--no-progress", "--output", str(output)])
+    assert args.func(args) == 0
+    result = json.loads(output.read_text())
+    assert result["model"]["num_hidden_layers"] == 2 and result["model"]["source"] == str(tmp_path / "ckpt")
+    assert {r["impl"] for r in result["rows"]} == {"rembert_fast", "transformers"}
+    assert all(r["agrees"] and r["max_abs_err"] <= 1e-4 for r in result["rows"])
+
+
 def test_bench_kernels_rows(tiny_config, tmp_path):
     code, result = run_bench(tiny_config, tmp_path, "--impls", "rembert_fast", "--lengths", "fixed",
                              "--kernels")
