@@ -223,12 +223,12 @@ class RemBertModel(RemBertPreTrainedModel):
             position_ids,
             head_mask,
             inputs_embeds,
-            encoder_hidden_states,
-            encoder_attention_mask,
-            _past(past_key_values, cache),
-            use_cache,
-            output_attentions,
-            output_hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=_past(past_key_values, cache),
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         sequence_output = enc.pad(enc.tokens)  # (B, L, hidden)
         if not _return_dict(self.config, return_dict):
@@ -251,12 +251,13 @@ class RemBertModel(RemBertPreTrainedModel):
         position_ids: torch.Tensor | None,
         head_mask: torch.Tensor | None,
         inputs_embeds: torch.Tensor | None,
-        encoder_hidden_states: torch.Tensor | None,
-        encoder_attention_mask: torch.Tensor | None,
-        past_key_values: PastKeyValues | None,
-        use_cache: bool | None,
-        output_attentions: bool | None,
-        output_hidden_states: bool | None,
+        *,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: PastKeyValues | None = None,
+        use_cache: bool | None = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> _Encoded:
         """Validate the inputs, pick the path, run the encoder and the pooler."""
         config = self.config
@@ -278,7 +279,7 @@ class RemBertModel(RemBertPreTrainedModel):
             and encoder_hidden_states is None
             and past_key_values is None
             and not use_cache
-            and not (self.training and config.attention_probs_dropout_prob > 0)
+            and not (self.training and self._attention_dropout())
         )
         if packable:
             return self._encode_packed(
@@ -308,6 +309,10 @@ class RemBertModel(RemBertPreTrainedModel):
             batch,
             seqlen,
         )
+
+    def _attention_dropout(self) -> bool:
+        """Whether any layer drops attention probabilities (the packed path cannot; classic path then)."""
+        return any(layer.attention.self.dropout.p > 0 for layer in self.encoder.layer)
 
     def _encode_packed(
         self,
@@ -477,12 +482,10 @@ class RemBertForMaskedLM(RemBertPreTrainedModel):
             position_ids,
             head_mask,
             inputs_embeds,
-            encoder_hidden_states,
-            encoder_attention_mask,
-            None,
-            False,
-            output_attentions,
-            output_hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         if masked_positions is not None:
             flat = _flat_positions(masked_positions, enc.batch, enc.seqlen)  # (N,) into B*L
@@ -548,12 +551,12 @@ class RemBertForCausalLM(RemBertPreTrainedModel):
             position_ids,
             head_mask,
             inputs_embeds,
-            encoder_hidden_states,
-            encoder_attention_mask,
-            _past(past_key_values, cache),
-            use_cache,
-            output_attentions,
-            output_hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=_past(past_key_values, cache),
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = enc.pad(self.cls(enc.tokens))  # (B, L, vocab)
         loss = None
@@ -604,12 +607,8 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
             position_ids,
             head_mask,
             inputs_embeds,
-            None,
-            None,
-            None,
-            False,
-            output_attentions,
-            output_hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(enc.pooled))  # (B, num_labels)
         loss = None
@@ -679,12 +678,8 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
             flat(position_ids),
             head_mask,
             flat(inputs_embeds, 2),
-            None,
-            None,
-            None,
-            False,
-            output_attentions,
-            output_hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(enc.pooled)).view(-1, num_choices)  # (B, choices)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
@@ -725,12 +720,8 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
             position_ids,
             head_mask,
             inputs_embeds,
-            None,
-            None,
-            None,
-            False,
-            output_attentions,
-            output_hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = enc.pad(self.classifier(self.dropout(enc.tokens)))  # (B, L, num_labels)
         loss = None
@@ -774,12 +765,8 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
             position_ids,
             head_mask,
             inputs_embeds,
-            None,
-            None,
-            None,
-            False,
-            output_attentions,
-            output_hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         logits = enc.pad(self.qa_outputs(enc.tokens))  # (B, L, num_labels)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)
