@@ -15,7 +15,7 @@ Grid: one program per ``ROWS`` rows, ``(cdiv(M, ROWS),)``. A whole row lives in 
 the next power of two >= N (masked). Narrow rows are packed several to a program so every program
 moves at least ``_MIN_TILE`` elements: at N=256 a one-row program would be a 1-warp block holding 512
 bytes, and an SM runs at most 32 blocks, so half its warp slots would stay empty. ``num_warps`` grows
-with the tile so each thread holds 8-32 elements (16-byte vector loads, no spills; the compile gate in
+with the tile so each thread holds 16-32 elements (16-byte vector loads, no spills; the compile gate in
 ``tests/test_compile.py`` records registers and spills per configuration).
 
 Dtypes: x, residual and x_bias in one of fp32/fp16/bf16; weight and bias in x's dtype or fp32 (the

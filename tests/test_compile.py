@@ -18,12 +18,14 @@ from rembert_fast.kernels import activation as act_kernels
 from rembert_fast.kernels import layer_norm as ln_kernels
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# RemBERT's widths (embedding 256, hidden 1152, MLM head 1664, FFN 4608), the widest allowed, and odd
-# widths: 1 (N and the row stride become constexpr 1), 7 and 1153 (no 16-divisibility).
-WIDTHS = (256, 1152, 1664, 4608, ln_kernels.MAX_N, 1, 7, 1153)
-# One more width per remaining power-of-two block (2, then 2**k - 1: masked, not 16-divisible), for
-# one dtype and every feature on, so every BLOCK_N any N <= MAX_N selects is compiled at least once.
-BLOCK_SWEEP = (2, 3, 15, 31, 63, 127, 511, 1023, 4095)
+# Every dtype x feature x activation is compiled at RemBERT's widths (embedding 256, hidden 1152, MLM
+# head 1664, FFN 4608), the widest allowed, and an odd width (1153: same block as 1152, masked, not
+# 16-divisible, so other loads and masks). 1152 and 1664 give the same binary and are compiled once.
+WIDTHS = (256, 1152, 1664, 4608, ln_kernels.MAX_N, 1153)
+# Then one width per remaining power-of-two block, bf16 with every feature on, so every BLOCK_N any
+# N <= MAX_N selects is compiled at least once: 1 (N and the row stride become constexpr 1), 2, then
+# 2**k - 1. The full product over these too would double the gate's time (~0.2 CPU-s per binary).
+BLOCK_SWEEP = (1, 2, 3, 7, 15, 31, 63, 127, 511, 1023, 4095)
 ROWS = 3  # M is not specialised by the kernels: any row count gives the same binary
 
 
@@ -127,3 +129,72 @@ def test_bias_act_compiles(case, bias_act_results):
     result = bias_act_results[id(case)]
     assert not launch_problems(result), launch_problems(result)
     assert result.spill_bytes == 0, f"{result.spill_bytes} B of register spills"
+
+
+# ----------------------------------------------------------------------------------------- attention
+# Section owned by the attention kernel's author (kernels/attention.py).
+def _attention_cases() -> list[CompileCase]:
+    """Every specialisation the attention launchers make, in every config `keep()` lets through.
+
+    Varlen (the model's path): fp32/fp16/bf16 x causal off/on x head_dim 16/32/64/128, q/k/v strided
+    views of a fused (T, 3, 18, D) buffer. Padded (B, L) layout with a bool key-padding mask: head_dim
+    64, bf16 and fp32, causal off/on. Under the interpreter (this process) the autotuner holds only the
+    interpreter's config, so each launch is expanded over `configs_for(head_dim, dtype size)` (what the
+    GPU build's prune hook leaves), with DOT_UPCAST off as a compiled launch passes it (the bf16
+    widening exists only for the interpreter's dot).
+    """
+    import dataclasses
+
+    from rembert_fast.kernels import attention as attn
+
+    heads = 18  # RemBERT's: the strides of the fused QKV buffer the model launches with
+    variants = [("varlen", dname, d, causal) for dname in DTYPES for d in attn.SUPPORTED_HEAD_DIMS
+                for causal in (False, True)]
+    variants += [("padded", dname, 64, causal) for dname in ("bf16", "fp32") for causal in (False, True)]
+    cases = []
+    for mode, dname, head_dim, causal in variants:
+        dtype = DTYPES[dname]
+
+        def call(dtype=dtype, head_dim=head_dim, causal=causal, mode=mode):
+            if mode == "varlen":
+                qkv = torch.empty(40, 3, heads, head_dim, dtype=dtype)
+                cu = torch.tensor([0, 10, 40], dtype=torch.int32)
+                attn.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, cu, 30, 30, causal=causal)
+            else:
+                q = torch.empty(2, 128, heads, head_dim, dtype=dtype)
+                attn.attention_padded(q, q, q, torch.ones(2, 128, dtype=torch.bool), causal=causal)
+
+        label = f"{dname} D={head_dim} {mode} {'causal' if causal else 'full'}"
+        for case in capture_cases("rembert_fast.kernels.attention", "_attn_fwd", call, label=label,
+                                  configs=attn.configs_for(head_dim, dtype.itemsize)):
+            c = case.constexprs
+            tile = f"{c['BLOCK_M']}x{c['BLOCK_N']} w{case.num_warps} s{case.num_stages}"
+            cases.append(dataclasses.replace(case, label=f"{label} {tile}",
+                                             constexprs={**c, "DOT_UPCAST": False}))
+    return cases
+
+
+ATTENTION_CASES = _attention_cases()
+
+
+@pytest.fixture(scope="module")
+def attention_results(request):
+    start = time.perf_counter()
+    results = compile_cases(ATTENTION_CASES)
+    report(request, "attention", results, time.perf_counter() - start)
+    return {id(r.case): r for r in results}
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: f"{c.label} sm_{c.arch}")
+def test_attention_compiles(case, attention_results):
+    from rembert_fast.kernels import attention as attn
+
+    result = attention_results[id(case)]
+    assert not launch_problems(result), launch_problems(result)
+    assert result.spill_bytes == 0, f"{result.spill_bytes} B of register spills"
+    # keep() filters configs by this estimate, so it must not undercount what the compiler allocates.
+    c = case.constexprs
+    elem_bytes = DTYPES[case.signature["Q"].lstrip("*")].itemsize
+    estimate = attn.shared_memory_estimate(c["BLOCK_M"], c["BLOCK_N"], case.num_stages, c["HEAD_DIM"],
+                                           elem_bytes)
+    assert result.shared <= estimate, f"{result.shared} B shared memory; keep() assumed {estimate} B"
