@@ -156,11 +156,14 @@ def encode_packed(
             emb.position_embeddings.weight, emb.token_type_embeddings.weight, emb.LayerNorm.weight,
             emb.LayerNorm.bias, emb.LayerNorm.eps, encoder.embedding_hidden_mapping_in.weight,
             encoder.embedding_hidden_mapping_in.bias)
-    # ops.embed checks the ids with a device sync; they were checked on the host, so call the
-    # backend it would pick directly.
+    # ops.embed checks the ids with a device sync, which a graph capture cannot hold; they were checked
+    # on the host, so call the backend ops.embed would pick directly, without its check.
     use_extension = ids.device.type == "cuda" and ops.requested_backend() in ("auto", "cuda")
     module = extension.load() if use_extension else None
-    hidden = extension.embed(module, *args) if module is not None else ops.embed_ref(*args)
+    if module is not None:
+        hidden = extension.embed(module, *args, check_ids=False)
+    else:
+        hidden = ops.embed_ref(*args)
     for layer in encoder.layer:
         hidden = packed_layer_forward(layer, hidden, cu_seqlens, max_seqlen, config.hidden_act)
     return hidden
