@@ -504,6 +504,20 @@ def test_fused_qkv_follows_load_state_dict_and_dtype():
     assert attention.query.weight.data_ptr() == modeling.fused_qkv(attention)[0].data_ptr()
 
 
+def test_fresh_model_is_initialised_like_transformers():
+    config = RemBertConfig(**config_kwargs("h72", initializer_range=0.05))
+    model = modeling.RemBertForQuestionAnswering(config)
+    assert torch.count_nonzero(model.rembert.embeddings.word_embeddings.weight[config.pad_token_id]) == 0
+    assert torch.equal(model.rembert.embeddings.position_ids[0], torch.arange(config.max_position_embeddings))
+    for name, param in model.named_parameters():
+        if name.endswith("LayerNorm.weight"):
+            assert torch.equal(param, torch.ones_like(param)), name
+        elif name.endswith("bias"):
+            assert torch.count_nonzero(param) == 0, name
+        else:
+            assert abs(param.std().item() - 0.05) < 0.0125 and abs(param.mean().item()) < 0.01, name
+
+
 def test_meta_construction_and_post_load():
     hf, _ = make_pair("RemBertForMaskedLM", "h60", seed=45)
     with torch.device("meta"):
