@@ -110,8 +110,8 @@ class _Window:
     records: list[dict[str, Any] | None]  # per line: the finished record, None while pending
     texts: list[str | None]  # per line: `text`, for character offsets
     encodings: list[Any]  # per line: tokenizers.Encoding, None for error lines
+    truncated: list[bool]  # per line: the text was cut to max_length
     batches: list[_Batch] = field(default_factory=list)
-    truncated: int = 0
 
 
 _Chunk = tuple[int, int, dict[str, torch.Tensor]]  # rows [start, end) of a batch and their host outputs
@@ -281,14 +281,14 @@ class InferenceEngine:
                 if isinstance(item, _WorkerFailed):
                     raise item.error
                 self._compute(item)
-                self.stats.truncated += item.truncated
                 emitted = 0
                 for index, record in enumerate(item.records):
                     if item.first_line + index <= skip_through:
                         continue
-                    assert record is not None
+                    assert record is not None, "every line of a computed window has a record"
                     self.stats.lines += 1
                     self.stats.errors += "error" in record
+                    self.stats.truncated += item.truncated[index]
                     emitted += 1
                     yield record
                 self.stats.seconds = time.perf_counter() - start
@@ -320,7 +320,11 @@ class InferenceEngine:
                     continue
             return False
 
-        rank, world = shard
+        def wanted(first_line: int, count: int) -> bool:
+            """The window is this rank's and holds a line not done yet."""
+            rank, world = shard
+            return ((first_line - 1) // self.window) % world == rank and first_line + count - 1 > skip_through
+
         try:
             pending: list[Any] = []
             first_line = 1
@@ -328,14 +332,11 @@ class InferenceEngine:
                 pending.append(item)
                 if len(pending) < self.window:
                     continue
-                window_index = (first_line - 1) // self.window
-                if window_index % world == rank and first_line + len(pending) - 1 > skip_through:
-                    if not put(self._prepare(first_line, pending, jsonl)):
-                        return
+                if wanted(first_line, len(pending)) and not put(self._prepare(first_line, pending, jsonl)):
+                    return
                 first_line += len(pending)
                 pending = []
-            window_index = (first_line - 1) // self.window
-            if pending and window_index % world == rank and first_line + len(pending) - 1 > skip_through:
+            if pending and wanted(first_line, len(pending)):
                 if not put(self._prepare(first_line, pending, jsonl)):
                     return
             put(None)
@@ -344,7 +345,7 @@ class InferenceEngine:
 
     def _prepare(self, first_line: int, items: list[Any], jsonl: bool) -> _Window:
         n = len(items)
-        window = _Window(first_line, [], [None] * n, [None] * n, [None] * n)
+        window = _Window(first_line, [], [None] * n, [None] * n, [None] * n, [False] * n)
         todo: list[int] = []
         inputs: list[str | tuple[str, str]] = []
         for index, item in enumerate(items):
@@ -373,7 +374,7 @@ class InferenceEngine:
                 window.records[index] = {**window.heads[index], "error": encoding}
                 continue
             window.encodings[index] = encoding
-            window.truncated += bool(encoding.overflowing)
+            window.truncated[index] = bool(encoding.overflowing)
         window.batches = self._batches([i for i in todo if window.encodings[i] is not None], window.encodings)
         return window
 

@@ -191,10 +191,17 @@ def test_shards_and_skip_give_the_same_bits(dirs):
     texts = sample_texts()
     engine = _engine(dirs, "embed", window=3)
     full = list(engine.run(texts))
-    parts = [list(engine.run(texts, shard=(rank, 2))) for rank in range(2)]
+    assert engine.stats.truncated == 1  # line 13, three sentences
+    parts = []
+    for rank in range(2):
+        parts.append(list(engine.run(texts, shard=(rank, 2))))
+        assert engine.stats.truncated == 1 - rank
     assert {r["line"] for r in parts[0]} == {1, 2, 3, 7, 8, 9, 13, 14}
     merged = sorted(parts[0] + parts[1], key=lambda r: r["line"])
+    resumed = list(engine.run(texts, skip_through=13))
+    assert engine.stats.truncated == 0 and engine.stats.lines == 1
     resumed = list(engine.run(texts, skip_through=5))
+    assert engine.stats.truncated == 1
     assert [r["line"] for r in resumed] == list(range(6, len(texts) + 1))
     for got in (merged, full[5:]):
         want = full if got is merged else full[5:]
