@@ -66,6 +66,7 @@ __all__ = [
     "fused_qkv",
     "packed_layer_forward",
     "packed_encoder_forward",
+    "embed_tokens",
     "PackedBatch",
 ]
 
@@ -949,7 +950,7 @@ class RemBertSelfAttention(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> RemBertSelfAttention:
         result = super()._apply(fn, recurse)
-        fused_qkv(self, rebuild=True)
+        fused_qkv(self)  # re-fuses only if the conversion replaced the parameters' storage
         return result
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:

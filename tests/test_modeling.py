@@ -487,6 +487,8 @@ def test_fused_qkv_follows_load_state_dict_and_dtype():
     assert torch.equal(weight[:72], hf.encoder.layer[1].attention.self.query.weight)
     with torch.no_grad():
         assert max_err(ours(**batch).last_hidden_state, hf(**batch).last_hidden_state, real(batch)) <= TOL
+    ours.to(torch.float32)  # a no-op conversion keeps the buffer
+    assert modeling.fused_qkv(attention)[0] is weight
     ours.to(torch.bfloat16)
     hf.to(torch.bfloat16)
     weight16, bias16 = modeling.fused_qkv(attention)
