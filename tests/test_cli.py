@@ -117,7 +117,9 @@ def test_truncation_is_counted_and_empty_text_is_valid(dirs, capsys, tmp_path):
     code, err = _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / "o.jsonl",
                      "--max-length", "16")
     assert code == 0
-    assert "3 lines, 0 errors, 1 truncated" in err
+    assert "3 lines, 0 errors, 1 truncated" in err and err.count("\n") == 1  # no bar: stderr is no TTY
+    code, err = _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / "o.jsonl", "--progress")
+    assert code == 0 and "3/3" in err and "line/s" in err and "tokens/s" in err
 
 
 @pytest.mark.parametrize("case", ["no model dir", "no config", "no input", "input is a dir",
