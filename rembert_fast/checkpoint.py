@@ -23,6 +23,7 @@ Saving writes the persistent state-dict keys only (derived state such as a fused
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -185,7 +186,8 @@ def load_pretrained(
             "auto" (the config's `dtype`/`torch_dtype`, else the checkpoint's). None means
             torch.get_default_dtype() (float32), as in transformers. Integer tensors keep their dtype.
         device: where the parameters live (default CPU); tensors are converted one at a time.
-        **config_overrides: fields that replace config.json's (e.g. `num_labels=5`).
+        **config_overrides: fields that replace config.json's (e.g. `num_labels=5`); as in transformers,
+            a keyword of `model_cls.__init__` (e.g. `add_pooling_layer=False`) goes to the model instead.
 
     Returns:
         The model in eval mode.
@@ -196,13 +198,16 @@ def load_pretrained(
     """
     if not Path(path).is_dir():
         raise ValueError(f"model directory {str(path)!r} does not exist (or is not a directory)")
+    init_parameters = inspect.signature(model_cls.__init__).parameters
+    model_kwargs = {key: config_overrides.pop(key) for key in list(config_overrides)
+                    if key in init_parameters and key not in ("self", "config")}
     config = RemBertConfig.from_pretrained(path, **config_overrides)
     target_dtype = _resolve_dtype(dtype, config)
     target_device = _parse_device(device)
     files = _resolve_weight_files(path)
 
     with torch.device("meta"):
-        model = model_cls(config)
+        model = model_cls(config, **model_kwargs)
     expected = model.state_dict()
     model_is_head = any(key.startswith(BASE_MODEL_PREFIX + ".") for key in expected)
     model_groups = {_group(key) for key in expected}

@@ -214,6 +214,16 @@ def test_head_from_base_checkpoint_initialises_head_with_warning(tmp_path, caplo
                         {k: t for k, t in theirs.state_dict().items() if k.startswith("rembert.")})
 
 
+def test_model_keyword_goes_to_the_model(tmp_path, caplog):
+    head = _hf_model("RemBertForMaskedLM")
+    head.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="rembert_fast.checkpoint"):
+        ours = _ours("RemBertModel").from_pretrained(tmp_path, add_pooling_layer=False)
+    assert "newly initialised" not in caplog.text
+    assert not any(key.startswith("pooler.") for key in ours.state_dict())
+    assert not hasattr(ours.config, "add_pooling_layer")
+
+
 def test_base_from_head_checkpoint_ignores_head(tmp_path, caplog):
     head = _hf_model("RemBertForMaskedLM")
     head.save_pretrained(tmp_path)
