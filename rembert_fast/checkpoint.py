@@ -135,7 +135,13 @@ def _resolve_dtype(dtype: torch.dtype | str | None, config: RemBertConfig) -> to
         return torch.get_default_dtype()
     if dtype == "auto":
         stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        return None if stored is None else _resolve_dtype(str(stored).removeprefix("torch."), config)
+        if stored is None:
+            return None
+        name = str(stored).removeprefix("torch.")
+        if name not in _DTYPE_NAMES:
+            raise ValueError(f"dtype='auto' found dtype={stored!r} in config.json; pass one of "
+                             f"{sorted(_DTYPE_NAMES)} instead")
+        return _DTYPE_NAMES[name]
     if isinstance(dtype, str):
         if dtype not in _DTYPE_NAMES:
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(_DTYPE_NAMES) + ['auto']}")
@@ -184,7 +190,8 @@ def load_pretrained(
         path: a directory written by `save_pretrained` here or in transformers.
         dtype: floating dtype of the parameters: a torch.dtype, "float32", "float16", "bfloat16", or
             "auto" (the config's `dtype`/`torch_dtype`, else the checkpoint's). None means
-            torch.get_default_dtype() (float32), as in transformers. Integer tensors keep their dtype.
+            torch.get_default_dtype() (float32), as transformers does for dtype=None (its own default
+            is "auto"; google/rembert is float32 either way). Integer tensors keep their dtype.
         device: where the parameters live (default CPU); tensors are converted one at a time.
         **config_overrides: fields that replace config.json's (e.g. `num_labels=5`); as in transformers,
             a keyword of `model_cls.__init__` (e.g. `add_pooling_layer=False`) goes to the model instead.

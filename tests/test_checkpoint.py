@@ -351,8 +351,16 @@ def test_config_override_shape_mismatch(saved):
 
 @pytest.mark.parametrize("dtype", ["int8", torch.int64, "half-ish"])
 def test_bad_dtype(saved, dtype):
-    with pytest.raises(ValueError, match="dtype="):
+    with pytest.raises(ValueError, match=re.escape(f"dtype={dtype!r}")):
         _load(saved[0], dtype=dtype)
+
+
+def test_auto_dtype_with_a_bad_config_dtype(saved):
+    path, _ = saved
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "dtype": "int8"}))
+    with pytest.raises(ValueError, match="dtype='auto' found dtype='int8' in config.json"):
+        _load(path, dtype="auto")
 
 
 def test_bad_save_arguments(saved):
