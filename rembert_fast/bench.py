@@ -197,14 +197,15 @@ def _transformers() -> Any | None:
     return transformers
 
 
-def _truncate(model: Any, layers: int | None) -> None:
-    if layers is None:
-        return
-    have = len(model.encoder.layer)
-    if not 0 < layers <= have:
+def _check_layers(layers: int | None, have: int) -> None:
+    if layers is not None and not 0 < layers <= have:
         raise ValueError(f"--layers {layers} is outside 1..{have} (the model's num_hidden_layers)")
-    model.encoder.layer = model.encoder.layer[:layers]
-    model.config.num_hidden_layers = layers
+
+
+def _truncate(model: Any, layers: int | None) -> None:
+    if layers is not None:
+        model.encoder.layer = model.encoder.layer[:layers]
+        model.config.num_hidden_layers = layers
 
 
 def build_masters(config_dict: dict[str, Any], model_dir: str | None, layers: int | None,
@@ -214,8 +215,11 @@ def build_masters(config_dict: dict[str, Any], model_dir: str | None, layers: in
     With `model_dir` both load that checkpoint; otherwise transformers initialises random weights and
     rembert_fast loads them (strict), so both compute the same function.
     """
+    _check_layers(layers, config_dict["num_hidden_layers"])
     hf_model = fast_model = None
     transformers = _transformers() if want_hf else None
+    if model_dir is None and layers is not None:  # build only the layers that will run
+        config_dict = {**config_dict, "num_hidden_layers": layers}
     if model_dir is not None:
         if transformers is not None:
             hf_model = transformers.RemBertModel.from_pretrained(model_dir)
