@@ -102,7 +102,7 @@ def _is_rembert_class(model: nn.Module) -> bool:
 
 
 def _op_activation(config: Any) -> bool:
-    """Whether the LM head's activation is one the ops implement (a custom callable keeps the original)."""
+    """Whether config.hidden_act is one the ops implement (others, callables too, keep the original)."""
     return isinstance(config.hidden_act, str) and config.hidden_act in ops.ACTIVATIONS
 
 
@@ -135,8 +135,9 @@ def _packable(self: nn.Module, args: dict[str, Any], extra: dict[str, Any]) -> b
         and not output_attentions
         and not config.is_decoder
         and not args.get("use_cache")
-        and all(args.get(name) is None and extra.get(name) is None for name in _CLASSIC_ONLY)
-        and all(value is None for value in extra.values())
+        and all(args.get(name) is None for name in _CLASSIC_ONLY)
+        and all(value is None for value in extra.values())  # an argument this version does not name
+        and _op_activation(config)
         and not (self.training and (dropout or getattr(self, "gradient_checkpointing", False)
                                     or getattr(self.encoder, "gradient_checkpointing", False)))
     )

@@ -222,6 +222,17 @@ def test_decoder_and_dropout_training_run_the_original_forward(spies):
     assert spies["attention"] == 0 and spies["embed"] == 0
 
 
+def test_activation_without_an_op_runs_the_original_forward(spies):
+    model = build("RemBertForMaskedLM", hidden_act="silu")
+    inputs = inputs_for("RemBertForMaskedLM", make_mask("right"))
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        got = rembert_fast.optimize(model)(**inputs).logits
+    assert "forward" not in model.cls.predictions.__dict__  # the LM head keeps its activation
+    assert all(count == 0 for count in spies.values())
+    assert torch.equal(got, ref)
+
+
 def test_all_padding_batch_runs_the_original_forward():
     model = build("RemBertModel")
     mask = torch.zeros(2, 6, dtype=torch.long)
