@@ -113,11 +113,18 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     return model, output, errors
 
 
+def _part(path: Path, rank: int, world: int) -> Path:
+    """Where rank `rank` of a `world`-process run writes its share of `path`."""
+    return path.with_name(f"{path.name}.rank{rank}-of-{world}") if world > 1 else path
+
+
 def _make_writer(args: argparse.Namespace, output: Path, errors: Path | None, width: int,
                  rank: int, world: int) -> Any:
     from rembert_fast import inference
 
-    part = (lambda p: p.with_name(f"{p.name}.rank{rank}-of-{world}")) if world > 1 else (lambda p: p)
+    def part(path: Path) -> Path:
+        return _part(path, rank, world)
+
     try:
         if errors is None:
             return inference.JsonlWriter(part(output), resume=args.resume)
@@ -130,10 +137,19 @@ def _make_writer(args: argparse.Namespace, output: Path, errors: Path | None, wi
 
 
 def _run_task(args: argparse.Namespace) -> int:
-    from rembert_fast import inference
-
     model, output, errors = _check_paths(args)
     stream = _open_input(args.input)
+    try:
+        return _run_on(args, stream, model, output, errors)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _run_on(args: argparse.Namespace, stream: Any, model: Path, output: Path, errors: Path | None) -> int:
+    """Load the engine, write (this rank's part of) the output, merge parts, report; the exit status."""
+    from rembert_fast import inference
+
     jsonl = (args.input_format or ("jsonl" if args.input.endswith(".jsonl") else "txt")) == "jsonl"
     rank, world, device = _distributed(args.device)
     if world > 1 and args.input == "-":
@@ -169,9 +185,6 @@ def _run_task(args: argparse.Namespace) -> int:
     except BaseException:
         writer.close()  # what is written stays in the .partial file for --resume
         raise
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
     writer.commit()
 
     stats = engine.stats
@@ -184,14 +197,11 @@ def _run_task(args: argparse.Namespace) -> int:
         # Both reductions also wait for every rank to finish its part before rank 0 merges.
         counts = [int(c) for c in _reduce(counts, "sum")]
         seconds = _reduce([seconds], "max")[0]
-        if rank == 0:
-            if errors is None:
-                inference.merge_jsonl([writer.path.with_name(f"{output.name}.rank{r}-of-{world}")
-                                       for r in range(world)], output)
-            else:
-                parts = [(output.with_name(f"{output.name}.rank{r}-of-{world}"),
-                          errors.with_name(f"{errors.name}.rank{r}-of-{world}")) for r in range(world)]
-                inference.merge_npy(parts, output, errors, args.window)
+        if rank == 0 and errors is None:
+            inference.merge_jsonl([_part(output, r, world) for r in range(world)], output)
+        elif rank == 0:
+            parts = [(_part(output, r, world), _part(errors, r, world)) for r in range(world)]
+            inference.merge_npy(parts, output, errors, args.window)
         dist.barrier()
         dist.destroy_process_group()
     lines, errors_now, truncated, tokens, prior_records, prior_errors = counts
