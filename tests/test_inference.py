@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from batch_fixtures import MAX_POSITIONS, Reference, sample_texts, tiny_model_di
 
 from rembert_fast import inference
 from rembert_fast.inference import InferenceEngine, LineError
+from rembert_fast.tokenization import RemBertTokenizerFast
 
 ATOL = 1e-5
 
@@ -352,3 +354,15 @@ def test_merging_rank_parts_restores_input_order(dirs, tmp_path):
     assert np.isnan(np.load(tmp_path / "two.npy")[-1]).all()
     assert not any(p.exists() for pair in npy_parts for p in pair)
     assert not any(p.exists() for p in jsonl_parts)
+
+
+def test_model_dir_with_tokenizer_json_only(dirs, tmp_path):
+    directory = tmp_path / "model"
+    shutil.copytree(dirs["cls"], directory)
+    RemBertTokenizerFast.from_pretrained(str(directory)).save_pretrained(str(directory))
+    (directory / "sentencepiece.model").unlink()
+    assert (directory / "tokenizer.json").is_file()
+    texts = sample_texts()
+    got = list(_engine({"cls": directory}, "embed").run(texts))
+    want = list(_engine(dirs, "embed").run(texts))
+    assert [inference.encode_record(r) for r in got] == [inference.encode_record(r) for r in want]
