@@ -15,8 +15,14 @@ How a run flows:
   its records are yielded in input order.
 - Batches are a function of the input and the settings only, so the same line gets the same bits
   whether the run was interrupted or not (`--resume` writes identical bytes) and whichever process
-  of a multi-process run computes it (windows are dealt round-robin to ranks). The one exception: on
-  CUDA out-of-memory a batch is split in halves and retried, which changes its shape.
+  of a multi-process run computes it (windows are dealt round-robin to ranks), given the same device
+  and thread count. The one exception: on CUDA out-of-memory a batch is split in halves and retried
+  (and later batches are capped at the rows that fitted), which changes its shape.
+
+Output (`JsonlWriter`, `NpyWriter`): records go to `<output>.partial`, written as whole records and
+fsynced in chunks; the finished file is renamed to `<output>`. A crash leaves at most a torn last
+record (or row), which `resume=True` cuts off before continuing after the last whole one.
+`merge_jsonl` / `merge_npy` put the parts of a multi-process run back in input order.
 
 Records: `{"line": n, "id"?: ..., <result>}` or `{"line": n, "id"?: ..., "error": "<why>"}`, lines
 numbered from 1. Results per task:
