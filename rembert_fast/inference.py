@@ -278,6 +278,16 @@ class InferenceEngine:
         )
         bar = tqdm(total=total, initial=0, unit="line", disable=not progress, dynamic_ncols=True)
         last_postfix = 0.0
+
+        def advance(window: _Window, rows: list[int]) -> None:
+            """Move the bar by the lines of `rows` that will be yielded; refresh tokens/s twice a second."""
+            nonlocal last_postfix
+            bar.update(sum(window.first_line + row > skip_through for row in rows))
+            now = time.perf_counter()
+            if progress and now - last_postfix > 0.5:
+                last_postfix = now
+                bar.set_postfix_str(f"{self.stats.tokens / max(now - start, 1e-9):.0f} tokens/s")
+
         worker.start()
         try:
             while True:
@@ -286,8 +296,8 @@ class InferenceEngine:
                     break
                 if isinstance(item, _WorkerFailed):
                     raise item.error
-                self._compute(item)
-                emitted = 0
+                self._compute(item, advance)
+                advance(item, [row for row, e in enumerate(item.encodings) if e is None])  # error lines
                 for index, record in enumerate(item.records):
                     if item.first_line + index <= skip_through:
                         continue
@@ -295,13 +305,8 @@ class InferenceEngine:
                     self.stats.lines += 1
                     self.stats.errors += "error" in record
                     self.stats.truncated += item.truncated[index]
-                    emitted += 1
                     yield record
                 self.stats.seconds = time.perf_counter() - start
-                bar.update(emitted)
-                if progress and time.perf_counter() - last_postfix > 0.5:
-                    last_postfix = time.perf_counter()
-                    bar.set_postfix_str(f"{self.stats.tokens / max(self.stats.seconds, 1e-9):.0f} tokens/s")
         finally:
             stop.set()
             bar.close()
@@ -413,16 +418,19 @@ class InferenceEngine:
 
     # ---------------------------------------------------------------------------- running the model
     @torch.inference_mode()
-    def _compute(self, window: _Window) -> None:
+    def _compute(self, window: _Window, advance: Any) -> None:
+        """Run the window's batches, filling `window.records`; `advance(window, rows)` after each."""
         previous: tuple[_Batch, list[_Chunk], Any] | None = None
         for batch in window.batches:
             self.stats.tokens += int(batch.attention_mask.sum())
             launched = self._launch(batch)
             if previous is not None:
                 self._finish(window, *previous)
+                advance(window, previous[0].rows)
             previous = (batch, *launched)
         if previous is not None:
             self._finish(window, *previous)
+            advance(window, previous[0].rows)
 
     def _launch(self, batch: _Batch) -> tuple[list[_Chunk], Any]:
         """Start a batch on the device: its (start, end, host outputs) row chunks and a CUDA event.
