@@ -18,10 +18,11 @@ shape) and captured; later batches only copy their packed ids in (one host-to-de
 pinned staging buffer) and replay. All graphs share one memory pool: safe because replays are
 sequential and each replay's output is copied out before the next one.
 
-Batches that fit no bucket (or a model on the CPU) run the same packed forward eagerly, with exact
-shapes. Not thread-safe: one runner per thread. A runner holds pointers to the model's weights:
-after moving or re-casting the model (`.to(...)`) the runner notices and captures again; in-place
-weight updates are seen by the graphs as they are.
+Batches that fit no bucket, a model on the CPU, and calls whose attention would take the eager
+reference (backend "eager", or a head_dim the Triton kernel lacks: its `nonzero` cannot be captured)
+run the same packed forward eagerly, with exact shapes. Not thread-safe: one runner per thread. A
+runner holds pointers to the model's weights: after moving or re-casting the model (`.to(...)`) the
+runner notices and captures again; in-place weight updates are seen by the graphs as they are.
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ class CudaGraphRunner:
     ) -> PackedHidden:
         host = pack_on_host(self.model.config, input_ids, attention_mask, token_type_ids, position_ids)
         key = self.bucket(host.tokens, host.max_seqlen, host.batch)
-        if host.tokens == 0 or key is None:
+        if host.tokens == 0 or key is None or (self.use_graphs and not self._capturable()):
             return self._eager(host)
         if self._weights_key() != self._weights:
             self.reset()
@@ -288,6 +289,15 @@ class CudaGraphRunner:
         return self._run_bucket(graph, host)
 
     # ------------------------------------------------------------------ internals
+    def _capturable(self) -> bool:
+        """Whether this call's attention runs the Triton kernel: the eager reference (backend "eager", or
+        a head_dim the kernel lacks) finds its rows with `nonzero`, a host sync a capture cannot hold."""
+        if ops.requested_backend() == "eager" or not ops.triton_status()[0]:
+            return False
+        from rembert_fast.kernels.attention import SUPPORTED_HEAD_DIMS
+
+        return self.model.encoder.layer[0].attention.self.attention_head_size in SUPPORTED_HEAD_DIMS
+
     def _device(self) -> torch.device:
         return self.model.embeddings.word_embeddings.weight.device
 

@@ -100,18 +100,20 @@ def test_bucket_choice():
 @pytest.mark.parametrize("backend", ["eager", "triton"])
 def test_bucketed_and_eager_paths_match_transformers(backend):
     """The bucketed shapes (dummy and empty sequences included) give transformers' numbers."""
-    hf, fast = models()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter runs on CPU tensors
+    hf, fast = models(device)
     runner = CudaGraphRunner(fast, token_buckets=(32,), seqlen_buckets=(16,), batch_buckets=(4,),
                              use_graphs=False)
     cases = [batch([9, 3, 12], 12), batch([5, 16], 16, left=True), batch([16, 16, 16], 16)]
     with torch.no_grad(), ops.use_backend(backend):
         for ids, mask in cases:
-            ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+            ref = hf(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
             out = runner(ids, mask)
             assert out.hidden.shape == (int(mask.sum()), TINY["hidden_size"])
             assert max_error(out, ref, mask) <= 1e-4
-            first = mask.argmax(1)
-            assert torch.allclose(out.first_tokens(), ref[torch.arange(len(ids)), first], atol=1e-4)
+            first = mask.argmax(1).to(device)
+            assert torch.allclose(out.first_tokens(), ref[torch.arange(len(ids), device=device), first],
+                                  atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------- GPU
@@ -121,8 +123,8 @@ def test_graph_replay_matches_eager(dtype):
     hf, fast = models("cuda", dtype)
     runner = CudaGraphRunner(fast)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    shapes = [([5, 9, 2], 12), ([7, 3, 12], 12), ([100, 64, 128, 1], 128), ([64] * 8, 64), ([3], 8)]
-    with torch.inference_mode():
+    shapes = [([5, 9, 2], 12), ([7, 3, 12], 12), ([60, 33, 64, 1], 64), ([64] * 8, 64), ([3], 8)]
+    with torch.inference_mode(), ops.use_backend("auto"):  # conftest's default is eager
         for lengths, seqlen in shapes + shapes:  # the second pass replays graphs captured in the first
             ids, mask = batch(lengths, seqlen)
             ref = fast(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
@@ -135,11 +137,24 @@ def test_graph_replay_matches_eager(dtype):
 
 
 @pytest.mark.gpu
+def test_eager_backend_runs_without_capture():
+    """The eager attention cannot be captured: the runner then runs eagerly, and says no graph."""
+    hf, fast = models("cuda")
+    runner = CudaGraphRunner(fast)
+    ids, mask = batch([5, 3], 8)
+    with torch.inference_mode(), ops.use_backend("eager"):
+        out = runner(ids, mask)
+        ref = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+    assert runner.captured == []
+    assert max_error(out, ref, mask) <= 1e-4
+
+
+@pytest.mark.gpu
 def test_graphs_follow_a_recast_model_and_inputs_on_gpu():
     _, fast = models("cuda", torch.float32)
     runner = CudaGraphRunner(fast)
     ids, mask = batch([6, 4], 8)
-    with torch.inference_mode():
+    with torch.inference_mode(), ops.use_backend("auto"):
         first = runner(ids.cuda(), mask.cuda()).padded()
         fast.to(torch.float16)
         ref = fast(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
@@ -154,7 +169,7 @@ def test_optimize_with_cuda_graphs_matches_transformers():
     hf, _ = models("cuda", torch.float32)
     ids, mask = batch([10, 4, 7], 12)
     ids, mask = ids.cuda(), mask.cuda()
-    with torch.inference_mode():
+    with torch.inference_mode(), ops.use_backend("auto"):
         ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
         rembert_fast.optimize(hf, cuda_graphs=True)
         got = hf(input_ids=ids, attention_mask=mask).last_hidden_state

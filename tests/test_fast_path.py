@@ -1,7 +1,7 @@
 """rembert_fast's own models on the packed fast path with the Triton kernels, against transformers.
 
 On CPU the kernels run under the Triton interpreter (conftest sets TRITON_INTERPRET=1); on a GPU the
-same tests run them for real. Every head, fresh random weights (biases and LayerNorm affine
+same tests run them for real, on CUDA tensors. Every head, fresh random weights (biases and LayerNorm affine
 included), ragged batches, real positions only, max abs error <= 1e-4 in float32. Spies on the kernel
 modules prove the kernels ran (an op that fell back to eager would pass the numbers silently).
 """
@@ -34,6 +34,7 @@ HEADS = ("RemBertModel", "RemBertForMaskedLM", "RemBertForCausalLM", "RemBertFor
          "RemBertForMultipleChoice", "RemBertForTokenClassification", "RemBertForQuestionAnswering")
 CASES = [("d16", "hole"), ("d32", "right")]
 TOL = 1e-4
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_pair(head: str, config: str, **overrides):
@@ -48,7 +49,7 @@ def make_pair(head: str, config: str, **overrides):
     hf_pairs.randomize(hf, seed=int(torch.randint(0, 2**31 - 1, ())))
     ours = getattr(rembert_fast, head)(rembert_fast.RemBertConfig(**kwargs)).eval()
     ours.load_state_dict(hf.state_dict(), strict=True)
-    return hf, ours
+    return hf.to(DEVICE), ours.to(DEVICE)
 
 
 def make_inputs(config: str, pattern: str, batch: int = 3, seqlen: int = 11) -> dict[str, torch.Tensor]:
@@ -60,7 +61,8 @@ def make_inputs(config: str, pattern: str, batch: int = 3, seqlen: int = 11) -> 
         mask[1, 1] = 0
     ids = torch.randint(3, cfg["vocab_size"], (batch, seqlen)) * mask
     types = torch.randint(0, cfg["type_vocab_size"], (batch, seqlen))
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: t.to(DEVICE) for name, t in (("input_ids", ids), ("attention_mask", mask),
+                                                ("token_type_ids", types))}
 
 
 @pytest.fixture
@@ -98,12 +100,12 @@ def test_every_head_matches_transformers_on_the_triton_backend(head, config, pat
     labels = {}
     if head in ("RemBertForMaskedLM", "RemBertForTokenClassification"):
         top = CONFIGS[config]["vocab_size"] if head == "RemBertForMaskedLM" else 2
-        labels["labels"] = torch.randint(0, top, mask.shape).masked_fill(~real, -100)
+        labels["labels"] = torch.randint(0, top, mask.shape, device=DEVICE).masked_fill(~real, -100)
     elif head == "RemBertForSequenceClassification":
-        labels["labels"] = torch.randint(0, 2, (mask.shape[0],))
+        labels["labels"] = torch.randint(0, 2, (mask.shape[0],), device=DEVICE)
     if head == "RemBertForMultipleChoice":  # one question, each row of the batch a choice
         inputs = {k: v[None] for k, v in inputs.items()}
-        labels["labels"] = torch.tensor([1])
+        labels["labels"] = torch.tensor([1], device=DEVICE)
     with torch.no_grad():
         ref = hf(**inputs, **labels)
         with ops.use_backend("triton"):
@@ -130,7 +132,7 @@ def test_every_head_matches_transformers_on_the_triton_backend(head, config, pat
 def test_unpadded_batch_takes_the_padded_kernel(kernel_calls):
     """A batch without padding is a plain (B, L) batch: the padded attention entry, no mask."""
     hf, ours = make_pair("RemBertModel", "d16")
-    ids = torch.randint(3, CONFIGS["d16"]["vocab_size"], (2, 13))
+    ids = torch.randint(3, CONFIGS["d16"]["vocab_size"], (2, 13), device=DEVICE)
     with torch.no_grad():
         ref = hf(input_ids=ids).last_hidden_state
         with ops.use_backend("triton"):

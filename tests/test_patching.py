@@ -292,9 +292,11 @@ def test_rembert_fast_model_is_returned_as_is():
 @pytest.mark.parametrize("head", ["RemBertModel", "RemBertForMaskedLM"])
 def test_triton_backend_matches_transformers(head, spies):
     """The fast path with the Triton kernels (the interpreter on CPU, real CUDA on a GPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter runs on CPU tensors
     mask = make_mask("holes")
-    model = build(head)
-    inputs = inputs_for(head, mask)
+    inputs = {k: v.to(device) for k, v in inputs_for(head, mask).items()}
+    mask = mask.to(device)
+    model = build(head).to(device)
     with torch.no_grad():
         ref = model(**inputs)
         rembert_fast.optimize(model)
