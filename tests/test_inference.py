@@ -366,3 +366,18 @@ def test_model_dir_with_tokenizer_json_only(dirs, tmp_path):
     got = list(_engine({"cls": directory}, "embed").run(texts))
     want = list(_engine(dirs, "embed").run(texts))
     assert [inference.encode_record(r) for r in got] == [inference.encode_record(r) for r in want]
+
+
+def test_multi_label_classify_uses_sigmoid(dirs, ref, tmp_path):
+    directory = tmp_path / "multi"
+    shutil.copytree(dirs["cls"], directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["problem_type"] = "multi_label_classification"
+    (directory / "config.json").write_text(json.dumps(config))
+    texts = sample_texts()[:4]
+    records = _engine({"cls": directory}, "classify", all_scores=True).run(texts)
+    for text, record in zip(texts, records, strict=True):
+        with torch.no_grad():
+            logits = ref.classifier(**ref._inputs(ref.encode(text))).logits[0]
+        _close(list(record["scores"].values()), logits.sigmoid())
+        assert record["score"] == max(record["scores"].values())
