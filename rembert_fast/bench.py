@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import json
 import platform
 import re
@@ -261,25 +262,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _time_call(fn: Callable[[], Any], device: torch.device) -> float:
+    """One call's time in ms (CUDA events on GPU, so only the device's time counts)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def time_ms(fn: Callable[[], Any], warmup: int, iters: int, device: torch.device) -> list[float]:
-    """Per-call times in ms of `iters` calls after `warmup` calls (CUDA events on GPU)."""
+    """Per-call times in ms of `iters` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return [_time_call(fn, device) for _ in range(iters)]
 
 
 def _peak_activation_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
@@ -349,44 +351,60 @@ def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], 
                 fns[impl] = err
         for shape in shapes:
             ids, mask = make_inputs(shape, config.vocab_size, device, seed)
-            real_tokens = int(mask.sum())
+            progress.set_description(f"{dtype_name} {shape.label}")
             with torch.inference_mode():
                 ref = None if ref32 is None else ref32(input_ids=ids, attention_mask=mask).last_hidden_state
-                hf_error = None
-                for impl in impls:
-                    progress.set_description(f"{dtype_name} {shape.label} {impl}")
-                    row = {"kind": "e2e", "impl": impl, "dtype": dtype_name, "batch": shape.batch,
-                           "seq": shape.seq, "lengths": shape.lengths, "real_tokens": real_tokens,
-                           "padded_tokens": shape.batch * shape.seq}
-                    row.update(_bench_one(fns[impl], ids, mask, ref, device, warmup, iters))
-                    if impl == REFERENCE_IMPL:
-                        hf_error = row.get("max_abs_err")
-                    rows.append(row)
-                    progress.update(1)
-                _judge(rows[-len(impls):], dtype_name, hf_error)
+                results = _bench_shape(fns, ids, mask, ref, device, warmup, iters)
+            case = {"kind": "e2e", "dtype": dtype_name, "batch": shape.batch, "seq": shape.seq,
+                    "lengths": shape.lengths, "real_tokens": int(mask.sum()),
+                    "padded_tokens": shape.batch * shape.seq}
+            shape_rows = [{**case, "impl": impl, **results[impl]} for impl in impls]
+            _judge(shape_rows, dtype_name, results.get(REFERENCE_IMPL, {}).get("max_abs_err"))
+            rows += shape_rows
+            progress.update(len(impls))
         del hf_model, fast_model, fns
     return rows
 
 
-def _bench_one(fn: Any, ids: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None,
-               device: torch.device, warmup: int, iters: int) -> dict[str, Any]:
-    if isinstance(fn, Exception):
-        return {"status": f"error: {type(fn).__name__}: {fn}"}
-    try:
-        t0 = time.perf_counter()
-        out = fn(ids, mask)
-        _sync(device)
-        first_call_s = time.perf_counter() - t0
-        error = _max_error(out, ref, mask) if ref is not None else None
-        del out
-        times = time_ms(lambda: fn(ids, mask), warmup, iters, device)
-        peak = _peak_activation_mb(lambda: fn(ids, mask), device)
-    except Exception as err:  # one failing implementation must not hide the others' numbers
-        return {"status": f"error: {type(err).__name__}: {err}"}
-    median = statistics.median(times)
-    return {"status": "ok", "first_call_s": round(first_call_s, 4), "median_ms": median,
-            "min_ms": min(times), "max_ms": max(times), "iters": iters, "max_abs_err": error,
-            "peak_activation_mb": peak}
+def _bench_shape(fns: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None,
+                 device: torch.device, warmup: int, iters: int) -> dict[str, dict[str, Any]]:
+    """Every implementation on one input: first call (checked), warm-up, then timed calls interleaved
+    across implementations, so a change in the machine's load hits them all alike."""
+    results: dict[str, dict[str, Any]] = {}
+    live: dict[str, Callable[[], Any]] = {}
+    for impl, fn in fns.items():
+        if isinstance(fn, Exception):
+            results[impl] = {"status": f"error: {type(fn).__name__}: {fn}"}
+            continue
+        call = functools.partial(fn, ids, mask)
+        try:
+            t0 = time.perf_counter()
+            out = call()
+            _sync(device)
+            first_call_s = time.perf_counter() - t0
+            error = _max_error(out, ref, mask) if ref is not None else None
+            del out
+            for _ in range(warmup):
+                call()
+        except Exception as err:  # one failing implementation must not hide the others' numbers
+            results[impl] = {"status": f"error: {type(err).__name__}: {err}"}
+            continue
+        results[impl] = {"status": "ok", "first_call_s": round(first_call_s, 4), "max_abs_err": error}
+        live[impl] = call
+    times: dict[str, list[float]] = {impl: [] for impl in live}
+    _sync(device)
+    for _ in range(iters):
+        for impl, call in list(live.items()):
+            try:
+                times[impl].append(_time_call(call, device))
+            except Exception as err:
+                results[impl] = {"status": f"error: {type(err).__name__}: {err}"}
+                del live[impl]
+    for impl, call in live.items():
+        results[impl].update(median_ms=statistics.median(times[impl]), min_ms=min(times[impl]),
+                             max_ms=max(times[impl]), iters=iters,
+                             peak_activation_mb=_peak_activation_mb(call, device))
+    return results
 
 
 def _judge(rows: list[dict[str, Any]], dtype_name: str, hf_error: float | None) -> None:
