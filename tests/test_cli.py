@@ -167,25 +167,31 @@ def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffi
     assert out.read_bytes() == complete
 
 
-def test_torchrun_two_processes_match_one(dirs, capsys, tmp_path):
+@pytest.mark.parametrize("suffix", [".jsonl", ".npy"])
+def test_torchrun_two_processes_match_one(dirs, capsys, tmp_path, suffix):
     texts = sample_texts()
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     # torchrun gives each process one thread; so does the one-process run, as GEMM bits depend on it.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / "one.jsonl")[0] == 0
+        assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / f"one{suffix}")[0] == 0
     finally:
         torch.set_num_threads(threads)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "rembert_fast.cli", "embed", "--model", str(dirs["cls"]),
-               "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "two.jsonl"),
+               "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / f"two{suffix}"),
                "--window", "4", "--batch-tokens", "80", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "one.jsonl", "two.jsonl"]
+    assert (tmp_path / f"two{suffix}").read_bytes() == (tmp_path / f"one{suffix}").read_bytes()
+    if suffix == ".npy":
+        errors = [(tmp_path / f"{name}.errors.jsonl").read_bytes() for name in ("one", "two")]
+        assert errors == [b"", b""]
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"in.txt", f"one{suffix}", f"two{suffix}",
+                                                         "one.errors.jsonl", "two.errors.jsonl"}
+    assert not leftovers  # rank parts and .partial files are gone
     assert f"{len(texts)} lines, 0 errors" in done.stderr
 
 

@@ -381,3 +381,29 @@ def test_multi_label_classify_uses_sigmoid(dirs, ref, tmp_path):
             logits = ref.classifier(**ref._inputs(ref.encode(text))).logits[0]
         _close(list(record["scores"].values()), logits.sigmoid())
         assert record["score"] == max(record["scores"].values())
+
+
+def test_rank_part_resumes_from_its_own_rows(dirs, tmp_path):
+    """A torn `.npy` part of rank 1 of 2 continues after its last whole row, at the right input line."""
+    texts = sample_texts()
+    engine = _engine(dirs, "embed", window=3)
+
+    def line_of_row(row):
+        return inference.shard_line(row, 1, 2, 3)
+
+    paths = (tmp_path / "p.npy", tmp_path / "p.errors.jsonl")
+    writer = inference.NpyWriter(*paths, 32, line_of_row=line_of_row)
+    for record in engine.run(texts, shard=(1, 2)):
+        writer.write(record)
+    writer.commit()
+    complete = paths[0].read_bytes()
+    (tmp_path / "p.npy.partial").write_bytes(complete[: 128 + 4 * 32 * 4 + 50])  # rows of lines 4, 5, 6, 10
+    (tmp_path / "p.errors.jsonl.partial").write_bytes(b"")
+    writer = inference.NpyWriter(*paths, 32, resume=True, line_of_row=line_of_row)
+    assert writer.done_through == 10
+    records = list(engine.run(texts, shard=(1, 2), skip_through=writer.done_through))
+    assert [r["line"] for r in records] == [11, 12]
+    for record in records:
+        writer.write(record)
+    writer.commit()
+    assert paths[0].read_bytes() == complete
