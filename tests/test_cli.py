@@ -32,6 +32,15 @@ def dirs():
     return tiny_model_dirs()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared CPU they only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _run(capsys, task, model, inp, out, *extra):
     code = main([task, "--model", str(model), "--input", str(inp), "--output", str(out), "--window", "4",
                  "--batch-tokens", "80", *extra])
@@ -171,13 +180,10 @@ def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffi
 def test_torchrun_two_processes_match_one(dirs, capsys, tmp_path, suffix):
     texts = sample_texts()
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    # torchrun gives each process one thread; so does the one-process run, as GEMM bits depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / f"one{suffix}")[0] == 0
-    finally:
-        torch.set_num_threads(threads)
+    # torchrun gives each process one thread; so does this module to the one-process run: GEMM bits
+    # depend on the thread count.
+    assert torch.get_num_threads() == 1
+    assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / f"one{suffix}")[0] == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "rembert_fast.cli", "embed", "--model", str(dirs["cls"]),
