@@ -68,14 +68,14 @@ if command -v nvidia-smi > /dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/nvidia-smi.csv" 2>&1
 fi
 
-# GPU-marked tests, then every kernel test on the triton backend with real CUDA (conftest leaves
-# TRITON_INTERPRET unset when a GPU is present).
-step gpu_tests 120 python -m pytest -q -p no:cacheprovider -m gpu tests \
-    --junitxml "$OUT/gpu_tests.xml"
-KERNEL_TESTS=$(ls tests/test_kernel_*.py tests/test_extension*.py tests/test_fast_path.py \
-    tests/test_patching.py 2>/dev/null)
+# GPU-marked tests, then the kernel, extension and fast-path tests on the triton backend with real
+# CUDA (conftest leaves TRITON_INTERPRET unset when a GPU is present).
+step gpu_tests 120 python -m pytest -q -p no:cacheprovider -m gpu tests --junitxml "$OUT/gpu_tests.xml"
+KERNEL_TESTS=$(ls tests/test_kernel_*.py tests/test_embed.py tests/test_fast_path.py tests/test_patching.py \
+    tests/test_cuda_graphs.py 2>/dev/null)
 # shellcheck disable=SC2086  # the list is word-split on purpose
-step kernel_tests 150 python -m pytest -q -p no:cacheprovider $KERNEL_TESTS --junitxml "$OUT/kernel_tests.xml"
+step kernel_tests 150 python -m pytest -q -p no:cacheprovider -m "not gpu" $KERNEL_TESTS \
+    --junitxml "$OUT/kernel_tests.xml"
 
 # Kernel benchmarks: each benches/bench_*.py of a kernel (not the end-to-end, CPU-model or tokenizer
 # ones) through its __main__ table when it takes --json, else as a pytest-benchmark suite.
