@@ -12,6 +12,7 @@ engine's batching, sorting, packing and post-processing.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import shutil
 import tempfile
@@ -35,12 +36,13 @@ def sample_texts() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def tiny_model_dirs() -> dict[str, Path]:
-    """Build the three model directories once per test process (in a temporary directory)."""
+    """Build the three model directories once per test process (a temporary directory, removed at exit)."""
     import transformers
 
     from rembert_fast.tokenization import RemBertTokenizerFast
 
     root = Path(tempfile.mkdtemp(prefix="rembert_fast_batch_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     spm_path = train_tiny_sentencepiece(root / "spm")
     vocab_size = len(RemBertTokenizerFast.from_pretrained(str(root / "spm")))
     config = dict(
