@@ -143,6 +143,18 @@ def test_optimize_is_idempotent(spies):
     assert spies["embed"] == 1 and spies["attention"] == model.config.num_hidden_layers
 
 
+def test_cuda_graphs_flag_leaves_cpu_calls_on_the_packed_path(spies):
+    model = rembert_fast.optimize(build("RemBertModel"), cuda_graphs=True)
+    mask = make_mask("right")
+    with torch.no_grad():
+        ref = model(**inputs_for("RemBertModel", mask))
+    assert model.__dict__["_rembert_fast"] == {"cuda_graphs": True, "runner": None}  # no runner on CPU
+    assert spies["attention"] == model.config.num_hidden_layers
+    rembert_fast.optimize(model)  # calling again updates the flag
+    assert model.__dict__["_rembert_fast"]["cuda_graphs"] is False
+    assert ref.last_hidden_state.shape == (*mask.shape, 64)
+
+
 # ----------------------------------------------------------------------------------------- outputs
 @pytest.mark.parametrize("mask_kind", ["right", "left", "holes"])
 @pytest.mark.parametrize("head", HEADS)
