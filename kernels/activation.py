@@ -20,7 +20,8 @@ every digit. ``erf`` is ``tl.math.erf`` (libdevice ``erff`` on NVIDIA).
 
 Grid: 2-D, ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))`` over the (M, N) view of x, one tile of about
 ``_TILE`` elements per program; the bias slice is loaded once per tile. Rows may be strided (a view
-of a wider buffer is read in place); the last dimension must have stride 1, otherwise x is copied once.
+of a wider buffer is read in place); x is copied once when its last dimension is not contiguous, or
+when its leading dimensions cannot be viewed as one row index.
 Row offsets are int64.
 
 Dtypes: x in fp32/fp16/bf16; bias in x's dtype; math in fp32; the output in x's dtype.

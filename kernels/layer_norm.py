@@ -22,9 +22,10 @@ Dtypes: x, residual and x_bias in one of fp32/fp16/bf16; weight and bias in x's 
 mixed-type rule of ``torch.nn.functional.layer_norm``, what autocast produces); loads are upcast to
 fp32, statistics in fp32 (eps 1e-12 is below fp16's resolution), the output in x's dtype.
 
-Limits: N <= 16384 (a row must fit in registers); wider rows raise ValueError. Rows may be strided
-(a 2-D view with padded rows is read in place); the last dimension must have stride 1, otherwise the
-input is copied once. Row offsets are int64, so tensors beyond 2**31 elements are addressed correctly.
+Limits: N <= 16384 (a row must fit in registers); wider rows raise ValueError (the eager backend
+takes any width). Rows may be strided (a 2-D view with padded rows is read in place); the input is
+copied once when its last dimension is not contiguous, or when its leading dimensions cannot be
+viewed as one row index. Row offsets are int64, so tensors beyond 2**31 elements are addressed correctly.
 
 References: Triton tutorial 05-layer-norm (the one-row-per-program forward);
 flash-attention ``flash_attn/ops/triton/layer_norm.py`` (residual and bias as constexpr features);

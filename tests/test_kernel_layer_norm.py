@@ -116,6 +116,9 @@ def test_non_contiguous_input():
     args["x"] = torch.randn(40, 3, device=DEVICE).t()  # stride(-1) != 1: copied once
     args["residual"] = torch.randn(40, 3, device=DEVICE).t()
     _check(args)
+    args = _inputs((2, 3, 40), torch.float32, True, True, True)
+    args["x"] = torch.randn(2, 6, 40, device=DEVICE)[:, ::2]  # unit column stride, rows not one index
+    _check(args)
 
 
 def test_strided_rows_never_read_the_gaps():
