@@ -30,9 +30,15 @@ Dtypes: fp32, fp16 and bf16 in (q, k, v alike); the output has q's dtype. Q K^T 
 tensor cores in the input dtype with fp32 accumulation (P is rounded to the input dtype before
 P V, as in FlashAttention); fp32 inputs use IEEE fp32 dots, not TF32, so fp32 stays exact to ~1e-6.
 
+Tuning: `triton.autotune` over CONFIGS (BLOCK_M, BLOCK_N in {32, 64, 128}, 4 or 8 warps, 2-4
+stages), pruned per head_dim and dtype by `keep()` to 2-4 configs, keyed on head_dim, the flags and
+a power-of-two bucket of max_seqlen_q. Under the interpreter one fixed 16 x 16 config is used.
+
 Limits: head_dim in SUPPORTED_HEAD_DIMS (16, 32, 64, 128; ops.py sends other sizes to eager);
-batch * heads programs per query block; no dropout, no attention bias, no backward (ops.py takes
-the eager path under autograd).
+batches over 65535 sequences are launched in chunks (CUDA's grid z limit); fp32 dots are IEEE
+(slower than TF32, chosen for exactness); no dropout, no attention bias, no backward (ops.py takes
+the eager path under autograd). cu_seqlens are trusted (as in flash-attention): rows of q outside
+every sequence are not written.
 
 References: Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning"
 (arXiv 2307.08691); Triton tutorial 06-fused-attention; flash-attention's `flash_attn_varlen_func`
