@@ -86,6 +86,8 @@ class CompileCase:
 
 @dataclasses.dataclass
 class CompileResult:
+    """What compiling one case gave: an error, or the compiled kernel's resource needs."""
+
     case: CompileCase
     error: str | None = None  # the compiler's message when compilation failed
     seconds: float = 0.0  # wall time of this compile (0 for a duplicate of another case)
@@ -110,6 +112,7 @@ def _innermost(kernel: Any) -> Any:
 
 
 def _python_fn(kernel: Any) -> Callable[..., Any]:
+    """The plain Python function a kernel was decorated from (its signature names the arguments)."""
     fn = _innermost(kernel)
     return fn.fn if hasattr(fn, "fn") else fn
 
