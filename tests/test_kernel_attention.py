@@ -84,8 +84,8 @@ def test_varlen_matches_reference(dtype: torch.dtype, causal: bool, head_dim: in
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 def test_varlen_queries_and_keys_differ_in_length(dtype: torch.dtype, causal: bool) -> None:
     # Second sequence: more queries than keys, so under causal masking (bottom-right aligned) its
-    # first 11 query rows see no key at all and must come out 0, not NaN.
-    lens_q, lens_k = (3, 16, 1, 20), (21, 5, 33, 20)
+    # first 11 query rows see no key at all and must come out 0, not NaN. Last: no queries at all.
+    lens_q, lens_k = (3, 16, 1, 20, 0), (21, 5, 33, 20, 4)
     cu_q, cu_k = _cu_seqlens(lens_q), _cu_seqlens(lens_k)
     q = torch.randn(int(cu_q[-1]), HEADS, 32).to(dtype)
     k = torch.randn(int(cu_k[-1]), HEADS, 32).to(dtype)
@@ -240,3 +240,19 @@ def test_launcher_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="key_padding_mask"):
         kernel.attention_padded(q.view(2, 5, HEADS, 16), q.view(2, 5, HEADS, 16), q.view(2, 5, HEADS, 16),
                                 torch.ones(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", (False, True), ids=("full", "causal"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rembert_shapes_on_gpu(dtype: torch.dtype, causal: bool) -> None:
+    # RemBERT's 18 heads of 64 at its longest sequences, through the autotuned compiled kernel.
+    lengths = (512, 3, 200, 1, 77, 512, 130, 64)
+    cu = _cu_seqlens(lengths).cuda()
+    qkv = torch.randn(int(cu[-1]), 3, 18, 64, device="cuda").to(dtype)
+    q, k, v = qkv.unbind(1)
+    with ops.use_backend("triton"):
+        out = ops.attention(q, k, v, cu, cu, 512, 512, causal=causal)
+    truth = ops.attention_ref(q.double(), k.double(), v.double(), cu, cu, 512, 512, causal=causal)
+    eager = ops.attention_ref(q, k, v, cu, cu, 512, 512, causal=causal)
+    _assert_close(out, truth, eager)
