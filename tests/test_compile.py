@@ -8,6 +8,7 @@ kernel family compiles its cases once (module fixture, one worker process per us
 a table of shared memory, registers and spills per tile.
 """
 
+import dataclasses
 import itertools
 import time
 
@@ -31,6 +32,32 @@ ROWS = 3  # M is not specialised by the kernels: any row count gives the same bi
 
 def _name(flags: dict[str, bool]) -> str:
     return "+".join(k for k, on in flags.items() if on) or "plain"
+
+
+# ----------------------------------------------------------------------------------------- the gate itself
+def test_capture_specialises_like_the_jit():
+    def call(n):
+        return lambda: ln_kernels.layer_norm(torch.empty(ROWS, n, dtype=torch.bfloat16),
+                                             torch.empty(n, dtype=torch.float32), None, 1e-12)
+
+    module, kernel = "rembert_fast.kernels.layer_norm", "_layer_norm_fwd_kernel"
+    wide, narrow = (capture_cases(module, kernel, call(n), archs=(90,))[0] for n in (1152, 1))
+    assert wide.signature["X"] == "*bf16" and wide.signature["W"] == "*fp32"
+    assert wide.attrs["X"] == "D" and wide.attrs["N"] == "D" and wide.attrs["stride_x_row"] == "D"
+    assert wide.signature["M"] == "i32" and "M" not in wide.attrs  # do_not_specialize
+    assert wide.constexprs["B"] is None and wide.constexprs["HAS_BIAS"] is False
+    chosen = (wide.constexprs["BLOCK_N"], wide.constexprs["ROWS"], wide.num_warps)
+    assert chosen == ln_kernels.launch_config(1152)
+    assert narrow.constexprs["N"] == 1 and "N" not in narrow.signature  # the JIT turns 1 into a constexpr
+
+
+def test_gate_reports_what_the_compiler_rejects():
+    # the interpreter runs tl.arange(0, 3); the compiler requires a power of two: the gate must say so
+    good = LAYER_NORM_CASES[0]
+    bad = dataclasses.replace(good, constexprs={**good.constexprs, "BLOCK_N": 3})
+    [result] = compile_cases([bad], workers=1)
+    assert not result.ok and "power of 2" in result.error
+    assert launch_problems(result)
 
 
 # ----------------------------------------------------------------------------------------- layer_norm
