@@ -312,7 +312,7 @@ _attn_fwd = triton.autotune(
 
 
 def _seqlen_bucket(max_seqlen: int) -> int:
-    """Autotune per power of two of the longest sequence (64 .. 8192): few keys, similar tiles."""
+    """Autotune per power of two of the longest sequence (64 .. 8192): a handful of tuning keys."""
     return min(max(triton.next_power_of_2(max(max_seqlen, 1)), 64), 8192)
 
 
@@ -358,8 +358,9 @@ def _launch(
 
     mask_strides = (key_mask.stride(0), key_mask.stride(1)) if key_mask is not None else (0, 0)
     seqlen_q, seqlen_k = (0, 0) if varlen else (q.shape[1], k.shape[1])
-    # Unused pointer arguments get a tensor of the right kind so each specialisation has one signature.
-    cu_q = cu_seqlens_q if varlen else torch.zeros(1, dtype=torch.int32, device=q.device)
+    # Unused pointer arguments get a tensor of the right kind so each specialisation has one signature;
+    # it is never read, so `empty` (no fill kernel).
+    cu_q = cu_seqlens_q if varlen else torch.empty(1, dtype=torch.int32, device=q.device)
     cu_k = cu_seqlens_k if varlen else cu_q
     mask = key_mask if key_mask is not None else cu_q
     for b0 in range(0, batch, _MAX_GRID_BATCH):
