@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 from compile_gate import CompileCase, capture_cases, compile_cases, launch_problems, report
+
 from rembert_fast.kernels import activation as act_kernels
 from rembert_fast.kernels import layer_norm as ln_kernels
 

@@ -9,9 +9,9 @@ twice zero would demand more than correct rounding.
 
 import pytest
 import torch
-from rembert_fast.kernels import activation as act_kernels
 
 from rembert_fast import ops
+from rembert_fast.kernels import activation as act_kernels
 
 pytestmark = [
     pytest.mark.skipif(not ops.triton_status()[0],
@@ -88,6 +88,11 @@ def test_rembert_ffn_width_3d_input():
     _check(*_inputs((2, 3, 4608), torch.float32), "gelu")
 
 
+@pytest.mark.parametrize("n", (1152, 1664, 4608, 1153))
+def test_column_tiles_at_rembert_widths(n):
+    _check(*_inputs((3, n), torch.bfloat16), "gelu")
+
+
 def test_non_contiguous_input():
     x = (4 * torch.randn(40, 3, device=DEVICE)).t()  # stride(-1) != 1: copied once
     _check(x, torch.randn(40, device=DEVICE), "gelu")
@@ -102,7 +107,7 @@ def test_strided_rows_never_read_the_gaps():
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("n", (5, 1030))  # tiles of 512x8 and 4x1024 rows: both end in masked lanes
+@pytest.mark.parametrize("n", (5, 1030))  # 512x8 and 32x128 tiles: both end in masked rows and columns
 def test_writes_exactly_its_elements(n):
     rows = 5
     x, bias = _inputs((rows, n), torch.float32)

@@ -11,9 +11,9 @@ import itertools
 
 import pytest
 import torch
-from rembert_fast.kernels import layer_norm as ln_kernels
 
 from rembert_fast import ops
+from rembert_fast.kernels import layer_norm as ln_kernels
 
 pytestmark = pytest.mark.skipif(not ops.triton_status()[0],
                                 reason="needs Triton (CUDA, or TRITON_INTERPRET=1 on CPU)")
