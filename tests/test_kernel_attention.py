@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rembert_fast.kernels import attention as kernel
 
 from rembert_fast import ops
+from rembert_fast.kernels import attention as kernel
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEADS = 2
