@@ -11,9 +11,13 @@ after warm-up (only the eager path runs there, so CI exercises the scripts).
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,3 +74,70 @@ def print_table(header: str, rows: Sequence[dict[str, Any]]) -> None:
         of_copy = f"{row['fraction_of_copy']:.0%}" if row["fraction_of_copy"] is not None else "-"
         print(f"{row['shape']:>22} {row['impl']:>9} {row['median_us']:>10.1f} {row['GB/s']:>8.3g} "
               f"{row['speedup_vs_eager']:>8.2f}x {of_copy:>8}")
+
+
+@dataclass
+class OpBench:
+    """One memory-bound op's benchmark: the pytest-benchmark body and the table script, shared.
+
+    `build(impl, inputs)` returns a no-argument callable for implementation `impl` ("triton", "eager",
+    "compiled" or "copy") on `inputs` from `make_inputs(tokens, n)`; `bytes_moved(tokens, n)` is what
+    one call reads and writes.
+    """
+
+    name: str  # e.g. "layer_norm", used in group names and the JSON
+    title: str  # the op as written in the table header
+    dtype: torch.dtype
+    make_inputs: Callable[[int, int], dict[str, torch.Tensor]]
+    build: Callable[[str, dict[str, torch.Tensor]], Callable[[], object]]
+    bytes_moved: Callable[[int, int], int]
+
+    def check_agreement(self, impl: str, inputs: dict[str, torch.Tensor]) -> None:
+        """A wrong answer's speed is worthless: `impl` must agree with eager within bf16 rounding."""
+        if impl in ("eager", "copy"):
+            return
+        got = self.build(impl, inputs)().float()
+        error = (got - self.build("eager", inputs)().float()).abs().max().item()
+        if error > 0.1:
+            raise AssertionError(f"{self.name}: {impl} differs from eager by {error:.3g}")
+
+    def run_pytest(self, benchmark: Any, impl: str, shape: tuple[int, int]) -> None:
+        """pytest-benchmark body. Its own timing is wall time per call including a host sync; the
+        median_us / gbps in extra_info are `median_seconds` (GPU time on CUDA), as in the table."""
+        inputs = self.make_inputs(*shape)
+        self.check_agreement(impl, inputs)
+        fn = self.build(impl, inputs)
+
+        def run() -> None:
+            fn()
+            if CUDA:
+                torch.cuda.synchronize()
+
+        seconds = median_seconds(fn)
+        nbytes = self.bytes_moved(*shape)
+        dtype = str(self.dtype).removeprefix("torch.")
+        benchmark.group = f"{self.name} T={shape[0]} N={shape[1]} {dtype} {DEVICE}"
+        benchmark.extra_info.update(tokens=shape[0], n=shape[1], dtype=dtype, device=device_name(),
+                                    bytes=nbytes, median_us=seconds * 1e6, gbps=nbytes / seconds / 1e9)
+        benchmark.pedantic(run, rounds=20, warmup_rounds=3, iterations=1)
+
+    def main(self, shapes: Sequence[tuple[int, int]], impls: Sequence[str], description: str) -> int:
+        """The table script: every shape x implementation, agreement checked first; optional JSON."""
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+        args = parser.parse_args()
+        rows = []
+        for tokens, n in shapes:
+            inputs = self.make_inputs(tokens, n)
+            for impl in impls:
+                self.check_agreement(impl, inputs)
+            built = {impl: self.build(impl, inputs) for impl in impls}
+            for row in measure(built, self.bytes_moved(tokens, n)):
+                rows.append({"shape": f"T={tokens} N={n}", "tokens": tokens, "n": n, **row})
+        dtype = str(self.dtype).removeprefix("torch.")
+        print_table(f"{self.title}: device {device_name()}, torch {torch.__version__}, dtype {dtype}, "
+                    "median after warm-up", rows)
+        if args.json:
+            meta = {"device": device_name(), "torch": torch.__version__, "dtype": dtype, "op": self.name}
+            args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        return 0

@@ -17,15 +17,12 @@ exercises the file in a few seconds.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
-from bandwidth import CUDA, DEVICE, copy_of, device_name, measure, median_seconds, print_table
+from bandwidth import CUDA, DEVICE, OpBench, copy_of
 
 from rembert_fast import ops
 
@@ -68,60 +65,15 @@ def build(impl: str, inputs: dict[str, torch.Tensor]) -> Callable[[], object]:
     raise ValueError(f"unknown implementation {impl!r}")
 
 
-def check_agreement(impl: str, inputs: dict[str, torch.Tensor]) -> None:
-    """A wrong answer's speed is worthless: `impl` must agree with eager within bf16 rounding."""
-    if impl in ("eager", "copy"):
-        return
-    error = (build(impl, inputs)().float() - build("eager", inputs)().float()).abs().max().item()
-    if error > 0.1:
-        raise AssertionError(f"{impl} differs from eager by {error:.3g}")
+BENCH = OpBench(name="layer_norm", title="layer_norm(x + x_bias + residual)",
+                dtype=DTYPE, make_inputs=make_inputs, build=build, bytes_moved=bytes_moved)
 
 
-# ----------------------------------------------------------------------------------------- pytest-benchmark
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"T{s[0]}xN{s[1]}")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_layer_norm_bandwidth(benchmark, impl: str, shape: tuple[int, int]) -> None:
-    inputs = make_inputs(*shape)
-    check_agreement(impl, inputs)
-    fn = build(impl, inputs)
-
-    def run() -> None:
-        fn()
-        if CUDA:
-            torch.cuda.synchronize()
-
-    seconds = median_seconds(fn)
-    benchmark.group = f"layer_norm T={shape[0]} N={shape[1]} {str(DTYPE).removeprefix('torch.')} {DEVICE}"
-    benchmark.extra_info.update(tokens=shape[0], n=shape[1], dtype=str(DTYPE), device=device_name(),
-                                bytes=bytes_moved(*shape), median_us=seconds * 1e6,
-                                gbps=bytes_moved(*shape) / seconds / 1e9)
-    # pytest-benchmark's own timing is wall time per call including a host sync; median_us / gbps in
-    # extra_info are GPU time from median_seconds, the figures the table reports.
-    benchmark.pedantic(run, rounds=20, warmup_rounds=3, iterations=1)
-
-
-# ----------------------------------------------------------------------------------------- table
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
-    args = parser.parse_args()
-    rows = []
-    for tokens, n in SHAPES:
-        inputs = make_inputs(tokens, n)
-        for impl in IMPLS:
-            check_agreement(impl, inputs)
-        impls = {impl: build(impl, inputs) for impl in IMPLS}
-        for row in measure(impls, bytes_moved(tokens, n)):
-            rows.append({"shape": f"T={tokens} N={n}", "tokens": tokens, "n": n, **row})
-    header = (f"layer_norm(x + x_bias + residual): device {device_name()}, torch {torch.__version__}, "
-              f"dtype {str(DTYPE).removeprefix('torch.')}, median after warm-up")
-    print_table(header, rows)
-    if args.json:
-        meta = {"device": device_name(), "torch": torch.__version__, "dtype": str(DTYPE),
-                "op": "layer_norm"}
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    return 0
+    BENCH.run_pytest(benchmark, impl, shape)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(BENCH.main(SHAPES, IMPLS, __doc__.splitlines()[0]))
