@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,22 @@ _INIT_CONFIG_KEYS = (
 TextPair = tuple[str, "str | None"]
 
 
+@dataclass(frozen=True)
+class _EncodeOptions:
+    """`__call__`'s arguments after validation, as the two encoders take them."""
+
+    add_special_tokens: bool
+    padding: str  # "do_not_pad", "longest" or "max_length"
+    truncation: str  # "do_not_truncate", "longest_first", "only_first" or "only_second"
+    max_length: int | None  # the padding / truncation length, when one applies
+    pad_to_multiple_of: int | None
+    return_token_type_ids: bool
+    return_attention_mask: bool
+    return_special_tokens_mask: bool
+    return_offsets_mapping: bool
+    verbose: bool
+
+
 @dataclass
 class SpecialToken:
     """A special token and how it matches text (transformers' `AddedToken` fields)."""
@@ -168,8 +185,6 @@ def _to_tensors(
 ) -> BatchEncoding:
     if return_tensors is None:
         return BatchEncoding(features)
-    if return_tensors not in ("pt", "np"):
-        raise ValueError(f"return_tensors must be 'pt', 'np' or None; got {return_tensors!r}")
     out = BatchEncoding()
     for key, value in features.items():
         if prepend_batch_axis:
@@ -289,7 +304,7 @@ def _as_id_list(token_ids: Any) -> list[int]:
     return [int(i) for i in token_ids]
 
 
-class _RemBertTokenizerBase:
+class _RemBertTokenizerBase(ABC):
     """What both tokenizers share: special tokens, argument handling, RemBERT's special-token layout,
     padding/truncation strategy resolution, decoding clean-up and save/load."""
 
@@ -427,21 +442,29 @@ class _RemBertTokenizerBase:
         """Encode a string, a pair, or a batch of either (a list of strings, a list of (str, str)
         tuples, or two lists). Arguments as transformers' `PreTrainedTokenizerBase.__call__`."""
         pairs, batched = self._normalize_inputs(text, text_pair)
-        return self._encode(
-            pairs,
-            batched,
-            add_special_tokens,
-            padding,
-            truncation,
-            max_length,
-            pad_to_multiple_of,
-            return_tensors,
-            return_token_type_ids,
-            return_attention_mask,
-            return_special_tokens_mask,
-            return_offsets_mapping,
-            verbose,
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(
+                f"return_tensors must be 'pt' (torch), 'np' (numpy) or None (lists); got {return_tensors!r}"
+            )
+        padding_strategy, truncation_strategy, max_length = self._resolve_strategies(
+            padding, truncation, max_length, pad_to_multiple_of, verbose
         )
+        options = _EncodeOptions(
+            add_special_tokens=add_special_tokens,
+            padding=padding_strategy,
+            truncation=truncation_strategy,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_token_type_ids=return_token_type_ids is None or bool(return_token_type_ids),
+            return_attention_mask=return_attention_mask is None or bool(return_attention_mask),
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_offsets_mapping=return_offsets_mapping,
+            verbose=verbose,
+        )
+        features = self._encode_batch(pairs, options)
+        if not batched:
+            features = {key: value[0] for key, value in features.items()}
+        return _to_tensors(features, return_tensors, prepend_batch_axis=not batched)
 
     def encode_plus(self, text: str, text_pair: str | None = None, **kwargs: Any) -> BatchEncoding:
         """Encode one string or one pair (see `__call__` for the keyword arguments)."""
@@ -618,23 +641,9 @@ class _RemBertTokenizerBase:
                 "result in indexing errors",
             )
 
-    def _encode(
-        self,
-        pairs: list[TextPair],
-        batched: bool,
-        add_special_tokens: bool,
-        padding: Any,
-        truncation: Any,
-        max_length: int | None,
-        pad_to_multiple_of: int | None,
-        return_tensors: str | None,
-        return_token_type_ids: bool | None,
-        return_attention_mask: bool | None,
-        return_special_tokens_mask: bool,
-        return_offsets_mapping: bool,
-        verbose: bool,
-    ) -> BatchEncoding:
-        raise NotImplementedError
+    @abstractmethod
+    def _encode_batch(self, pairs: list[TextPair], options: _EncodeOptions) -> dict[str, list]:
+        """One list per output key (`input_ids`, ...), one entry per pair, padded as `options` asks."""
 
     # ------------------------------------------------------------------------------------------ decode
     def decode(
@@ -664,15 +673,39 @@ class _RemBertTokenizerBase:
         return [self.decode(ids, skip_special_tokens, clean_up_tokenization_spaces) for ids in sequences]
 
     def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        raise NotImplementedError
+        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+        return self.convert_tokens_to_string(tokens) if tokens else ""
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         if isinstance(tokens, str):
             return self._token_to_id(tokens)
         return [self._token_to_id(token) for token in tokens]
 
+    def convert_ids_to_tokens(
+        self, ids: int | Sequence[int], skip_special_tokens: bool = False
+    ) -> str | None | list[str]:
+        """Token strings of `ids`. An id the fast tokenizer has no token for gives None (alone) or is
+        dropped (in a list), as in 4.37.2."""
+        if isinstance(ids, int):
+            return self._id_to_token(ids)
+        tokens = (
+            self._id_to_token(index)
+            for index in _as_id_list(ids)
+            if not (skip_special_tokens and index in self._special_ids)
+        )
+        return [token for token in tokens if token is not None]
+
+    @abstractmethod
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Token strings back to text."""
+
+    @abstractmethod
     def _token_to_id(self, token: str) -> int:
-        raise NotImplementedError
+        """The id of `token` (the unknown token's id when it has none)."""
+
+    @abstractmethod
+    def _id_to_token(self, index: int) -> str | None:
+        """The token string of `index`."""
 
     # ------------------------------------------------------------------------------------- save / load
     def _tokenizer_config(self) -> dict[str, Any]:
@@ -721,8 +754,9 @@ class _RemBertTokenizerBase:
         self._write_vocab_file(out_file)
         return (out_file,)
 
+    @abstractmethod
     def _write_vocab_file(self, out_file: str) -> None:
-        raise NotImplementedError
+        """Write the sentencepiece model to `out_file`."""
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, filename_prefix: str | None = None
@@ -783,12 +817,14 @@ class _RemBertTokenizerBase:
         init.update(kwargs)
         return init
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Vocabulary size including special tokens appended past the model's pieces."""
 
     @property
+    @abstractmethod
     def vocab_size(self) -> int:
-        raise NotImplementedError
+        """Number of pieces of the sentencepiece model."""
 
     def __repr__(self) -> str:
         return (
@@ -835,13 +871,11 @@ class RemBertTokenizer(_RemBertTokenizerBase):
             remove_space,
             keep_accents,
             dict(
-                bos_token=bos_token,
-                eos_token=eos_token,
-                unk_token=unk_token,
-                sep_token=sep_token,
-                pad_token=pad_token,
-                cls_token=cls_token,
-                mask_token=mask_token,
+                zip(
+                    SPECIAL_TOKEN_ATTRIBUTES,
+                    (bos_token, eos_token, unk_token, sep_token, pad_token, cls_token, mask_token),
+                    strict=True,
+                )
             ),
             **kwargs,
         )
@@ -979,17 +1013,6 @@ class RemBertTokenizer(_RemBertTokenizerBase):
         index = self._added_encoder.get(token)
         return index if index is not None else self.sp_model.piece_to_id(token)
 
-    def convert_ids_to_tokens(
-        self, ids: int | Sequence[int], skip_special_tokens: bool = False
-    ) -> str | list[str]:
-        if isinstance(ids, int):
-            return self._id_to_token(ids)
-        return [
-            self._id_to_token(int(i))
-            for i in ids
-            if not (skip_special_tokens and int(i) in self._special_ids)
-        ]
-
     def _id_to_token(self, index: int) -> str:
         token = self._added_decoder.get(index)
         if token is not None:
@@ -1000,10 +1023,6 @@ class RemBertTokenizer(_RemBertTokenizerBase):
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return self.sp_model.decode_pieces(tokens)
-
-    def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
-        return self.convert_tokens_to_string(tokens) if tokens else ""
 
     # -------------------------------------------------------------------------------------- encode
     def _truncate(
@@ -1040,68 +1059,53 @@ class RemBertTokenizer(_RemBertTokenizerBase):
             )
         return ids, pair_ids
 
-    def _encode(
-        self,
-        pairs,
-        batched,
-        add_special_tokens,
-        padding,
-        truncation,
-        max_length,
-        pad_to_multiple_of,
-        return_tensors,
-        return_token_type_ids,
-        return_attention_mask,
-        return_special_tokens_mask,
-        return_offsets_mapping,
-        verbose,
-    ):
-        if return_offsets_mapping:
+    def _encode_batch(self, pairs: list[TextPair], options: _EncodeOptions) -> dict[str, list]:
+        if options.return_offsets_mapping:
             raise NotImplementedError(
                 "return_offsets_mapping needs RemBertTokenizerFast; the sentencepiece "
                 "tokenizer does not track character offsets."
             )
-        padding_strategy, truncation_strategy, max_length = self._resolve_strategies(
-            padding, truncation, max_length, pad_to_multiple_of, verbose
-        )
-        want_types = True if return_token_type_ids is None else return_token_type_ids
-        want_mask = True if return_attention_mask is None else return_attention_mask
+        max_length = options.max_length
         firsts = self._texts_to_ids([text for text, _ in pairs])
         seconds = iter(self._texts_to_ids([pair for _, pair in pairs if pair is not None]))
         rows = []
         for ids, (_, pair) in zip(firsts, pairs, strict=True):
             pair_ids = next(seconds) if pair is not None else None
             total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
-            total += self.num_special_tokens_to_add(pair_ids is not None) if add_special_tokens else 0
-            if truncation_strategy != "do_not_truncate" and max_length and total > max_length:
-                ids, pair_ids = self._truncate(ids, pair_ids, total - max_length, truncation_strategy)
-            if add_special_tokens:
+            total += self.num_special_tokens_to_add(pair_ids is not None) if options.add_special_tokens else 0
+            # 4.37.2 skips truncation when max_length is 0 (`if ... and max_length and ...`).
+            if options.truncation != "do_not_truncate" and max_length and total > max_length:
+                ids, pair_ids = self._truncate(ids, pair_ids, total - max_length, options.truncation)
+            if options.add_special_tokens:
                 row = {
                     "input_ids": self.build_inputs_with_special_tokens(ids, pair_ids),
                     "token_type_ids": self.create_token_type_ids_from_sequences(ids, pair_ids),
                     "special_tokens_mask": self.get_special_tokens_mask(ids, pair_ids),
                 }
             else:
+                body = ids + (pair_ids or [])
                 row = {
-                    "input_ids": ids + (pair_ids or []),
-                    "token_type_ids": [0] * (len(ids) + len(pair_ids or [])),
-                    "special_tokens_mask": [0] * (len(ids) + len(pair_ids or [])),
+                    "input_ids": body,
+                    "token_type_ids": [0] * len(body),
+                    "special_tokens_mask": [0] * len(body),
                 }
-            self._warn_if_too_long(row["input_ids"], max_length, verbose)
+            self._warn_if_too_long(row["input_ids"], max_length, options.verbose)
             row["attention_mask"] = [1] * len(row["input_ids"])
             rows.append(row)
         target = None
-        if padding_strategy == "longest":
-            target = max(len(row["input_ids"]) for row in rows)
-        elif padding_strategy == "max_length":
+        if options.padding == "longest":
+            target = max((len(row["input_ids"]) for row in rows), default=0)
+        elif options.padding == "max_length":
             target = max_length
-        if target is not None and pad_to_multiple_of is not None and target % pad_to_multiple_of:
-            target = (target // pad_to_multiple_of + 1) * pad_to_multiple_of
+        multiple = options.pad_to_multiple_of
+        if target is not None and multiple is not None and target % multiple:
+            target = (target // multiple + 1) * multiple
+        # 4.37.2's slow key order (its pad() appends attention_mask last).
         keys = (
             ["input_ids"]
-            + (["token_type_ids"] if want_types else [])
-            + (["special_tokens_mask"] if return_special_tokens_mask else [])
-            + (["attention_mask"] if want_mask else [])
+            + (["token_type_ids"] if options.return_token_type_ids else [])
+            + (["special_tokens_mask"] if options.return_special_tokens_mask else [])
+            + (["attention_mask"] if options.return_attention_mask else [])
         )
         pad_values = {
             "input_ids": self.pad_token_id,
@@ -1118,9 +1122,7 @@ class RemBertTokenizer(_RemBertTokenizerBase):
                     fill = [pad_values[key]] * missing
                     value = fill + value if self.padding_side == "left" else value + fill
                 features[key].append(value)
-        if not batched:
-            features = {key: value[0] for key, value in features.items()}
-        return _to_tensors(features, return_tensors, prepend_batch_axis=not batched)
+        return features
 
 
 class RemBertTokenizerFast(_RemBertTokenizerBase):
@@ -1158,13 +1160,11 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
             remove_space,
             keep_accents,
             dict(
-                bos_token=bos_token,
-                eos_token=eos_token,
-                unk_token=unk_token,
-                sep_token=sep_token,
-                pad_token=pad_token,
-                cls_token=cls_token,
-                mask_token=mask_token,
+                zip(
+                    SPECIAL_TOKEN_ATTRIBUTES,
+                    (bos_token, eos_token, unk_token, sep_token, pad_token, cls_token, mask_token),
+                    strict=True,
+                )
             ),
             **kwargs,
         )
@@ -1371,78 +1371,44 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
         token = self._added_contents.get(index)
         return token if token is not None else self._tokenizer.id_to_token(index)
 
-    def convert_ids_to_tokens(
-        self, ids: int | Sequence[int], skip_special_tokens: bool = False
-    ) -> str | None | list[str]:
-        if isinstance(ids, int):
-            return self._id_to_token(ids)
-        tokens = (
-            self._id_to_token(int(i))
-            for i in ids
-            if not (skip_special_tokens and int(i) in self._special_ids)
-        )
-        return [token for token in tokens if token is not None]
-
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        # The Metaspace decoder over our own id -> token mapping rather than tokenizers' decode, so
+        # that [MASK] decodes and skips as in 4.37.2 on every tokenizers version (see _id_to_token).
         return self._tokenizer.decoder.decode(tokens)
 
-    def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        # tokenizers' own decode: ids -> tokens (unknown ids dropped, special ones skipped on request) ->
-        # the Metaspace decoder. Done here so that [MASK] decodes and skips as in 4.37.2 on every
-        # tokenizers version (see _id_to_token).
-        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
-        return self.convert_tokens_to_string(tokens) if tokens else ""
-
     # -------------------------------------------------------------------------------------- encode
-    def _encode(
-        self,
-        pairs,
-        batched,
-        add_special_tokens,
-        padding,
-        truncation,
-        max_length,
-        pad_to_multiple_of,
-        return_tensors,
-        return_token_type_ids,
-        return_attention_mask,
-        return_special_tokens_mask,
-        return_offsets_mapping,
-        verbose,
-    ):
-        padding_strategy, truncation_strategy, max_length = self._resolve_strategies(
-            padding, truncation, max_length, pad_to_multiple_of, verbose
-        )
+    def _encode_batch(self, pairs: list[TextPair], options: _EncodeOptions) -> dict[str, list]:
+        truncation = options.truncation
+        padding = options.padding
         self._configure(
-            None if truncation_strategy == "do_not_truncate" else (max_length, truncation_strategy),
+            None if truncation == "do_not_truncate" else (options.max_length, truncation),
             None
-            if padding_strategy == "do_not_pad"
-            else (max_length if padding_strategy == "max_length" else None, pad_to_multiple_of),
+            if padding == "do_not_pad"
+            else (options.max_length if padding == "max_length" else None, options.pad_to_multiple_of),
         )
         inputs = [text if pair is None else (text, pair) for text, pair in pairs]
         # tokenizers >= 0.20 offers encode_batch_fast, which skips offset tracking (~20% faster); the
         # ids, masks and type ids are the same.
         encode_batch = self._tokenizer.encode_batch
-        if not return_offsets_mapping:
+        if not options.return_offsets_mapping:
             encode_batch = getattr(self._tokenizer, "encode_batch_fast", encode_batch)
         try:
-            encodings = encode_batch(inputs, add_special_tokens=add_special_tokens)
+            encodings = encode_batch(inputs, add_special_tokens=options.add_special_tokens)
         except Exception as err:  # tokenizers raises plain Exception (e.g. a truncation that cannot fit)
             raise ValueError(
                 f"RemBertTokenizerFast could not encode the batch "
-                f"(truncation={truncation_strategy!r}, max_length={max_length}): {err}"
+                f"(truncation={truncation!r}, max_length={options.max_length}): {err}"
             ) from err
+        # 4.37.2's fast key order (its _convert_encoding).
         features: dict[str, list] = {"input_ids": [encoding.ids for encoding in encodings]}
-        if return_token_type_ids is not False:
+        if options.return_token_type_ids:
             features["token_type_ids"] = [encoding.type_ids for encoding in encodings]
-        if return_attention_mask is not False:
+        if options.return_attention_mask:
             features["attention_mask"] = [encoding.attention_mask for encoding in encodings]
-        if return_special_tokens_mask:
+        if options.return_special_tokens_mask:
             features["special_tokens_mask"] = [encoding.special_tokens_mask for encoding in encodings]
-        if return_offsets_mapping:
+        if options.return_offsets_mapping:
             features["offset_mapping"] = [encoding.offsets for encoding in encodings]
-        for ids in features["input_ids"]:
-            self._warn_if_too_long(ids, max_length, verbose)
-        if not batched:
-            features = {key: value[0] for key, value in features.items()}
-        return _to_tensors(features, return_tensors, prepend_batch_axis=not batched)
+        for ids in features["input_ids"]:  # after padding, where 4.37.2's fast tokenizer checks
+            self._warn_if_too_long(ids, options.max_length, options.verbose)
+        return features
