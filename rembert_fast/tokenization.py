@@ -23,14 +23,18 @@ keep_accents=False, unk_token="<unk>", pad_token="<pad>"`. With the fast default
 
 Deliberate differences from 4.37.2 (errors where it logged or misbehaved): text that is not a string
 raises `TypeError` naming the type; a missing or unreadable vocabulary file raises naming the path;
-`save_vocabulary` / `save_pretrained` into a path that is not a directory raise; `from_pretrained`
-reads local directories only (no Hub download); overflowing tokens / `stride` are not supported.
+`save_vocabulary` / `save_pretrained` into a path that is not a directory raise; `max_length=0`,
+`padding="max_length"` with no length to pad to, `truncation="only_second"` on a text without a
+pair, an empty special token and negative or non-integer ids raise `ValueError` / `TypeError` /
+`IndexError`; `from_pretrained` reads local directories only (no Hub download); overflowing tokens /
+`stride` are not supported.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import re
 import shutil
@@ -146,20 +150,25 @@ class SpecialToken:
     def coerce(cls, name: str, value: str | dict | SpecialToken) -> SpecialToken:
         """A plain string is a special token that matches raw text exactly (4.37.2's default)."""
         if isinstance(value, SpecialToken):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        if isinstance(value, dict) and isinstance(value.get("content"), str):
-            return cls(
+            token = value
+        elif isinstance(value, str):
+            token = cls(value)
+        elif isinstance(value, dict) and isinstance(value.get("content"), str):
+            token = cls(
                 value["content"],
                 bool(value.get("lstrip", False)),
                 bool(value.get("rstrip", False)),
                 bool(value.get("single_word", False)),
                 bool(value.get("normalized", False)),
             )
-        raise TypeError(
-            f"{name} must be a str, a SpecialToken or a dict with 'content'; got {type(value).__name__}"
-        )
+        else:
+            raise TypeError(
+                f"{name} must be a str, a SpecialToken or a dict with 'content'; got {type(value).__name__}"
+            )
+        if not token.content:
+            # An empty token would match between every two characters of the text.
+            raise ValueError(f"{name} must be a non-empty string; got {token.content!r}")
+        return token
 
 
 class BatchEncoding(dict):
@@ -224,12 +233,28 @@ def _clean_up_tokenization(text: str) -> str:
     return text
 
 
-def _read_model_bytes(vocab_file: str | os.PathLike, owner: str) -> bytes:
-    path = os.fspath(vocab_file)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{owner}: sentencepiece model file {path!r} does not exist (or is not a file)"
+def _as_path(value: Any, name: str) -> str:
+    """`os.fspath(value)`, with an error that names the argument (os.fspath's does not)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            f"{name} must be a path (str or os.PathLike); got {type(value).__name__}: {value!r:.80}"
         )
+    return os.fspath(value)
+
+
+def _check_file(path: str, what: str, owner: str) -> None:
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{owner}: {what} {path!r} is a directory; pass the file inside it, or load the directory "
+            f"with {owner}.from_pretrained"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{owner}: {what} {path!r} does not exist")
+
+
+def _read_model_bytes(vocab_file: Any, owner: str) -> bytes:
+    path = _as_path(vocab_file, "vocab_file")
+    _check_file(path, "sentencepiece model file", owner)
     try:
         with open(path, "rb") as handle:
             return handle.read()
@@ -297,11 +322,19 @@ def _model_spec(data: bytes) -> tuple[int, bool, bytes]:
 
 
 def _as_id_list(token_ids: Any) -> list[int]:
+    """Ids from an int, a list of ints, or a 1-D numpy array / tensor."""
     if hasattr(token_ids, "tolist"):
         token_ids = token_ids.tolist()
     if isinstance(token_ids, int):
         return [token_ids]
-    return [int(i) for i in token_ids]
+    if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):
+        raise TypeError(f"token ids must be an int or a sequence of ints; got {type(token_ids).__name__}")
+    try:
+        # operator.index takes ints (numpy's too) and refuses floats and strings.
+        return [operator.index(index) for index in token_ids]
+    except TypeError:
+        bad = next(index for index in token_ids if not hasattr(index, "__index__"))
+        raise TypeError(f"token ids must be ints; got {type(bad).__name__}: {bad!r:.80}") from None
 
 
 class _RemBertTokenizerBase(ABC):
@@ -449,6 +482,14 @@ class _RemBertTokenizerBase(ABC):
         padding_strategy, truncation_strategy, max_length = self._resolve_strategies(
             padding, truncation, max_length, pad_to_multiple_of, verbose
         )
+        if truncation_strategy == "only_second":
+            # 4.37.2's slow tokenizer then silently leaves the sequence long; tokenizers raises.
+            single = next((i for i, (_, pair) in enumerate(pairs) if pair is None), None)
+            if single is not None:
+                raise ValueError(
+                    f"truncation='only_second' cuts the second text of a pair, but input {single} has no "
+                    "text_pair; use truncation=True (or 'only_first') for single texts"
+                )
         options = _EncodeOptions(
             add_special_tokens=add_special_tokens,
             padding=padding_strategy,
@@ -515,14 +556,15 @@ class _RemBertTokenizerBase(ABC):
             if len(text_pair) != len(text):
                 raise ValueError(f"text_pair has {len(text_pair)} entries but text has {len(text)}")
             return [
-                (check(a, "text[i]"), check(b, "text_pair[i]")) for a, b in zip(text, text_pair, strict=True)
+                (check(a, f"text[{i}]"), check(b, f"text_pair[{i}]"))
+                for i, (a, b) in enumerate(zip(text, text_pair, strict=True))
             ], True
         pairs: list[TextPair] = []
-        for item in text:
+        for i, item in enumerate(text):
             if isinstance(item, (list, tuple)) and len(item) == 2:
-                pairs.append((check(item[0], "text[i][0]"), check(item[1], "text[i][1]")))
+                pairs.append((check(item[0], f"text[{i}][0]"), check(item[1], f"text[{i}][1]")))
             else:
-                pairs.append((check(item, "text[i]"), None))
+                pairs.append((check(item, f"text[{i}]"), None))
         return pairs, True
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -539,14 +581,10 @@ class _RemBertTokenizerBase(ABC):
         verbose: bool,
     ) -> tuple[str, str, int | None]:
         """(padding strategy, truncation strategy, max_length) with transformers 4.37.2's rules."""
-        if max_length is not None and (
-            not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 0
-        ):
-            raise ValueError(f"max_length must be a non-negative int or None; got {max_length!r}")
-        if pad_to_multiple_of is not None and (
-            not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of <= 0
-        ):
-            raise ValueError(f"pad_to_multiple_of must be a positive int or None; got {pad_to_multiple_of!r}")
+        for name, value in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
+            # 4.37.2 lets max_length=0 through and then neither truncates nor pads: refuse it instead.
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive int or None; got {value!r}")
         if max_length is not None and padding is False and truncation is None:
             if verbose:
                 self._warn_once(
@@ -583,15 +621,13 @@ class _RemBertTokenizerBase(ABC):
         if max_length is None:
             if padding_strategy == "max_length":
                 if self.model_max_length > LARGE_INTEGER:
-                    if verbose:
-                        self._warn_once(
-                            "pad-no-max-length",
-                            "Asking to pad to max_length but no maximum length is provided and the "
-                            "tokenizer has no model_max_length. Default to no padding.",
-                        )
-                    padding_strategy = "do_not_pad"
-                else:
-                    max_length = self.model_max_length
+                    # 4.37.2 warns and does not pad; a batch of unequal lengths is not what was asked for.
+                    raise ValueError(
+                        "padding='max_length' needs a length: pass max_length=N (or padding=True to pad "
+                        "to the longest sequence); got max_length=None and the tokenizer has no "
+                        "model_max_length"
+                    )
+                max_length = self.model_max_length
             if truncation_strategy != "do_not_truncate":
                 if self.model_max_length > LARGE_INTEGER:
                     if verbose:
@@ -670,6 +706,10 @@ class _RemBertTokenizerBase(ABC):
         """`decode` over a batch (list of id lists, or a 2-D array/tensor)."""
         if hasattr(sequences, "tolist"):
             sequences = sequences.tolist()
+        if not isinstance(sequences, (list, tuple)):
+            raise TypeError(
+                f"batch_decode takes a list of id lists or a 2-D array; got {type(sequences).__name__}"
+            )
         return [self.decode(ids, skip_special_tokens, clean_up_tokenization_spaces) for ids in sequences]
 
     def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
@@ -679,6 +719,11 @@ class _RemBertTokenizerBase(ABC):
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         if isinstance(tokens, str):
             return self._token_to_id(tokens)
+        if not isinstance(tokens, (list, tuple)):
+            raise TypeError(f"tokens must be a str or a list of str; got {type(tokens).__name__}")
+        for token in tokens:
+            if not isinstance(token, str):
+                raise TypeError(f"tokens must be strings; got {type(token).__name__}: {token!r:.80}")
         return [self._token_to_id(token) for token in tokens]
 
     def convert_ids_to_tokens(
@@ -747,7 +792,7 @@ class _RemBertTokenizerBase(ABC):
         self, save_directory: str | os.PathLike, filename_prefix: str | None = None
     ) -> tuple[str]:
         """Write `[prefix-]sentencepiece.model` into `save_directory`; returns its path."""
-        directory = os.fspath(save_directory)
+        directory = _as_path(save_directory, "save_directory")
         if not os.path.isdir(directory):
             raise NotADirectoryError(f"save_vocabulary: {directory!r} is not a directory")
         out_file = os.path.join(directory, (filename_prefix + "-" if filename_prefix else "") + VOCAB_FILE)
@@ -764,7 +809,7 @@ class _RemBertTokenizerBase(ABC):
         """Write tokenizer_config.json, special_tokens_map.json, sentencepiece.model (when the vocabulary
         is known), added_tokens.json (when special tokens were appended past the vocabulary) and, for the
         fast tokenizer, tokenizer.json. Loadable by `from_pretrained` here and in transformers."""
-        directory = os.fspath(save_directory)
+        directory = _as_path(save_directory, "save_directory")
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise NotADirectoryError(f"save_pretrained: {directory!r} exists and is not a directory")
         os.makedirs(directory, exist_ok=True)
@@ -813,6 +858,11 @@ class _RemBertTokenizerBase(ABC):
                     content = json.load(handle)
             except (OSError, ValueError) as err:
                 raise ValueError(f"{cls.__name__}.from_pretrained: cannot parse {path!r}: {err}") from err
+            if not isinstance(content, dict):
+                raise ValueError(
+                    f"{cls.__name__}.from_pretrained: {path!r} must hold a JSON object; "
+                    f"got a {type(content).__name__}"
+                )
             init.update({key: value for key, value in content.items() if key in _INIT_CONFIG_KEYS})
         init.update(kwargs)
         return init
@@ -862,7 +912,7 @@ class RemBertTokenizer(_RemBertTokenizerBase):
         mask_token: str | SpecialToken = "[MASK]",
         **kwargs: Any,
     ) -> None:
-        self.vocab_file = os.fspath(vocab_file)
+        self.vocab_file = _as_path(vocab_file, "vocab_file")
         self.sp_model = _load_sentencepiece(
             _read_model_bytes(vocab_file, "RemBertTokenizer"), self.vocab_file, "RemBertTokenizer"
         )
@@ -931,7 +981,7 @@ class RemBertTokenizer(_RemBertTokenizerBase):
     ) -> RemBertTokenizer:
         """Load from a directory holding `sentencepiece.model` (and optionally tokenizer_config.json and
         special_tokens_map.json). Keyword arguments override the saved configuration."""
-        directory = os.fspath(pretrained_model_name_or_path)
+        directory = _as_path(pretrained_model_name_or_path, "pretrained_model_name_or_path")
         init = cls._read_pretrained_config(directory, kwargs)
         vocab_file = init.pop("vocab_file", os.path.join(directory, VOCAB_FILE))
         return cls(vocab_file, **init)
@@ -1168,11 +1218,10 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
             ),
             **kwargs,
         )
-        self.vocab_file = os.fspath(vocab_file) if vocab_file is not None else None
+        self.vocab_file = _as_path(vocab_file, "vocab_file") if vocab_file is not None else None
         if tokenizer_file is not None:
-            path = os.fspath(tokenizer_file)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"RemBertTokenizerFast: tokenizer file {path!r} does not exist")
+            path = _as_path(tokenizer_file, "tokenizer_file")
+            _check_file(path, "tokenizer file", "RemBertTokenizerFast")
             try:
                 self._tokenizer = Tokenizer.from_file(path)
             except Exception as err:  # tokenizers raises plain Exception on a bad file
@@ -1284,7 +1333,7 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
         """Load from a directory holding `tokenizer.json` and/or `sentencepiece.model` (plus optional
         tokenizer_config.json / special_tokens_map.json). `tokenizer.json` wins when both exist, as in
         transformers; keyword arguments override the saved configuration."""
-        directory = os.fspath(pretrained_model_name_or_path)
+        directory = _as_path(pretrained_model_name_or_path, "pretrained_model_name_or_path")
         init = cls._read_pretrained_config(directory, kwargs)
         for key, name in (("vocab_file", VOCAB_FILE), ("tokenizer_file", TOKENIZER_FILE)):
             path = os.path.join(directory, name)
@@ -1368,6 +1417,8 @@ class RemBertTokenizerFast(_RemBertTokenizerBase):
     def _id_to_token(self, index: int) -> str | None:
         # Added tokens by their content: tokenizers >= 0.19 reports a normalized added token ([MASK]) in
         # its normalized form ("[mask]" when lowercasing), which 0.15 (4.37.2's) did not.
+        if index < 0:  # tokenizers would raise OverflowError converting it to u32
+            raise IndexError(f"token id {index} is negative")
         token = self._added_contents.get(index)
         return token if token is not None else self._tokenizer.id_to_token(index)
 

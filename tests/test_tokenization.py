@@ -295,8 +295,9 @@ def test_return_tensors(slow, fast_equal, lines, which):
     assert single.to("cpu").input_ids.device.type == "cpu"
     with pytest.raises(ValueError, match="different lengths"):
         tok(lines[:5], return_tensors="pt")
-    with pytest.raises(ValueError, match="'tf'"):
-        tok(lines[0], return_tensors="tf")
+    for framework in ("tf", "jax"):
+        with pytest.raises(ValueError, match=f"'{framework}'"):
+            tok(lines[0], return_tensors=framework)
     no_extras = tok(lines[:2], return_attention_mask=False, return_token_type_ids=False)
     assert list(no_extras) == ["input_ids"]
 
@@ -521,6 +522,35 @@ def test_missing_or_unreadable_vocab_file(tmp_path):
         RemBertTokenizer.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither"):
         RemBertTokenizerFast.from_pretrained(tmp_path)
+    # A directory where a file belongs: say so, and point at from_pretrained.
+    for make in (
+        lambda p: RemBertTokenizer(p),
+        lambda p: RemBertTokenizerFast(vocab_file=p),
+        lambda p: RemBertTokenizerFast(tokenizer_file=p),
+    ):
+        with pytest.raises(IsADirectoryError, match="from_pretrained"):
+            make(tmp_path)
+    for value in (None, 3):
+        with pytest.raises(TypeError, match=f"vocab_file .*{type(value).__name__}"):
+            RemBertTokenizer(value)
+        with pytest.raises(TypeError, match=f"pretrained_model_name_or_path .*{type(value).__name__}"):
+            RemBertTokenizerFast.from_pretrained(value)
+
+
+def test_corrupt_saved_files(model_file, tmp_path):
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"model": {"type": "Unigram", "vocab": [')
+    with pytest.raises(ValueError, match="corrupt.json"):
+        RemBertTokenizerFast(tokenizer_file=corrupt)
+    saved = tmp_path / "saved"
+    RemBertTokenizerFast(vocab_file=model_file).save_pretrained(saved)
+    (saved / "tokenizer.json").write_text("{truncated")
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        RemBertTokenizerFast.from_pretrained(saved)
+    for content, match in (("{not json", "cannot parse"), ("[1, 2]", "JSON object; got a list")):
+        (saved / "tokenizer_config.json").write_text(content)
+        with pytest.raises(ValueError, match=match):
+            RemBertTokenizer.from_pretrained(saved)
 
 
 @pytest.mark.parametrize("which", ["slow", "fast"])
@@ -530,8 +560,10 @@ def test_non_string_text_is_a_type_error(slow, fast_equal, which, bad):
     name = type(bad).__name__
     with pytest.raises(TypeError, match=name):
         tok(bad)
-    with pytest.raises(TypeError, match=name):
+    with pytest.raises(TypeError, match=rf"text\[1\] .*{name}"):
         tok(["fine", bad])
+    with pytest.raises(TypeError, match=rf"text_pair\[1\] .*{name}"):
+        tok(["fine", "also"], ["ok", bad])
     if bad is not None:  # text_pair=None means "no pair"
         with pytest.raises(TypeError, match=name):
             tok("fine", bad)
@@ -550,6 +582,46 @@ def test_bad_options_are_value_errors(slow, fast_equal, which):
         tok("a", truncation=True, max_length=-3)
     with pytest.raises(ValueError, match="2 entries"):
         tok(["a", "b", "c"], ["x", "y"])
+    # 4.37.2 silently neither truncates nor pads at max_length=0.
+    for max_length in (0, -1):
+        with pytest.raises(ValueError, match=f"max_length .*got {max_length}"):
+            tok("a b c", truncation=True, max_length=max_length)
+    with pytest.raises(ValueError, match="pad_to_multiple_of .*got True"):
+        tok("a", padding=True, pad_to_multiple_of=True)
+    # Without a length 4.37.2 warns and returns unpadded rows.
+    with pytest.raises(ValueError, match="padding='max_length' needs a length"):
+        tok(["a", "b c d"], padding="max_length")
+    # Without a pair 4.37.2's slow class silently leaves the sequence long (its fast one raises).
+    with pytest.raises(ValueError, match="'only_second' .*input 0 has no text_pair"):
+        tok("a b c d e f", truncation="only_second", max_length=3)
+    with pytest.raises(ValueError, match="input 1 has no text_pair"):
+        tok([("a", "b"), "c d e f"], truncation="only_second", max_length=3)
+    with pytest.raises(ValueError, match="pad_token must be a non-empty string"):
+        type(tok)(tok.vocab_file, pad_token="")
+
+
+@pytest.mark.parametrize("which", ["slow", "fast"])
+def test_bad_ids_and_tokens(slow, fast_equal, which):
+    tok = slow if which == "slow" else fast_equal
+    for bad, name in ((None, "NoneType"), ("5 6", "str"), ([5, 1.5], "float"), ([[5, 6]], "list")):
+        with pytest.raises(TypeError, match=name):
+            tok.decode(bad)
+    with pytest.raises(TypeError, match="NoneType"):
+        tok.batch_decode(None)
+    with pytest.raises(IndexError, match="-1"):
+        tok.decode([5, -1])
+    assert tok.decode(np.array([5, 6], dtype=np.int32)) == tok.decode([5, 6])
+    with pytest.raises(TypeError, match="NoneType"):
+        tok.convert_tokens_to_ids(None)
+    with pytest.raises(TypeError, match="int"):
+        tok.convert_tokens_to_ids(["[CLS]", 3])
+
+
+@pytest.mark.parametrize("which", ["slow", "fast"])
+def test_empty_batch(slow, fast_equal, which):
+    tok = slow if which == "slow" else fast_equal
+    for padding in (False, True):
+        assert dict(tok([], padding=padding)) == {"input_ids": [], "token_type_ids": [], "attention_mask": []}
 
 
 @pytest.mark.parametrize("which", ["slow", "fast"])
