@@ -265,7 +265,8 @@ class RemBertModel(RemBertPreTrainedModel):
         output_attentions = bool(_flag(config, "output_attentions", output_attentions))
         output_hidden_states = bool(_flag(config, "output_hidden_states", output_hidden_states))
         use_cache = bool(use_cache if use_cache is not None else config.use_cache) and config.is_decoder
-        batch, seqlen = _check_inputs(config, input_ids, inputs_embeds, token_type_ids, position_ids)
+        batch, seqlen = _check_inputs(config, input_ids, inputs_embeds, token_type_ids, position_ids,
+                                      attention_mask, self.embeddings.word_embeddings.weight)
         past_length = _check_past(config, past_key_values, batch)
         _check_mask("attention_mask", attention_mask, batch, seqlen, seqlen + past_length)
         if position_ids is None and seqlen + past_length > config.max_position_embeddings:
@@ -488,6 +489,8 @@ class RemBertForMaskedLM(RemBertPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
+        if labels is not None:
+            _check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, enc.tokens)
         if masked_positions is not None:
             flat = _flat_positions(masked_positions, enc.batch, enc.seqlen)  # (N,) into B*L
             logits = self.cls(_rows_at(enc, flat))  # (N, vocab)
@@ -562,6 +565,7 @@ class RemBertForCausalLM(RemBertPreTrainedModel):
         logits = enc.pad(self.cls(enc.tokens))  # (B, L, vocab)
         loss = None
         if labels is not None:
+            _check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, logits)
             shifted = logits[:, :-1, :].float().reshape(-1, self.config.vocab_size)
             loss = F.cross_entropy(shifted, labels[:, 1:].reshape(-1))
         out = CausalLMOutputWithCrossAttentions(
@@ -582,6 +586,7 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
+        _check_num_labels(type(self).__name__, config)
         self.num_labels = config.num_labels
         self.rembert = RemBertModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
@@ -621,15 +626,22 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
                     self.config.problem_type = "single_label_classification"
                 else:
                     self.config.problem_type = "multi_label_classification"
+            batch = logits.shape[0]
             if self.config.problem_type == "regression":
                 if self.num_labels == 1:
+                    if labels.numel() != batch:
+                        _check_labels("labels", labels, (batch,), None, logits)
                     loss = F.mse_loss(logits.squeeze(), labels.squeeze())
                 else:
+                    _check_labels("labels", labels, tuple(logits.shape), None, logits)
                     loss = F.mse_loss(logits, labels)
             elif self.config.problem_type == "single_label_classification":
+                _check_labels("labels", labels.reshape(-1) if labels.numel() == batch else labels, (batch,),
+                              self.num_labels, logits)
                 loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
             else:
-                loss = F.binary_cross_entropy_with_logits(logits, labels)
+                _check_labels("labels", labels, tuple(logits.shape), None, logits)
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         out = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=enc.hidden_states, attentions=enc.attentions
         )
@@ -668,6 +680,15 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
                 f"{tuple(source.shape)}"
             )
         num_choices = source.shape[1]
+        for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
+                             ("position_ids", position_ids)):
+            # Per choice (B, choices, L) or already flattened (B*choices, L), as transformers views them;
+            # position_ids may also be one row shared by all.
+            allowed = [tuple(source.shape[:3]), (source.shape[0] * num_choices, source.shape[2])]
+            allowed += [(1, source.shape[2])] if name == "position_ids" else []
+            if isinstance(tensor, torch.Tensor) and tuple(tensor.shape) not in allowed:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}; multiple-choice inputs of shape "
+                                 f"{tuple(source.shape)} need {' or '.join(map(str, allowed))}")
 
         def flat(t: torch.Tensor | None, trailing: int = 1) -> torch.Tensor | None:
             return None if t is None else t.reshape(-1, *t.shape[t.dim() - trailing :])
@@ -683,7 +704,10 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
         logits = self.classifier(self.dropout(enc.pooled)).view(-1, num_choices)  # (B, choices)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None:
+            _check_labels("labels", labels, (logits.shape[0],), num_choices, logits)
+            loss = F.cross_entropy(logits, labels)
         out = MultipleChoiceModelOutput(
             loss=loss, logits=logits, hidden_states=enc.hidden_states, attentions=enc.attentions
         )
@@ -695,6 +719,7 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
+        _check_num_labels(type(self).__name__, config)
         self.num_labels = config.num_labels
         self.rembert = RemBertModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
@@ -727,6 +752,7 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
         logits = enc.pad(self.classifier(self.dropout(enc.tokens)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
+            _check_labels("labels", labels, (enc.batch, enc.seqlen), self.num_labels, logits)
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         out = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=enc.hidden_states, attentions=enc.attentions
@@ -740,6 +766,9 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"RemBertForQuestionAnswering needs num_labels=2 (start and end logits), got "
+                             f"{config.num_labels}; pass num_labels=2")
         self.num_labels = config.num_labels
         self.rembert = RemBertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
@@ -773,6 +802,13 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)
         loss = None
         if start_positions is not None and end_positions is not None:
+            for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)):
+                if isinstance(positions, torch.Tensor) and positions.numel() == enc.batch:
+                    positions = positions.reshape(-1)
+                # Any integer position is allowed: outside [0, L) it is clamped and ignored (transformers).
+                _check_labels(name, positions, (enc.batch,), None, start_logits)
+                if positions.dtype not in (torch.int64, torch.int32):
+                    raise ValueError(f"{name} must be int64 token positions, got {positions.dtype}")
             ignored = start_logits.size(1)
             start = start_positions.reshape(-1).clamp(0, ignored)
             end = end_positions.reshape(-1).clamp(0, ignored)
@@ -1311,7 +1347,7 @@ def packed_encoder_forward(
         default_positions = torch.arange(seqlen, device=device).repeat(batch)
     else:
         packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask)
-        if max_seqlen == 0:
+        if max_seqlen == 0 and batch > 0:
             raise ValueError("attention_mask marks no token as real (all zeros); nothing to encode")
         default_positions = indices % seqlen
 
@@ -1374,8 +1410,24 @@ def _check_inputs(
     inputs_embeds: torch.Tensor | None,
     token_type_ids: torch.Tensor | None,
     position_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    weight: torch.Tensor,  # the word-embedding table: the device and dtype inputs must match
 ) -> tuple[int, int]:
-    """Shapes of the id tensors (ranges are checked where the ids are read); returns (B, L)."""
+    """Types, shapes, devices and dtypes of the inputs (id ranges are checked where the ids are read,
+    mask values where the mask is read); returns (B, L). No host sync."""
+    named = (("input_ids", input_ids), ("inputs_embeds", inputs_embeds), ("attention_mask", attention_mask),
+             ("token_type_ids", token_type_ids), ("position_ids", position_ids))
+    for name, tensor in named:
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.device != weight.device:
+            raise ValueError(f"{name} is on {tensor.device} but the model is on {weight.device}; "
+                             f"move it with .to({str(weight.device)!r})")
+    for name, tensor in named[3:]:
+        if tensor is not None and tensor.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name} must be int64 or int32, got {tensor.dtype}")
     if input_ids is not None and inputs_embeds is not None:
         raise ValueError("pass exactly one of input_ids and inputs_embeds (got both)")
     if input_ids is None and inputs_embeds is None:
@@ -1383,6 +1435,8 @@ def _check_inputs(
     if input_ids is not None:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seqlen), got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be int64 or int32, got {input_ids.dtype}")
         batch, seqlen = input_ids.shape
     else:
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.input_embedding_size:
@@ -1390,7 +1444,12 @@ def _check_inputs(
                 f"inputs_embeds must be (batch, seqlen, {config.input_embedding_size}), got shape "
                 f"{tuple(inputs_embeds.shape)}"
             )
+        if inputs_embeds.dtype != weight.dtype:
+            raise ValueError(f"inputs_embeds is {inputs_embeds.dtype} but the model is {weight.dtype}; "
+                             f"cast it with .to({weight.dtype})")
         batch, seqlen = inputs_embeds.shape[:2]
+    if seqlen == 0:
+        raise ValueError(f"the inputs have seqlen 0 (shape {(batch, seqlen)}): nothing to encode")
     if token_type_ids is not None and tuple(token_type_ids.shape) != (batch, seqlen):
         raise ValueError(
             f"token_type_ids has shape {tuple(token_type_ids.shape)}; expected {(batch, seqlen)}"
@@ -1418,22 +1477,73 @@ def _check_mask(name: str, mask: torch.Tensor | None, batch: int, q_len: int, k_
         )
 
 
+def _check_num_labels(name: str, config: RemBertConfig) -> None:
+    if config.num_labels < 1:
+        raise ValueError(f"{name} needs num_labels >= 1, got {config.num_labels}")
+
+
 def _check_past(config: RemBertConfig, past: PastKeyValues | None, batch: int) -> int:
-    """Validate a legacy KV cache; returns the cached length."""
+    """Validate a legacy KV cache, every layer; returns the cached length."""
     if past is None:
         return 0
     if not isinstance(past, (tuple, list)) or len(past) != config.num_hidden_layers:
         raise ValueError(
             f"past_key_values must be a tuple of {config.num_hidden_layers} per-layer tuples (the "
             f"legacy format this model returns), got {type(past).__name__}"
+            + (f" of length {len(past)}" if isinstance(past, (tuple, list)) else "")
         )
-    key = past[0][0]
-    if key.dim() != 4 or key.shape[0] != batch or key.shape[1] != config.num_attention_heads:
-        raise ValueError(
-            f"past key has shape {tuple(key.shape)}; expected ({batch}, {config.num_attention_heads}, "
-            f"past_length, {config.head_dim})"
-        )
-    return key.shape[2]
+    sizes = (2, 4) if config.add_cross_attention else (2,)
+    past_length = None
+    for i, layer in enumerate(past):
+        if not isinstance(layer, (tuple, list)) or len(layer) not in sizes:
+            raise ValueError(
+                f"past_key_values[{i}] must be a tuple of {' or '.join(map(str, sizes))} tensors (key, value"
+                f"{', cross key, cross value' if config.add_cross_attention else ''}), got "
+                f"{type(layer).__name__}"
+                + (f" of length {len(layer)}" if isinstance(layer, (tuple, list)) else "")
+            )
+        for j, tensor in enumerate(layer[:2]):
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(
+                    f"past_key_values[{i}][{j}] must be a torch.Tensor, got {type(tensor).__name__}"
+                )
+            length = tensor.shape[2] if tensor.dim() == 4 else -1
+            if past_length is None:
+                past_length = length
+            expected = (batch, config.num_attention_heads, past_length, config.head_dim)
+            if tuple(tensor.shape) != expected or length != past_length:
+                raise ValueError(
+                    f"past_key_values[{i}][{j}] has shape {tuple(tensor.shape)}; expected ({batch}, "
+                    f"{config.num_attention_heads}, past_length, {config.head_dim}) with the same "
+                    f"past_length in every layer ({past_length} in the first)"
+                )
+    return past_length
+
+
+def _check_labels(
+    name: str,
+    labels: torch.Tensor,
+    shape: tuple[int, ...],  # the shape labels must have (any shape with as many elements when reshaped)
+    classes: int | None,  # class ids must lie in [0, classes) or be -100 (ignored); None: float targets
+    like: torch.Tensor,  # the logits: labels must be on their device
+) -> None:
+    """Raise ValueError naming what is wrong with `labels`, before a loss function fails obscurely (or,
+    on CUDA, with a device-side assert). One host sync, only when labels are given."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.device != like.device:
+        raise ValueError(f"{name} is on {labels.device} but the logits are on {like.device}")
+    if tuple(labels.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(labels.shape)}; expected {shape}")
+    if classes is None:
+        return
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be int64 class ids, got {labels.dtype}")
+    invalid = (labels != -100) & ((labels < 0) | (labels >= classes))
+    first = labels.flatten()[invalid.flatten().to(torch.uint8).argmax()]
+    bad, value = torch.stack([invalid.any().long(), first.long()]).tolist() if labels.numel() else (0, 0)
+    if bad:
+        raise ValueError(f"{name} contains {value}, outside [0, {classes}) (and not -100, the ignored value)")
 
 
 def _additive_mask(
@@ -1455,6 +1565,11 @@ def _additive_mask(
     if mask is not None:
         if mask.dim() == 4 and mask.dtype != torch.bool:
             return mask.to(dtype)
+        if mask.dtype != torch.bool:
+            invalid = (mask != 0) & (mask != 1)
+            if invalid.any():  # the classic path is the eager one: this sync is not on the fast path
+                raise ValueError(f"attention_mask contains {mask[invalid][0].item():g}; expected 1 (attend) "
+                                 "or 0 (masked). An additive mask (0 / -inf) must be 4-D, or turned into 0/1")
         keep = {2: lambda m: m[:, None, None, :], 3: lambda m: m[:, None, :, :], 4: lambda m: m}[mask.dim()](
             mask.ne(0)
         )

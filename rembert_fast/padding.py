@@ -13,9 +13,12 @@ import torch
 
 def unpad_input(
     hidden_states: torch.Tensor,  # (B, L, ...) any dtype
-    attention_mask: torch.Tensor,  # (B, L) bool or int, non-zero = real token
+    attention_mask: torch.Tensor,  # (B, L) bool, or 0/1 of any dtype: 1 = real token, 0 = padding
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Gather the real tokens of a padded batch.
+
+    A mask value other than 0 or 1 (an additive 0/-inf mask, a float weight) raises ValueError naming
+    it: checked in the same host sync that reads max_seqlen, so it costs no extra round trip.
 
     Returns:
         packed: (T, ...) rows of `hidden_states` where the mask is set, batch-major order.
@@ -33,7 +36,20 @@ def unpad_input(
     mask = attention_mask.bool()
     seqlens = mask.sum(dim=-1, dtype=torch.int32)
     indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
-    max_seqlen = int(seqlens.max().item()) if seqlens.numel() else 0
+    max_seqlen = 0
+    if seqlens.numel():
+        if attention_mask.dtype == torch.bool:
+            max_seqlen = int(seqlens.max().item())
+        else:
+            invalid = mask & (attention_mask != 1)
+            # One sync for both: the longest sequence and the first value that is neither 0 nor 1.
+            first_invalid = invalid.flatten().to(torch.uint8).argmax()  # 0 when there is none
+            stats = torch.stack([seqlens.max().to(torch.float64), invalid.any().to(torch.float64),
+                                 attention_mask.flatten()[first_invalid].to(torch.float64)]).tolist()
+            if stats[1]:
+                raise ValueError(f"attention_mask contains {stats[2]:g}; expected 1 (real token) or 0 "
+                                 "(padding). An additive mask (0 / -inf) must be turned into 0/1 first")
+            max_seqlen = int(stats[0])
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
     packed = hidden_states.reshape(-1, *hidden_states.shape[2:]).index_select(0, indices)
     return packed, indices, cu_seqlens, max_seqlen

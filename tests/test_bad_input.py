@@ -1,0 +1,202 @@
+"""Bad input to the public surface: a ValueError/TypeError naming the value, never a torch traceback from
+deep inside an op, and never a silent wrong answer. Tiny random models on the eager backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rembert_fast import (
+    RemBertConfig,
+    RemBertForCausalLM,
+    RemBertForMaskedLM,
+    RemBertForMultipleChoice,
+    RemBertForQuestionAnswering,
+    RemBertForSequenceClassification,
+    RemBertForTokenClassification,
+    RemBertModel,
+)
+
+TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, input_embedding_size=8,
+            output_embedding_size=12, intermediate_size=20, max_position_embeddings=16)
+
+
+def tiny(**overrides) -> RemBertConfig:
+    return RemBertConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def model() -> RemBertModel:
+    torch.manual_seed(0)
+    return RemBertModel(tiny()).eval()
+
+
+def ids(batch: int = 2, seqlen: int = 5) -> torch.Tensor:
+    return torch.randint(1, TINY["vocab_size"], (batch, seqlen))
+
+
+# ----------------------------------------------------------------------------------------- model inputs
+@pytest.mark.parametrize("value", [2, 0.5, -1, -10000.0])
+def test_mask_values_other_than_0_1_raise_on_both_paths(model, value):
+    mask = torch.ones(2, 5)
+    mask[1, 3] = value
+    for kwargs in ({}, {"output_attentions": True}):  # packed path, classic path
+        with pytest.raises(ValueError, match=f"attention_mask contains {value:g}"):
+            model(ids(), attention_mask=mask, **kwargs)
+
+
+def test_bool_and_0_1_masks_of_any_dtype_agree(model):
+    x = ids()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    ref = model(x, attention_mask=mask.bool()).last_hidden_state
+    for dtype in (torch.int32, torch.float32):
+        got = model(x, attention_mask=mask.to(dtype)).last_hidden_state
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [[[1, 2, 3]], "numpy"])
+def test_non_tensor_ids_raise_type_error(model, bad):
+    if bad == "numpy":
+        bad = ids().numpy()
+    with pytest.raises(TypeError, match="input_ids must be a torch.Tensor, got (list|ndarray)"):
+        model(bad)
+
+
+@pytest.mark.parametrize("name", ["attention_mask", "token_type_ids", "position_ids", "input_ids"])
+def test_input_on_another_device_raises(model, name):
+    kwargs = {"input_ids": ids(), "attention_mask": torch.ones(2, 5, dtype=torch.long),
+              "token_type_ids": torch.zeros(2, 5, dtype=torch.long), "position_ids": torch.arange(5)[None]}
+    kwargs[name] = kwargs[name].to("meta")
+    with pytest.raises(ValueError, match=f"{name} is on meta but the model is on cpu"):
+        model(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64])
+def test_inputs_embeds_of_another_dtype_raise(model, dtype):
+    with pytest.raises(ValueError, match=f"inputs_embeds is {dtype} but the model is torch.float32"):
+        model(inputs_embeds=torch.randn(2, 5, 8).to(dtype))
+
+
+def test_half_model_with_fp32_embeds_names_the_cast():
+    half = RemBertModel(tiny()).eval().to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"cast it with .to\(torch.bfloat16\)"):
+        half(inputs_embeds=torch.randn(2, 5, 8))
+
+
+def test_seqlen_zero_raises_and_empty_batch_returns_empty(model):
+    with pytest.raises(ValueError, match=r"seqlen 0 \(shape \(2, 0\)\)"):
+        model(torch.zeros(2, 0, dtype=torch.long))
+    for mask in (None, torch.zeros(0, 5)):
+        out = model(torch.zeros(0, 5, dtype=torch.long), attention_mask=mask)
+        assert out.last_hidden_state.shape == (0, 5, 16) and out.pooler_output.shape == (0, 16)
+
+
+def test_all_padding_row_gives_zeros_and_leaves_other_rows_unchanged(model):
+    x = ids()
+    mask = torch.ones(2, 5)
+    mask[1] = 0
+    out = model(x, attention_mask=mask)
+    alone = model(x[:1])
+    torch.testing.assert_close(out.last_hidden_state[0], alone.last_hidden_state[0], rtol=1e-5, atol=1e-5)
+    assert out.last_hidden_state[1].abs().max() == 0 and out.pooler_output[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.uint8])
+def test_token_type_and_position_ids_of_wrong_dtype_raise(model, dtype):
+    with pytest.raises(ValueError, match=f"token_type_ids must be int64 or int32, got {dtype}"):
+        model(ids(), token_type_ids=torch.zeros(2, 5, dtype=dtype))
+    with pytest.raises(ValueError, match=f"position_ids must be int64 or int32, got {dtype}"):
+        model(ids(), position_ids=torch.arange(5, dtype=dtype)[None])
+
+
+# ----------------------------------------------------------------------------------------- labels
+def heads_and_labels():
+    """(head class, config overrides, bad labels, message) for every head."""
+    b, seqlen = 2, 5
+    long = torch.long
+    return [
+        (RemBertForSequenceClassification, {}, torch.tensor([0, 5]), "labels contains 5, outside \\[0, 2\\)"),
+        # float labels mean multi-label (transformers' rule), which needs one target per label
+        (RemBertForSequenceClassification, {}, torch.tensor([0.0, 1.0]),
+         "shape \\(2,\\); expected \\(2, 2\\)"),
+        (RemBertForSequenceClassification, {"problem_type": "single_label_classification"},
+         torch.tensor([0.0, 1.0]), "must be int64 class ids, got torch.float32"),
+        (RemBertForSequenceClassification, {}, torch.tensor([0, 1, 1]), "shape \\(3,\\); expected \\(2,\\)"),
+        (RemBertForSequenceClassification, {"num_labels": 3, "problem_type": "regression"},
+         torch.zeros(b), "shape \\(2,\\); expected \\(2, 3\\)"),
+        (RemBertForSequenceClassification, {"num_labels": 3, "problem_type": "multi_label_classification"},
+         torch.zeros(b), "shape \\(2,\\); expected \\(2, 3\\)"),
+        (RemBertForTokenClassification, {}, torch.full((b, seqlen), 7), "labels contains 7"),
+        (RemBertForTokenClassification, {}, torch.zeros(b, seqlen - 1, dtype=long), "expected \\(2, 5\\)"),
+        (RemBertForMaskedLM, {}, torch.full((b, seqlen), 50), "labels contains 50, outside \\[0, 50\\)"),
+        (RemBertForMaskedLM, {}, torch.zeros(b, seqlen), "must be int64 class ids, got torch.float32"),
+        (RemBertForCausalLM, {"is_decoder": True}, torch.full((b, seqlen), -3), "labels contains -3"),
+        (RemBertForCausalLM, {"is_decoder": True}, torch.zeros(b, 4, dtype=long), "expected \\(2, 5\\)"),
+    ]
+
+
+@pytest.mark.parametrize("cls, overrides, labels, message", heads_and_labels())
+@pytest.mark.parametrize("return_dict", [True, False])
+def test_bad_labels_raise_for_every_head(cls, overrides, labels, message, return_dict):
+    head = cls(tiny(**overrides)).eval()
+    with pytest.raises(ValueError, match=message):
+        head(ids(), labels=labels, return_dict=return_dict)
+
+
+def test_ignored_labels_stay_allowed_and_multi_label_accepts_int_targets():
+    head = RemBertForTokenClassification(tiny()).eval()
+    labels = torch.tensor([[0, 1, -100, -100, 1], [-100, 0, 0, 1, 1]])
+    loss = head(ids(), labels=labels).loss
+    assert torch.isfinite(loss)
+    multi_config = tiny(num_labels=3, problem_type="multi_label_classification")
+    multi = RemBertForSequenceClassification(multi_config).eval()
+    x, targets = ids(), torch.tensor([[1, 0, 1], [0, 0, 1]])
+    out = multi(x, labels=targets)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, targets.float())
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_masked_positions_with_labels_of_wrong_shape_raise():
+    mlm = RemBertForMaskedLM(tiny()).eval()
+    with pytest.raises(ValueError, match=r"labels has shape \(3,\); expected \(2, 5\)"):
+        mlm(ids(), masked_positions=torch.tensor([[0, 1]]), labels=torch.zeros(3, dtype=torch.long))
+
+
+def test_multiple_choice_labels_and_input_ranks():
+    mc = RemBertForMultipleChoice(tiny()).eval()
+    x = torch.randint(1, 50, (2, 3, 5))
+    with pytest.raises(ValueError, match=r"labels contains 3, outside \[0, 3\)"):
+        mc(x, labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\); multiple-choice"):
+        mc(x, attention_mask=torch.ones(2, 5))
+    flat = mc(x, attention_mask=torch.ones(6, 5)).logits  # transformers' flattened form stays accepted
+    torch.testing.assert_close(flat, mc(x, attention_mask=torch.ones(2, 3, 5)).logits)
+
+
+def test_question_answering_positions_and_num_labels():
+    qa = RemBertForQuestionAnswering(tiny()).eval()
+    with pytest.raises(ValueError, match="start_positions must be int64 token positions, got torch.float32"):
+        qa(ids(), start_positions=torch.tensor([1.0, 2.0]), end_positions=torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match=r"end_positions has shape \(3,\); expected \(2,\)"):
+        qa(ids(), start_positions=torch.tensor([1, 2]), end_positions=torch.tensor([2, 3, 4]))
+    with pytest.raises(ValueError, match="needs num_labels=2 .* got 3"):
+        RemBertForQuestionAnswering(tiny(num_labels=3))
+    with pytest.raises(ValueError, match="needs num_labels >= 1, got 0"):
+        RemBertForTokenClassification(tiny(num_labels=0))
+
+
+# ----------------------------------------------------------------------------------------- KV cache
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda k: ((k,),), r"past_key_values\[0\] must be a tuple of 2 tensors .* tuple of length 1"),
+        (lambda k: ((k, k[:, :, :4]),), r"past_key_values\[0\]\[1\] has shape \(2, 2, 4, 8\)"),
+        (lambda k: ((k[..., :7], k[..., :7]),), r"past_key_values\[0\]\[0\] has shape \(2, 2, 5, 7\)"),
+        (lambda k: ((k, "v"),), r"past_key_values\[0\]\[1\] must be a torch.Tensor, got str"),
+    ],
+)
+def test_malformed_cache_raises_naming_the_layer(make, message):
+    dec = RemBertForCausalLM(tiny(is_decoder=True)).eval()
+    key = torch.randn(2, 2, 5, 8)
+    with pytest.raises((ValueError, TypeError), match=message):
+        dec(ids(2, 1), past_key_values=make(key))
