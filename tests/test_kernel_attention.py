@@ -23,6 +23,9 @@ import torch
 from rembert_fast import ops
 from rembert_fast.kernels import attention as kernel
 
+# On a GPU machine the same cases run the compiled, autotuned kernel on CUDA tensors (conftest leaves
+# TRITON_INTERPRET unset there, and the triton backend refuses CPU tensors without the interpreter).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEADS = 2
 # Lengths differing by 20x (2 vs 40), a length-1 sequence, and one shorter than a 16-row block.
@@ -30,12 +33,12 @@ LENGTHS = (2, 40, 1, 17, 5)
 
 
 def _cu_seqlens(lengths: tuple[int, ...]) -> torch.Tensor:
-    return torch.tensor((0, *torch.tensor(lengths).cumsum(0).tolist()), dtype=torch.int32)
+    return torch.tensor((0, *torch.tensor(lengths).cumsum(0).tolist()), dtype=torch.int32, device=DEVICE)
 
 
 def _fused_qkv(tokens: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """q, k, v as the model makes them: strided views of one (T, 3 * heads * head_dim) GEMM output."""
-    qkv = torch.randn(tokens, 3 * HEADS * head_dim).to(dtype)
+    qkv = torch.randn(tokens, 3 * HEADS * head_dim, device=DEVICE).to(dtype)
     q, k, v = qkv.view(tokens, 3, HEADS, head_dim).unbind(1)
     return qkv, q, k, v
 
@@ -87,9 +90,9 @@ def test_varlen_queries_and_keys_differ_in_length(dtype: torch.dtype, causal: bo
     # first 11 query rows see no key at all and must come out 0, not NaN. Last: no queries at all.
     lens_q, lens_k = (3, 16, 1, 20, 0), (21, 5, 33, 20, 4)
     cu_q, cu_k = _cu_seqlens(lens_q), _cu_seqlens(lens_k)
-    q = torch.randn(int(cu_q[-1]), HEADS, 32).to(dtype)
-    k = torch.randn(int(cu_k[-1]), HEADS, 32).to(dtype)
-    v = torch.randn(int(cu_k[-1]), HEADS, 32).to(dtype)
+    q = torch.randn(int(cu_q[-1]), HEADS, 32, device=DEVICE).to(dtype)
+    k = torch.randn(int(cu_k[-1]), HEADS, 32, device=DEVICE).to(dtype)
+    v = torch.randn(int(cu_k[-1]), HEADS, 32, device=DEVICE).to(dtype)
     out, truth, eager = _varlen_case(q, k, v, cu_q, cu_k, causal, softmax_scale=0.3)
     _assert_close(out, truth, eager)
     if causal:
@@ -147,7 +150,7 @@ def test_fused_qkv_views_are_read_in_place(monkeypatch: pytest.MonkeyPatch) -> N
 def test_every_output_row_is_written(dtype: torch.dtype, causal: bool) -> None:
     cu = _cu_seqlens(LENGTHS)
     _, q, k, v = _fused_qkv(int(cu[-1]), 32, dtype)
-    out = torch.full(q.shape, float("nan"), dtype=dtype)
+    out = torch.full(q.shape, float("nan"), dtype=dtype, device=DEVICE)
     result = kernel.attention_varlen(q, k, v, cu, cu, max(LENGTHS), max(LENGTHS), causal=causal, out=out)
     assert result.data_ptr() == out.data_ptr()
     truth = ops.attention_ref(q.double(), k.double(), v.double(), cu, cu, max(LENGTHS), max(LENGTHS),
@@ -162,8 +165,8 @@ def test_batches_beyond_the_grid_limit_are_chunked(monkeypatch: pytest.MonkeyPat
     _, q, k, v = _fused_qkv(int(cu[-1]), 16, torch.float32)
     out, truth, eager = _varlen_case(q, k, v, cu, cu, causal=True)
     _assert_close(out, truth, eager)
-    bq = torch.randn(5, 9, HEADS, 16)
-    mask = torch.ones(5, 9, dtype=torch.bool)
+    bq = torch.randn(5, 9, HEADS, 16, device=DEVICE)
+    mask = torch.ones(5, 9, dtype=torch.bool, device=DEVICE)
     mask[1, 4:] = False
     with ops.use_backend("triton"):
         padded = ops.attention_padded(bq, bq, bq, mask)
@@ -174,7 +177,7 @@ def test_batches_beyond_the_grid_limit_are_chunked(monkeypatch: pytest.MonkeyPat
 def _key_masks(batch: int, seqlen: int) -> torch.Tensor:
     """Right padding (lengths seqlen, 4, 1), left padding, and holes; key 0 of each row is real
     except under left padding, where real query i >= first real key always sees that key."""
-    mask = torch.zeros(batch, seqlen, dtype=torch.bool)
+    mask = torch.zeros(batch, seqlen, dtype=torch.bool, device=DEVICE)
     mask[0, :] = True
     mask[1, :4] = True
     mask[2, :1] = True
@@ -188,7 +191,7 @@ def _key_masks(batch: int, seqlen: int) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_padded_matches_reference(dtype: torch.dtype, causal: bool, mask_dtype: torch.dtype) -> None:
     batch, seqlen, head_dim = 5, 23, 32
-    q, k, v = (torch.randn(batch, seqlen, HEADS, head_dim).to(dtype) for _ in range(3))
+    q, k, v = (torch.randn(batch, seqlen, HEADS, head_dim, device=DEVICE).to(dtype) for _ in range(3))
     mask = _key_masks(batch, seqlen)
     with ops.use_backend("triton"):
         out = ops.attention_padded(q, k, v, mask.to(mask_dtype), causal=causal)
@@ -201,8 +204,8 @@ def test_padded_matches_reference(dtype: torch.dtype, causal: bool, mask_dtype: 
 
 @pytest.mark.parametrize("causal", (False, True), ids=("full", "causal"))
 def test_padded_without_mask_and_with_unequal_lengths(causal: bool) -> None:
-    q = torch.randn(2, 7, HEADS, 16)
-    k, v = torch.randn(2, 19, HEADS, 16), torch.randn(2, 19, HEADS, 16)
+    q = torch.randn(2, 7, HEADS, 16, device=DEVICE)
+    k, v = torch.randn(2, 19, HEADS, 16, device=DEVICE), torch.randn(2, 19, HEADS, 16, device=DEVICE)
     with ops.use_backend("triton"):
         out = ops.attention_padded(q, k, v, None, causal=causal, softmax_scale=0.5)
     truth = ops.attention_padded_ref(q.double(), k.double(), v.double(), None, causal=causal,
@@ -217,7 +220,7 @@ def test_unsupported_head_dim_routes_to_eager(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(kernel, "attention_varlen", must_not_run)
     monkeypatch.setattr(kernel, "attention_padded", must_not_run)
     cu = _cu_seqlens((3, 7))
-    q, k, v = (torch.randn(10, HEADS, 48) for _ in range(3))
+    q, k, v = (torch.randn(10, HEADS, 48, device=DEVICE) for _ in range(3))
     with ops.use_backend("triton"):
         out = ops.attention(q, k, v, cu, cu, 7, 7, causal=True)
         padded = ops.attention_padded(*(t.view(2, 5, HEADS, 48) for t in (q, k, v)))
@@ -227,19 +230,19 @@ def test_unsupported_head_dim_routes_to_eager(monkeypatch: pytest.MonkeyPatch) -
 
 def test_launcher_rejects_bad_arguments() -> None:
     cu = _cu_seqlens((3, 7))
-    q = torch.randn(10, HEADS, 48)
+    q = torch.randn(10, HEADS, 48, device=DEVICE)
     with pytest.raises(ValueError, match="head_dim 48"):
         kernel.attention_varlen(q, q, q, cu, cu, 7, 7)
-    q = torch.randn(10, HEADS, 16)
+    q = torch.randn(10, HEADS, 16, device=DEVICE)
     with pytest.raises(ValueError, match="float16"):
         kernel.attention_varlen(q, q.half(), q, cu, cu, 7, 7)
     with pytest.raises(ValueError, match="out must be"):
-        kernel.attention_varlen(q, q, q, cu, cu, 7, 7, out=torch.empty(10, HEADS, 8))
+        kernel.attention_varlen(q, q, q, cu, cu, 7, 7, out=torch.empty(10, HEADS, 8, device=DEVICE))
     with pytest.raises(ValueError, match="max_seqlen_q"):
         kernel.attention_varlen(q, q, q, cu, cu, -1, 7)
     with pytest.raises(ValueError, match="key_padding_mask"):
         kernel.attention_padded(q.view(2, 5, HEADS, 16), q.view(2, 5, HEADS, 16), q.view(2, 5, HEADS, 16),
-                                torch.ones(2, 4, dtype=torch.bool))
+                                torch.ones(2, 4, dtype=torch.bool, device=DEVICE))
 
 
 @pytest.mark.gpu
