@@ -1,19 +1,37 @@
 #!/usr/bin/env bash
 # GPU validation in one call (issue 8): install with the CUDA extension, report the backends, run the
-# GPU tests and the kernel tests on real CUDA, then the kernel and end-to-end benchmarks.
+# GPU tests and the kernel tests on real CUDA, then the end-to-end and kernel benchmarks.
 #
 #   usage: bash benches/gpu_check.sh OUTDIR
 #
 # Needs a CUDA machine with torch, triton, transformers, pytest, pytest-benchmark and nvcc installed;
-# no network (pip runs with --no-deps --no-build-isolation). Every step's log, JSON and exit status
-# land in OUTDIR; a failing step is recorded and the next one still runs. Each step has a time limit
-# so the whole stays well under 10 minutes. The summary table is printed last.
+# no network (pip runs with --no-deps --no-build-isolation). pytest-xdist, where installed, runs the
+# tests on 8 workers (Triton compiles each kernel specialisation once per process, and the tests
+# launch a hundred or so: serially that alone is minutes).
 #
-# Environment: GPU_CHECK_MAX_AUTOTUNE=0 skips torch.compile(max-autotune) (its compile takes minutes);
-# GPU_CHECK_LAYERS (default 32) sets the end-to-end model depth; GPU_CHECK_BUDGET (default 560) is
-# the total seconds: a step never runs past it, and steps left when it is spent are recorded as skipped;
-# GPU_CHECK_DRY_RUN=1 prints each step's command (one shell-quoted line) instead of running it (the
-# CPU test suite checks those commands).
+# What comes back is a handful of files (a lent GPU machine returns at most 8), all directly in OUTDIR:
+#   gpu_check.log           every step's output, in order, each under a "== step" header
+#   steps.tsv               step, status (ok / fail(rc=N) / timeout(Ns) / skipped(...)), seconds
+#   env.json                `rembert-fast doctor --json`: versions, device, backends and why not
+#   gpu-STAMP-e2e.json      `rembert-fast bench`: full RemBERT bf16, rembert_fast vs transformers, and
+#                           every op at the model's widths (GB/s, fraction of a copy, TFLOP/s vs SDPA)
+#   gpu-STAMP-compile.json  the issue-8 variable-length batch against torch.compile (default mode)
+#   gpu-STAMP-kernels.json  benches/bench_{attention,layer_norm,bias_act,embed}.py tables, merged
+#   gpu-STAMP-max-autotune.json   only with GPU_CHECK_MAX_AUTOTUNE=1
+# The gpu-*.json files are the records to commit into benches/results/ as they are.
+#
+# Steps run in order of what a short lease most needs (correctness, then the issue-8 figures, then
+# the per-kernel tables); each has a time limit cut to what is left of GPU_CHECK_BUDGET (default 540 s
+# in all, so one call ends inside a 10-minute command limit), a failing step is recorded and the next
+# one still runs, and steps left when the budget is spent are recorded as skipped. A short table is
+# printed last.
+#
+# Environment: GPU_CHECK_SKIP="step ..." skips steps by name (e.g. "gpu_tests kernel_tests" for a
+# second, benchmarks-only call); GPU_CHECK_MAX_AUTOTUNE=1 adds torch.compile(max-autotune) (its compile
+# takes many minutes: give it its own call); GPU_CHECK_LAYERS (default 32) sets the end-to-end model
+# depth; GPU_CHECK_BUDGET the total seconds; PYTHON the interpreter (default python3);
+# GPU_CHECK_DRY_RUN=1 prints each step's command (one shell-quoted line) instead of running it (the CPU
+# test suite checks those commands).
 set -u
 
 if [ $# -ne 1 ]; then
@@ -24,86 +42,109 @@ OUT=$1
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.." || exit 2
+PY=${PYTHON:-python3}
 STEPS="$OUT/steps.tsv"
-printf 'step\tstatus\tseconds\tlog\n' > "$STEPS"
+LOG="$OUT/gpu_check.log"
+printf 'step\tstatus\tseconds\n' > "$STEPS"
+: > "$LOG"
 LAYERS=${GPU_CHECK_LAYERS:-32}
-BUDGET=${GPU_CHECK_BUDGET:-560}
+BUDGET=${GPU_CHECK_BUDGET:-540}
+SKIP=" ${GPU_CHECK_SKIP:-} "
+TAG="gpu-$(date -u +%Y%m%dT%H%MZ)"
+# Per-script kernel tables before they are merged: outside OUTDIR, which may return only 8 files.
+PARTS=$(mktemp -d) || exit 2
+trap 'rm -rf "$PARTS"' EXIT
+export PYTHONUNBUFFERED=1
 START=$SECONDS
 
 # step NAME LIMIT_SECONDS COMMAND...: run COMMAND with a time limit (cut to what is left of the budget),
-# log to OUTDIR/NAME.log, record its status.
+# append its output to the log, record its status.
 step() {
     local name=$1 limit=$2
     shift 2
-    local log="$OUT/$name.log" began=$SECONDS rc left=$((BUDGET - (SECONDS - START)))
+    local began=$SECONDS rc left=$((BUDGET - (SECONDS - START)))
     if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
         printf 'DRY-RUN %s:' "$name"
         printf ' %q' "$@"
         printf '\n'
-        printf '%s\t%s\t%s\t%s\n' "$name" "dry-run" 0 "-" >> "$STEPS"
+        printf '%s\t%s\t%s\n' "$name" "dry-run" 0 >> "$STEPS"
+        return
+    fi
+    if [ "${SKIP#* "$name" }" != "$SKIP" ]; then
+        printf '%s\t%s\t%s\n' "$name" "skipped(GPU_CHECK_SKIP)" 0 >> "$STEPS"
         return
     fi
     if [ "$left" -lt 20 ]; then
-        printf '%s\t%s\t%s\t%s\n' "$name" "skipped(budget)" 0 "-" >> "$STEPS"
-        echo "== $name skipped: the ${BUDGET}s budget is spent"
+        printf '%s\t%s\t%s\n' "$name" "skipped(budget)" 0 >> "$STEPS"
+        echo "== $name skipped: the ${BUDGET}s budget is spent" | tee -a "$LOG"
         return
     fi
     [ "$limit" -gt "$left" ] && limit=$left
-    echo "== $name (limit ${limit}s): $*" | tee "$log"
-    timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
-    rc=$?
+    echo "== $name (limit ${limit}s, at $((SECONDS - START))s): $*" | tee -a "$LOG"
+    # tee -a: what a step printed is in the log even when the whole call is cut off mid-step.
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" | tail -n 3
+    rc=${PIPESTATUS[0]}
     local status=ok
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         status="timeout(${limit}s)"
     elif [ "$rc" -ne 0 ]; then
         status="fail(rc=$rc)"
     fi
-    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$((SECONDS - began))" "$log" >> "$STEPS"
-    tail -n 5 "$log"
+    printf '%s\t%s\t%s\n' "$name" "$status" "$((SECONDS - began))" >> "$STEPS"
 }
 
-step install 180 python -m pip install --no-deps --no-build-isolation -e .
-step doctor 60 sh -c "rembert-fast doctor --json > '$OUT/doctor.json' && cat '$OUT/doctor.json'"
-if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/nvidia-smi.csv" 2>&1
+step install 180 "$PY" -m pip install --no-deps --no-build-isolation -e .
+DOCTOR='"$0" -m rembert_fast.cli doctor --json > "$1"; rc=$?; cat "$1"'
+SMI="nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv"
+step doctor 60 sh -c "$DOCTOR; $SMI; exit \$rc" "$PY" "$OUT/env.json"
+
+# Tests: the GPU-marked ones, then the kernel, extension and fast-path files on real CUDA (conftest
+# leaves TRITON_INTERPRET unset when a GPU is present, and these files put their tensors on it).
+# The compile gate and the CPU-only files need no GPU: they are not run here.
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rfEs --tb=short)
+if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ] || "$PY" -c "import xdist" 2> /dev/null; then
+    PYTEST+=(-n 8)
+fi
+step gpu_tests 150 "${PYTEST[@]}" -m gpu tests
+KERNEL_TESTS=(tests/test_kernel_attention.py tests/test_kernel_layer_norm.py tests/test_kernel_activation.py
+    tests/test_embed.py tests/test_fast_path.py tests/test_patching.py tests/test_cuda_graphs.py)
+step kernel_tests 150 "${PYTEST[@]}" -m "not gpu" "${KERNEL_TESTS[@]}"
+
+# End to end, the issue-8 shapes, bf16, the full model: rembert_fast (eager launches and CUDA graphs),
+# optimize(transformers), transformers eager; per-kernel figures at the model's widths in the same JSON.
+BENCH=("$PY" -m rembert_fast.cli bench --layers "$LAYERS" --dtypes bf16 --warmup 3 --iters 10 --no-progress)
+step bench_e2e 200 "${BENCH[@]}" --shapes "64x512:variable,64x512:fixed,1x128:fixed" --no-compile \
+    --output "$OUT/$TAG-e2e.json"
+# torch.compile recompiles the 32-layer model per shape (about a minute each): the target shape only.
+step bench_compile 200 "${BENCH[@]}" --shapes 64x512:variable --no-kernels \
+    --impls "rembert_fast,transformers,torch.compile" --output "$OUT/$TAG-compile.json"
+if [ "${GPU_CHECK_MAX_AUTOTUNE:-0}" = 1 ]; then
+    step bench_max_autotune 400 "${BENCH[@]}" --shapes 64x512:variable --no-kernels \
+        --impls "rembert_fast,transformers,torch.compile(max-autotune)" --output "$OUT/$TAG-max-autotune.json"
 fi
 
-# GPU-marked tests, then the kernel, extension and fast-path tests on the triton backend with real
-# CUDA (conftest leaves TRITON_INTERPRET unset when a GPU is present).
-step gpu_tests 120 python -m pytest -q -p no:cacheprovider -m gpu tests --junitxml "$OUT/gpu_tests.xml"
-KERNEL_TESTS=$(ls tests/test_kernel_*.py tests/test_embed.py tests/test_fast_path.py tests/test_patching.py \
-    tests/test_cuda_graphs.py 2>/dev/null)
-# shellcheck disable=SC2086  # the list is word-split on purpose
-step kernel_tests 150 python -m pytest -q -p no:cacheprovider -m "not gpu" $KERNEL_TESTS \
-    --junitxml "$OUT/kernel_tests.xml"
-
-# Kernel benchmarks: each benches/bench_*.py of a kernel (not the end-to-end, CPU-model or tokenizer
-# ones) through its __main__ table when it takes --json, else as a pytest-benchmark suite.
-for suite in benches/bench_*.py; do
-    name=$(basename "$suite" .py)
-    case $name in bench_e2e | bench_model_cpu | bench_tokenizer) continue ;; esac
-    if grep -q -- '"--json"' "$suite"; then
-        step "$name" 60 python "$suite" --json "$OUT/$name.json"
-    else
-        step "$name" 60 python -m pytest -q -p no:cacheprovider "$suite" \
-            --benchmark-json "$OUT/$name.json" --benchmark-min-rounds 10
+# Kernel tables, each merged into one JSON as soon as it is written (a cut-off call keeps the others).
+for name in attention layer_norm bias_act embed; do
+    step "bench_$name" 90 "$PY" "benches/bench_$name.py" --json "$PARTS/$name.json"
+    if [ "${GPU_CHECK_DRY_RUN:-0}" != 1 ]; then
+        "$PY" - "$PARTS" "$OUT/$TAG-kernels.json" <<'EOF'
+import json, pathlib, subprocess, sys
+parts, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+tables = {p.stem: json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))}
+target.write_text(json.dumps({"schema": "rembert_fast.kernel_benches/1", "git_commit": commit,
+                              "benches": tables}, indent=2) + "\n")
+EOF
     fi
 done
 
-# End to end, the issue-8 shapes, bf16, the full model: rembert_fast (eager launches and CUDA graphs),
-# optimize(transformers), transformers eager and torch.compile; per-kernel figures in the same JSON.
-E2E_SHAPES="64x512:variable,64x512:fixed,1x128:fixed"
-step bench_e2e 200 rembert-fast bench --layers "$LAYERS" --dtypes bf16 --shapes "$E2E_SHAPES" \
-    --no-max-autotune --warmup 3 --iters 10 --no-progress --output "$OUT/bench_e2e.json"
-if [ "${GPU_CHECK_MAX_AUTOTUNE:-1}" != 0 ]; then
-    step bench_max_autotune 150 rembert-fast bench --layers "$LAYERS" --dtypes bf16 \
-        --shapes 64x512:variable --impls "rembert_fast,transformers,torch.compile(max-autotune)" \
-        --no-kernels --warmup 3 --iters 10 --no-progress --output "$OUT/bench_max_autotune.json"
-fi
-
 echo
-echo "== end-to-end (from $OUT/bench_e2e.log)"
-sed -n '/^impl /,/^wrote /p' "$OUT/bench_e2e.log" 2>/dev/null
+for json in "$OUT/$TAG-e2e.json" "$OUT/$TAG-compile.json"; do
+    [ -f "$json" ] || continue
+    echo "== $(basename "$json")"
+    "$PY" -c "import json, sys; from rembert_fast.bench import format_table; \
+print(format_table(json.load(open(sys.argv[1]))['rows']))" "$json"
+done
 echo
-echo "== steps ($((SECONDS - START)) s in all; logs and JSON in $OUT)"
-column -t -s "$(printf '\t')" "$STEPS" 2>/dev/null || cat "$STEPS"
+echo "== steps ($((SECONDS - START)) s in all; logs in $LOG, records in $OUT/$TAG-*.json)"
+column -t -s "$(printf '\t')" "$STEPS" 2> /dev/null || cat "$STEPS"

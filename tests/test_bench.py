@@ -158,10 +158,11 @@ def test_cpu_defaults_skip_compile_and_graphs():
 
 
 # ----------------------------------------------------------------------------------------- gpu_check.sh
-def test_gpu_check_script_commands_exist(tmp_path):
+def _gpu_check_dry_run(tmp_path, **env_vars):
+    """{step: argv} that benches/gpu_check.sh would run, and the files its dry run left in OUTDIR."""
     script = ROOT / "benches" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    env = dict(os.environ, GPU_CHECK_DRY_RUN="1")
+    env = dict(os.environ, GPU_CHECK_DRY_RUN="1", **env_vars)
     done = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -170,24 +171,65 @@ def test_gpu_check_script_commands_exist(tmp_path):
         if line.startswith("DRY-RUN "):
             name, command = line[len("DRY-RUN "):].split(":", 1)
             commands[name] = shlex.split(command)
-    assert {"install", "doctor", "gpu_tests", "kernel_tests", "bench_e2e", "bench_max_autotune"} <= set(
-        commands)
-    assert commands["install"][:3] == ["python", "-m", "pip"]
-    assert "--no-build-isolation" in commands["install"] and "--no-deps" in commands["install"]
-    parser = cli.build_parser()
-    assert "rembert-fast doctor --json" in commands["doctor"][-1]
-    for name in ("bench_e2e", "bench_max_autotune"):
-        argv = commands[name]
-        assert argv[:2] == ["rembert-fast", "bench"]
-        args = parser.parse_args(argv[1:])  # every option the script passes exists
-        assert args.func is bench.run and args.dtypes == ["bf16"]
-    for name in ("gpu_tests", "kernel_tests"):
-        argv = commands[name]
-        assert argv[:3] == ["python", "-m", "pytest"]
-        for path in (a for a in argv if a.startswith("tests")):
-            assert (ROOT / path).exists(), path
-    for name, argv in commands.items():
-        if name.startswith("bench_") and argv[0] == "python" and argv[1] != "-m":
-            assert (ROOT / argv[1]).exists() and "--json" in argv
     steps = (tmp_path / "out" / "steps.tsv").read_text().splitlines()
     assert len(steps) == len(commands) + 1 and all("dry-run" in s for s in steps[1:])
+    return commands, sorted(p.name for p in (tmp_path / "out").iterdir())
+
+
+def test_gpu_check_script_commands_exist(tmp_path):
+    commands, _ = _gpu_check_dry_run(tmp_path)
+    assert list(commands) == ["install", "doctor", "gpu_tests", "kernel_tests", "bench_e2e", "bench_compile",
+                              "bench_attention", "bench_layer_norm", "bench_bias_act", "bench_embed"]
+    assert commands["install"][1:4] == ["-m", "pip", "install"]
+    assert "--no-build-isolation" in commands["install"] and "--no-deps" in commands["install"]
+    assert "-m rembert_fast.cli doctor --json" in commands["doctor"][2]
+    parser = cli.build_parser()
+    for name in ("bench_e2e", "bench_compile"):
+        argv = commands[name]
+        assert argv[1:4] == ["-m", "rembert_fast.cli", "bench"]
+        args = parser.parse_args(argv[3:])  # every option the script passes exists
+        assert args.func is bench.run and args.dtypes == ["bf16"]
+        assert Path(args.output).name.startswith("gpu-") and Path(args.output).parent.name == "out"
+    assert parser.parse_args(commands["bench_e2e"][3:]).no_compile
+    assert "torch.compile" in parser.parse_args(commands["bench_compile"][3:]).impls
+    for name in ("gpu_tests", "kernel_tests"):
+        argv = commands[name]
+        assert argv[1:3] == ["-m", "pytest"]
+        for path in (a for a in argv if a.startswith("tests")):
+            assert (ROOT / path).exists(), path
+    # Every kernel test file runs on the GPU (a new one must be added to the script's list).
+    kernel_files = {a for a in commands["kernel_tests"] if a.startswith("tests/")}
+    assert {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_kernel_*.py")} <= kernel_files
+    for name, argv in commands.items():
+        if name.startswith("bench_") and argv[1] != "-m":
+            assert (ROOT / argv[1]).exists() and "--json" in argv
+            # Per-script tables go to a scratch directory and are merged: OUTDIR holds few files.
+            assert Path(argv[argv.index("--json") + 1]).parent.name != "out"
+
+
+def test_gpu_check_max_autotune_only_on_request(tmp_path):
+    commands, files = _gpu_check_dry_run(tmp_path, GPU_CHECK_MAX_AUTOTUNE="1")
+    assert "bench_max_autotune" in commands
+    args = cli.build_parser().parse_args(commands["bench_max_autotune"][3:])
+    assert args.impls == ["rembert_fast", "transformers", "torch.compile(max-autotune)"]
+    # A lent GPU machine returns at most 8 files from OUTDIR: the dry run leaves the log and the table,
+    # and a real run adds env.json and at most four gpu-*.json records.
+    assert files == ["gpu_check.log", "steps.tsv"]
+
+
+def test_kernel_timing_on_cuda_is_device_time(monkeypatch):
+    # On CUDA a single op is timed by do_bench (launch latency hidden behind its L2 clear), not by events
+    # around one lone call; the device is only inspected, so this runs without a GPU.
+    import triton.testing
+
+    calls = []
+
+    def fake_do_bench(fn, warmup, rep, return_mode):
+        calls.append(return_mode)
+        return 0.25
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    assert bench._kernel_ms(lambda: None, 1, 1, bench.torch.device("cuda")) == 0.25
+    assert calls == ["median"]
+    assert bench._kernel_ms(lambda: None, 0, 3, bench.torch.device("cpu")) >= 0.0
+    assert calls == ["median"]  # CPU: wall-clock median, do_bench untouched
