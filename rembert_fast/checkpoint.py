@@ -146,8 +146,10 @@ def _resolve_dtype(dtype: torch.dtype | str | None, config: RemBertConfig) -> to
         if dtype not in _DTYPE_NAMES:
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(_DTYPE_NAMES) + ['auto']}")
         return _DTYPE_NAMES[dtype]
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype={dtype!r} is not a floating torch.dtype nor one of {sorted(_DTYPE_NAMES)}")
+    if dtype not in _DTYPE_NAMES.values():
+        # float64 and the float8 types are floating too, but the ops run float32/float16/bfloat16 only.
+        raise ValueError(f"dtype={dtype!r} is not supported: pass torch.float32, torch.float16 or "
+                         f"torch.bfloat16, or one of {sorted(_DTYPE_NAMES) + ['auto']}")
     return dtype
 
 
@@ -171,9 +173,18 @@ def _parse_device(device: torch.device | str | int | None) -> torch.device:
     if device is None:
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device={device!r} is not a torch device: {err}") from err
+    if parsed.type == "meta":
+        raise ValueError("device='meta' holds no weights; load onto a real device and use .to('meta') after")
+    try:
+        # One empty allocation tells whether this process can use the device at all (CUDA on a CPU-only
+        # build, a device index past the last GPU), before any weight is read.
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"device={device!r} cannot be used here: {err}") from err
+    return parsed
 
 
 def load_pretrained(
@@ -203,8 +214,11 @@ def load_pretrained(
         ValueError: a missing directory or weights file, a damaged file, missing or unexpected keys,
             a shape mismatch (each message names the path, keys and shapes).
     """
+    if Path(path).is_file():
+        raise ValueError(f"{str(path)!r} is a file; pass the model directory that holds config.json and "
+                         f"the weights ({str(Path(path).parent)!r}?)")
     if not Path(path).is_dir():
-        raise ValueError(f"model directory {str(path)!r} does not exist (or is not a directory)")
+        raise ValueError(f"model directory {str(path)!r} does not exist")
     init_parameters = inspect.signature(model_cls.__init__).parameters
     model_kwargs = {key: config_overrides.pop(key) for key in list(config_overrides)
                     if key in init_parameters and key not in ("self", "config")}
@@ -235,6 +249,12 @@ def load_pretrained(
                 raise ValueError(
                     f"{str(path)!r}: {ckpt_key!r} has shape {tuple(tensor.shape)} in the checkpoint but "
                     f"{tuple(expected[key].shape)} in {model_cls.__name__} (check config.json)"
+                )
+            if tensor.dtype != expected[key].dtype and not (tensor.is_floating_point()
+                                                            and expected[key].is_floating_point()):
+                raise ValueError(
+                    f"{str(path)!r}: {ckpt_key!r} is {tensor.dtype} in the checkpoint but "
+                    f"{model_cls.__name__} expects {expected[key].dtype} (a damaged or foreign file?)"
                 )
             if tensor.is_floating_point():
                 if target_dtype is None:

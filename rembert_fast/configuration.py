@@ -61,8 +61,18 @@ class RemBertConfig:
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
         kwargs.pop("model_type", None)
+        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int)
+                                       or num_labels < 0):
+            raise ValueError(f"num_labels={num_labels!r} must be a non-negative integer")
+        for name, mapping in (("id2label", id2label), ("label2id", label2id)):
+            if mapping is not None and not isinstance(mapping, dict):
+                raise ValueError(f"{name} must be a JSON object (a dict), got {type(mapping).__name__}")
         if id2label is not None:
-            self.id2label = {int(k): v for k, v in id2label.items()}
+            try:
+                self.id2label = {int(k): v for k, v in id2label.items()}
+            except ValueError as err:
+                raise ValueError(f"id2label keys must be label indices (0, 1, ...), got "
+                                 f"{list(id2label)!r}") from err
             if num_labels is not None and num_labels != len(self.id2label):
                 raise ValueError(
                     f"num_labels={num_labels} disagrees with id2label, which has {len(self.id2label)} labels"
@@ -99,8 +109,25 @@ class RemBertConfig:
         for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "input_embedding_size", "output_embedding_size", "intermediate_size",
                     "max_position_embeddings", "type_vocab_size"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
-                raise ValueError(f"{key}={getattr(self, key)!r} must be a positive integer")
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{key}={value!r} must be a positive integer")
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{key}={value!r} must be a number in [0, 1)")
+        for key in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{key}={value!r} must be a positive number")
+        for key in ("is_decoder", "add_cross_attention", "use_cache", "tie_word_embeddings"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key}={getattr(self, key)!r} must be true or false")
+        pad = self.pad_token_id
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int)
+                                or not 0 <= pad < self.vocab_size):
+            raise ValueError(f"pad_token_id={pad!r} must be None or an id in [0, {self.vocab_size}) "
+                             f"(vocab_size={self.vocab_size})")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads="
@@ -161,8 +188,10 @@ class RemBertConfig:
             raise ValueError(f"no {CONFIG_NAME} in {str(path)!r}")
         try:
             config_dict = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read {str(file)!r}: {err}") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read {str(file)!r} as JSON: {err}") from err
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"{str(file)!r} must hold a JSON object, got {type(config_dict).__name__}")
         return cls.from_dict(config_dict, **overrides)
 
     def __eq__(self, other: object) -> bool:

@@ -3,6 +3,8 @@ deep inside an op, and never a silent wrong answer. Tiny random models on the ea
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -200,3 +202,64 @@ def test_malformed_cache_raises_naming_the_layer(make, message):
     key = torch.randn(2, 2, 5, 8)
     with pytest.raises((ValueError, TypeError), match=message):
         dec(ids(2, 1), past_key_values=make(key))
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    RemBertModel(tiny()).save_pretrained(path)
+    return path
+
+
+def test_from_pretrained_on_a_file_names_the_directory(saved):
+    with pytest.raises(ValueError, match="is a file; pass the model directory"):
+        RemBertModel.from_pretrained(saved / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[1, 2]", "must hold a JSON object, got list"),
+        ('{"model_type": "rembert", "id2label": ["a", "b"]}', "id2label must be a JSON object"),
+        ('{"model_type": "rembert", "id2label": {"x": "a"}}', r"id2label keys must be label indices"),
+        ('{"model_type": "rembert", "layer_norm_eps": "x"}', "layer_norm_eps='x' must be a positive number"),
+        ('{"model_type": "rembert", "is_decoder": "false"}', "is_decoder='false' must be true or false"),
+        ('{"model_type": "rembert", "hidden_dropout_prob": 2}', r"hidden_dropout_prob=2 must be a number in"),
+        ('{"model_type": "rembert", "vocab_size": 50, "pad_token_id": 99}', r"pad_token_id=99 must be None"),
+    ],
+)
+def test_bad_config_json_raises_naming_the_field(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        RemBertConfig.from_pretrained(tmp_path)
+
+
+def test_binary_config_raises_value_error(tmp_path):
+    (tmp_path / "config.json").write_bytes(b"\xa0\xff\x00")
+    with pytest.raises(ValueError, match="as JSON"):
+        RemBertConfig.from_pretrained(tmp_path)
+
+
+def test_integer_tensors_in_safetensors_raise_naming_the_key(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(saved, bad)
+    state = {k: (v * 100).to(torch.int32) for k, v in load_file(bad / "model.safetensors").items()}
+    save_file(state, bad / "model.safetensors")
+    with pytest.raises(ValueError, match=r"'embeddings\..*' is torch.int32 in the checkpoint"):
+        RemBertModel.from_pretrained(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int8, "float64", "fp16"])
+def test_unsupported_dtypes_raise(saved, dtype):
+    with pytest.raises(ValueError, match=f"dtype={dtype!r} is not"):
+        RemBertModel.from_pretrained(saved, dtype=dtype)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "meta"])
+def test_unusable_device_raises_value_error(saved, device):
+    with pytest.raises(ValueError, match=f"device='{device}'"):
+        RemBertModel.from_pretrained(saved, device=device)
