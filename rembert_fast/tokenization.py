@@ -42,13 +42,16 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sentencepiece as spm
 from tokenizers import AddedToken as _TkAddedToken
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -529,8 +532,8 @@ class _RemBertTokenizerBase(ABC):
 
     def encode(
         self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, **kwargs: Any
-    ) -> list[int] | Any:
-        """The `input_ids` of one string or pair."""
+    ) -> list[int] | np.ndarray | torch.Tensor:
+        """The `input_ids` of one string or pair (an array or tensor with `return_tensors`)."""
         return self.encode_plus(text, text_pair, add_special_tokens=add_special_tokens, **kwargs)["input_ids"]
 
     @staticmethod
@@ -616,7 +619,7 @@ class _RemBertTokenizerBase(ABC):
             warnings.warn(
                 "`max_length` is ignored when `padding`=`True` and there is no truncation strategy. "
                 "To pad to max length, use `padding='max_length'`.",
-                stacklevel=4,
+                stacklevel=3,
             )
         if max_length is None:
             if padding_strategy == "max_length":
