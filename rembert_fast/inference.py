@@ -44,6 +44,7 @@ numbered from 1. Results per task:
 
 from __future__ import annotations
 
+import codecs
 import heapq
 import json
 import math
@@ -134,7 +135,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """`None` -> CUDA when available, else CPU; checks that a CUDA device asked for exists."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {str(device)!r} is not a device name: use cpu, cuda or cuda:N") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
@@ -625,9 +629,15 @@ def _parse_item(item: Any, jsonl: bool, head: dict[str, Any]) -> tuple[str, str 
 def iter_lines(stream: Any) -> Iterator[str | LineError]:
     """The lines of a binary stream as text, split on "\\n" only, without the line end ("\\r\\n" too).
 
-    A line that is not UTF-8 becomes a `LineError` instead of stopping the run.
+    A UTF-8 byte-order mark opening the stream is dropped (editors on Windows write one; kept, it would
+    be tokenized into the first line). A line that is not UTF-8 becomes a `LineError` instead of
+    stopping the run.
     """
+    first = True
     for raw in stream:
+        if first:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+            first = False
         raw = raw[:-1] if raw.endswith(b"\n") else raw
         raw = raw[:-1] if raw.endswith(b"\r") else raw
         try:

@@ -3,11 +3,13 @@ deep inside an op, and never a silent wrong answer. Tiny random models on the ea
 
 from __future__ import annotations
 
+import codecs
 import shutil
 
 import pytest
 import torch
 
+import rembert_fast.inference as inference
 from rembert_fast import (
     RemBertConfig,
     RemBertForCausalLM,
@@ -263,3 +265,20 @@ def test_unsupported_dtypes_raise(saved, dtype):
 def test_unusable_device_raises_value_error(saved, device):
     with pytest.raises(ValueError, match=f"device='{device}'"):
         RemBertModel.from_pretrained(saved, device=device)
+
+
+# ----------------------------------------------------------------------------------------- batch input
+def test_input_lines_drop_a_leading_bom_and_keep_every_line():
+    import io
+
+    raw = codecs.BOM_UTF8 + b"first\r\nsecond \xef\xbb\xbf kept\n\xff\xfe bad\nlast without newline"
+    lines = list(inference.iter_lines(io.BytesIO(raw)))
+    assert lines[:2] == ["first", "second \ufeff kept"]  # only the stream's opening mark is dropped
+    assert isinstance(lines[2], inference.LineError) and "not valid UTF-8" in lines[2].message
+    assert lines[3] == "last without newline" and len(lines) == 4
+
+
+@pytest.mark.parametrize("device", ["gpu", "gpu:0"], ids=["word", "indexed"])  # id "gpu" would skip
+def test_engine_device_names_raise_value_error(device):
+    with pytest.raises(ValueError, match=f"device {device!r} is not a device name"):
+        inference.resolve_device(device)
