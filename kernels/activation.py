@@ -144,16 +144,19 @@ def bias_act(
     y2 = out.view(-1, n)
     m = x2.shape[0]
     block_m, block_n, num_warps = launch_config(n)
-    _bias_act_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
-        x2,
-        bias.contiguous() if bias is not None else None,
-        y2,
-        x2.stride(0), y2.stride(0),
-        m, n,
-        HAS_BIAS=bias is not None,
-        ACTIVATION=activation,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-    )
+    # Triton launches on the current CUDA device, not the tensors' one: make it x's (a model on
+    # cuda:1 in a process whose current device is cuda:0 would otherwise fault).
+    with torch.cuda.device(x.device.index if x.is_cuda else -1):
+        _bias_act_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+            x2,
+            bias.contiguous() if bias is not None else None,
+            y2,
+            x2.stride(0), y2.stride(0),
+            m, n,
+            HAS_BIAS=bias is not None,
+            ACTIVATION=activation,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )
     return out

@@ -363,28 +363,32 @@ def _launch(
     cu_q = cu_seqlens_q if varlen else torch.empty(1, dtype=torch.int32, device=q.device)
     cu_k = cu_seqlens_k if varlen else cu_q
     mask = key_mask if key_mask is not None else cu_q
-    for b0 in range(0, batch, _MAX_GRID_BATCH):
-        nb = min(_MAX_GRID_BATCH, batch - b0)
-        if varlen:
-            # cu_seqlens hold absolute token offsets, so a chunk is a slice of them; tensors stay whole.
-            args = (q, k, v, out, cu_q[b0:], cu_k[b0:], mask)
-        else:
-            args = (q[b0:], k[b0:], v[b0:], out[b0:], cu_q, cu_k, mask[b0:] if key_mask is not None else mask)
+    # Triton launches on the current CUDA device, not the tensors' one: make it q's (a model on cuda:1
+    # in a process whose current device is cuda:0 would otherwise fault).
+    with torch.cuda.device(q.device.index if q.is_cuda else -1):
+        for b0 in range(0, batch, _MAX_GRID_BATCH):
+            nb = min(_MAX_GRID_BATCH, batch - b0)
+            if varlen:
+                # cu_seqlens hold absolute token offsets, so a chunk is a slice of them; tensors stay whole.
+                args = (q, k, v, out, cu_q[b0:], cu_k[b0:], mask)
+            else:
+                chunk_mask = mask[b0:] if key_mask is not None else mask
+                args = (q[b0:], k[b0:], v[b0:], out[b0:], cu_q, cu_k, chunk_mask)
 
-        def grid(meta: dict, nb: int = nb) -> tuple[int, int, int]:
-            return (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), heads, nb)
+            def grid(meta: dict, nb: int = nb) -> tuple[int, int, int]:
+                return (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), heads, nb)
 
-        _attn_fwd[grid](
-            *args,
-            *strides(q), *strides(k), *strides(v), *strides(out), *mask_strides,
-            seqlen_q, seqlen_k, scale * _LOG2E, _seqlen_bucket(max_seqlen_q),
-            HEAD_DIM=head_dim,
-            IS_VARLEN=varlen,
-            CAUSAL=bool(causal),
-            HAS_KEY_MASK=key_mask is not None,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            DOT_UPCAST=q.dtype == torch.bfloat16 and _interpreting(),
-        )
+            _attn_fwd[grid](
+                *args,
+                *strides(q), *strides(k), *strides(v), *strides(out), *mask_strides,
+                seqlen_q, seqlen_k, scale * _LOG2E, _seqlen_bucket(max_seqlen_q),
+                HEAD_DIM=head_dim,
+                IS_VARLEN=varlen,
+                CAUSAL=bool(causal),
+                HAS_KEY_MASK=key_mask is not None,
+                DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                DOT_UPCAST=q.dtype == torch.bfloat16 and _interpreting(),
+            )
 
 
 def attention_varlen(

@@ -144,19 +144,22 @@ def layer_norm(
     weight = weight.contiguous()
     m = x2.shape[0]
     block_n, rows, num_warps = launch_config(n)
-    _layer_norm_fwd_kernel[(triton.cdiv(m, rows),)](
-        x2, res2,
-        x_bias.contiguous() if x_bias is not None else None,
-        weight,
-        bias.contiguous() if bias is not None else None,
-        y2,
-        x2.stride(0), res2.stride(0) if res2 is not None else 0, y2.stride(0),
-        m, n, eps,
-        HAS_RESIDUAL=residual is not None,
-        HAS_X_BIAS=x_bias is not None,
-        HAS_BIAS=bias is not None,
-        ROWS=rows,
-        BLOCK_N=block_n,
-        num_warps=num_warps,
-    )
+    # Triton launches on the current CUDA device, not the tensors' one: make it x's (a model on
+    # cuda:1 in a process whose current device is cuda:0 would otherwise fault).
+    with torch.cuda.device(x.device.index if x.is_cuda else -1):
+        _layer_norm_fwd_kernel[(triton.cdiv(m, rows),)](
+            x2, res2,
+            x_bias.contiguous() if x_bias is not None else None,
+            weight,
+            bias.contiguous() if bias is not None else None,
+            y2,
+            x2.stride(0), res2.stride(0) if res2 is not None else 0, y2.stride(0),
+            m, n, eps,
+            HAS_RESIDUAL=residual is not None,
+            HAS_X_BIAS=x_bias is not None,
+            HAS_BIAS=bias is not None,
+            ROWS=rows,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )
     return out
