@@ -23,11 +23,11 @@ keep_accents=False, unk_token="<unk>", pad_token="<pad>"`. With the fast default
 
 Deliberate differences from 4.37.2 (errors where it logged or misbehaved): text that is not a string
 raises `TypeError` naming the type; a missing or unreadable vocabulary file raises naming the path;
-`save_vocabulary` / `save_pretrained` into a path that is not a directory raise; `max_length=0`,
-`padding="max_length"` with no length to pad to, `truncation="only_second"` on a text without a
-pair, an empty special token and negative or non-integer ids raise `ValueError` / `TypeError` /
-`IndexError`; `from_pretrained` reads local directories only (no Hub download); overflowing tokens /
-`stride` are not supported.
+`save_vocabulary` / `save_pretrained` into a path that is not a directory raise; `max_length=0`, a
+truncation `max_length` shorter than the special tokens, `padding="max_length"` with no length,
+`truncation="only_second"` on a text without a pair, an empty special token, and negative or
+non-integer ids raise (`ValueError`, `TypeError`, `IndexError`); `from_pretrained` reads local
+directories only (no Hub download); overflowing tokens / `stride` are not supported.
 """
 
 from __future__ import annotations
@@ -236,6 +236,18 @@ def _clean_up_tokenization(text: str) -> str:
     return text
 
 
+def _check_positive_int(name: str, value: Any, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be an int{' or None' if optional else ''}; got {type(value).__name__}: {value!r}"
+        )
+    # Zero too: given max_length=0, 4.37.2 silently neither truncates nor pads.
+    if value <= 0:
+        raise ValueError(f"{name} must be positive; got {value}")
+
+
 def _as_path(value: Any, name: str) -> str:
     """`os.fspath(value)`, with an error that names the argument (os.fspath's does not)."""
     if not isinstance(value, (str, os.PathLike)):
@@ -361,8 +373,7 @@ class _RemBertTokenizerBase(ABC):
         for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
             if side not in ("right", "left"):
                 raise ValueError(f"{name} must be 'right' or 'left'; got {side!r}")
-        if not isinstance(model_max_length, int) or model_max_length <= 0:
-            raise ValueError(f"model_max_length must be a positive int; got {model_max_length!r}")
+        _check_positive_int("model_max_length", model_max_length, optional=False)
         self.do_lower_case = do_lower_case
         self.remove_space = remove_space
         self.keep_accents = keep_accents
@@ -493,6 +504,13 @@ class _RemBertTokenizerBase(ABC):
                     f"truncation='only_second' cuts the second text of a pair, but input {single} has no "
                     "text_pair; use truncation=True (or 'only_first') for single texts"
                 )
+        if truncation_strategy != "do_not_truncate" and add_special_tokens:
+            # Below this 4.37.2 logs an error (slow) or leaves the sequence whole (fast).
+            needed = self.num_special_tokens_to_add(pair=any(pair is not None for _, pair in pairs))
+            if max_length is not None and max_length < needed:
+                raise ValueError(
+                    f"max_length={max_length} leaves no room for text: the special tokens alone take {needed}"
+                )
         options = _EncodeOptions(
             add_special_tokens=add_special_tokens,
             padding=padding_strategy,
@@ -585,9 +603,7 @@ class _RemBertTokenizerBase(ABC):
     ) -> tuple[str, str, int | None]:
         """(padding strategy, truncation strategy, max_length) with transformers 4.37.2's rules."""
         for name, value in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
-            # 4.37.2 lets max_length=0 through and then neither truncates nor pads: refuse it instead.
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"{name} must be a positive int or None; got {value!r}")
+            _check_positive_int(name, value, optional=True)
         if max_length is not None and padding is False and truncation is None:
             if verbose:
                 self._warn_once(

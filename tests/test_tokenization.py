@@ -584,9 +584,16 @@ def test_bad_options_are_value_errors(slow, fast_equal, which):
         tok(["a", "b", "c"], ["x", "y"])
     # 4.37.2 silently neither truncates nor pads at max_length=0.
     for max_length in (0, -1):
-        with pytest.raises(ValueError, match=f"max_length .*got {max_length}"):
+        with pytest.raises(ValueError, match=f"max_length must be positive; got {max_length}"):
             tok("a b c", truncation=True, max_length=max_length)
-    with pytest.raises(ValueError, match="pad_to_multiple_of .*got True"):
+    with pytest.raises(ValueError, match="max_length=1 .*take 2"):
+        tok("a b c", truncation=True, max_length=1)
+    with pytest.raises(ValueError, match="max_length=2 .*take 3"):
+        tok(["a b", "c d"], ["e", "f"], truncation=True, max_length=2)
+    assert len(tok("a b c", "d", truncation=True, max_length=4, add_special_tokens=False)["input_ids"]) == 4
+    with pytest.raises(TypeError, match="max_length must be an int or None; got str: '8'"):
+        tok("a b c", truncation=True, max_length="8")
+    with pytest.raises(TypeError, match="pad_to_multiple_of .*got bool: True"):
         tok("a", padding=True, pad_to_multiple_of=True)
     # Without a length 4.37.2 warns and returns unpadded rows.
     with pytest.raises(ValueError, match="padding='max_length' needs a length"):
