@@ -345,8 +345,11 @@ class CudaGraphRunner:
                             host.max_seqlen, host.batch, host.seqlen)
 
     def _capture(self, graph: _Graph, device: torch.device) -> None:
-        graph.staging = torch.zeros(graph.size, dtype=torch.int32, pin_memory=True)
-        graph.static = torch.zeros(graph.size, dtype=torch.int32, device=device)
+        # Written in place by every later call: made outside inference mode, or a graph captured under
+        # torch.inference_mode() would refuse the batches of a later torch.no_grad() call.
+        with torch.inference_mode(False):
+            graph.staging = torch.zeros(graph.size, dtype=torch.int32, pin_memory=True)
+            graph.static = torch.zeros(graph.size, dtype=torch.int32, device=device)
         # A valid layout to warm up on: every token in dummy sequences.
         graph.fill(graph.staging, _HostBatch(*(torch.zeros(0, dtype=torch.int64),) * 5, batch=0, seqlen=0))
         graph.static.copy_(graph.staging)

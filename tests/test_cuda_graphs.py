@@ -165,6 +165,24 @@ def test_graphs_follow_a_recast_model_and_inputs_on_gpu():
 
 
 @pytest.mark.gpu
+def test_graph_captured_in_inference_mode_replays_under_no_grad():
+    # The static input buffers are written in place by every call: inference tensors would refuse that
+    # outside inference mode.
+    _, fast = models("cuda", torch.float32)
+    runner = CudaGraphRunner(fast)
+    ids, mask = batch([6, 4], 8)
+    with ops.use_backend("auto"):
+        with torch.inference_mode():
+            first = runner(ids, mask).padded()
+        with torch.no_grad():
+            ids2 = torch.randint(3, TINY["vocab_size"], ids.shape) * mask
+            second = runner(ids2, mask)
+            ref = fast(input_ids=ids2.cuda(), attention_mask=mask.cuda()).last_hidden_state
+    assert len(runner.captured) == 1 and torch.isfinite(first).all()
+    assert max_error(second, ref, mask) <= 1e-4
+
+
+@pytest.mark.gpu
 def test_optimize_with_cuda_graphs_matches_transformers():
     hf, _ = models("cuda", torch.float32)
     ids, mask = batch([10, 4, 7], 12)
