@@ -344,12 +344,13 @@ def _as_id_list(token_ids: Any) -> list[int]:
         return [token_ids]
     if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):
         raise TypeError(f"token ids must be an int or a sequence of ints; got {type(token_ids).__name__}")
-    try:
-        # operator.index takes ints (numpy's too) and refuses floats and strings.
-        return [operator.index(index) for index in token_ids]
-    except TypeError:
-        bad = next(index for index in token_ids if not hasattr(index, "__index__"))
-        raise TypeError(f"token ids must be ints; got {type(bad).__name__}: {bad!r:.80}") from None
+    ids = []
+    for index in token_ids:
+        try:
+            ids.append(operator.index(index))  # ints (numpy's too), not floats or strings
+        except TypeError:
+            raise TypeError(f"token ids must be ints; got {type(index).__name__}: {index!r:.80}") from None
+    return ids
 
 
 class _RemBertTokenizerBase(ABC):
@@ -725,7 +726,7 @@ class _RemBertTokenizerBase(ABC):
         """`decode` over a batch (list of id lists, or a 2-D array/tensor)."""
         if hasattr(sequences, "tolist"):
             sequences = sequences.tolist()
-        if not isinstance(sequences, (list, tuple)):
+        if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Iterable):
             raise TypeError(
                 f"batch_decode takes a list of id lists or a 2-D array; got {type(sequences).__name__}"
             )
@@ -738,8 +739,9 @@ class _RemBertTokenizerBase(ABC):
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         if isinstance(tokens, str):
             return self._token_to_id(tokens)
-        if not isinstance(tokens, (list, tuple)):
+        if isinstance(tokens, bytes) or not isinstance(tokens, Iterable):
             raise TypeError(f"tokens must be a str or a list of str; got {type(tokens).__name__}")
+        tokens = list(tokens)
         for token in tokens:
             if not isinstance(token, str):
                 raise TypeError(f"tokens must be strings; got {type(token).__name__}: {token!r:.80}")
@@ -750,6 +752,8 @@ class _RemBertTokenizerBase(ABC):
     ) -> str | None | list[str]:
         """Token strings of `ids`. An id the fast tokenizer has no token for gives None (alone) or is
         dropped (in a list), as in 4.37.2."""
+        if hasattr(ids, "tolist"):  # a numpy or torch scalar is one id, an array a list
+            ids = ids.tolist()
         if isinstance(ids, int):
             return self._id_to_token(ids)
         tokens = (

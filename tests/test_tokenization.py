@@ -618,6 +618,8 @@ def test_bad_ids_and_tokens(slow, fast_equal, which):
     with pytest.raises(IndexError, match="-1"):
         tok.decode([5, -1])
     assert tok.decode(np.array([5, 6], dtype=np.int32)) == tok.decode([5, 6])
+    assert tok.convert_ids_to_tokens(np.int64(CLS)) == tok.convert_ids_to_tokens(torch.tensor(CLS)) == "[CLS]"
+    assert tok.batch_decode(iter([[5, 6]])) == [tok.decode([5, 6])]
     with pytest.raises(TypeError, match="NoneType"):
         tok.convert_tokens_to_ids(None)
     with pytest.raises(TypeError, match="int"):
