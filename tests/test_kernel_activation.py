@@ -151,3 +151,20 @@ def test_rejects_what_the_kernel_cannot_take():
 
 def test_kernel_names_match_the_op_api():
     assert act_kernels.ACTIVATIONS == ops.ACTIVATIONS
+
+
+@pytest.mark.gpu
+def test_offsets_beyond_int32_on_gpu():
+    # M * N > 2**31 elements at RemBERT's FFN width: row offsets must be int64 on the compiled kernel (the
+    # interpreter computes in numpy int64 and cannot show an int32 overflow); check the first and last rows.
+    n = 4608
+    m = 2**31 // n + 8
+    x = torch.empty(m, n, dtype=torch.bfloat16, device="cuda").normal_()
+    bias = torch.randn(n, device="cuda").to(torch.bfloat16)
+    out = act_kernels.bias_act(x, bias, "gelu")
+    for rows in (slice(0, 4), slice(m - 12, m)):
+        truth = ops.bias_act_ref(x[rows].double(), bias.double(), "gelu")
+        eager = ops.bias_act_ref(x[rows], bias, "gelu")
+        err = (out[rows].double() - truth).abs().max().item()
+        floor = torch.finfo(torch.bfloat16).eps / 2 * truth.abs().max().item()
+        assert err <= 2 * (eager.double() - truth).abs().max().item() + floor, (rows, err)

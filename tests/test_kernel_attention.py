@@ -259,3 +259,23 @@ def test_rembert_shapes_on_gpu(dtype: torch.dtype, causal: bool) -> None:
     truth = ops.attention_ref(q.double(), k.double(), v.double(), cu, cu, 512, 512, causal=causal)
     eager = ops.attention_ref(q, k, v, cu, cu, 512, 512, causal=causal)
     _assert_close(out, truth, eager)
+
+
+@pytest.mark.gpu
+def test_token_offsets_beyond_int32_on_gpu():
+    # RemBERT's fused QKV rows are 3 * 18 * 64 = 3456 elements apart: past 621,378 tokens a token offset
+    # exceeds 2**31, which only the compiled kernel (not the interpreter's numpy int64) could get wrong.
+    # 1,216 sequences of 512 tokens; the first and last sequences are checked against the reference.
+    seqlen, batch = 512, 1216
+    cu = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device="cuda")
+    qkv = torch.empty(batch * seqlen, 3, 18, 64, dtype=torch.bfloat16, device="cuda").normal_()
+    assert qkv.numel() > 2**31
+    q, k, v = qkv.unbind(1)
+    out = kernel.attention_varlen(q, k, v, cu, cu, seqlen, seqlen)
+    one = _cu_seqlens((seqlen,)).cuda()
+    for start in (0, (batch - 1) * seqlen):
+        rows = slice(start, start + seqlen)
+        q64, k64, v64 = (t[rows].double() for t in (q, k, v))
+        truth = ops.attention_ref(q64, k64, v64, one, one, seqlen, seqlen)
+        eager = ops.attention_ref(q[rows], k[rows], v[rows], one, one, seqlen, seqlen)
+        _assert_close(out[rows], truth, eager)

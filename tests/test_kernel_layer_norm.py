@@ -177,3 +177,21 @@ def test_rejects_what_the_kernel_cannot_take():
         ln_kernels.layer_norm(x, w, w.half(), EPS)
     with pytest.raises(ValueError, match="out"):
         ln_kernels.layer_norm(x, w, None, EPS, out=torch.empty(2, n + 1, device=DEVICE))
+
+
+@pytest.mark.gpu
+def test_offsets_beyond_int32_on_gpu():
+    # M * N > 2**31 elements: row offsets must be int64 on the compiled kernel (the interpreter computes
+    # in numpy int64 and cannot show an int32 overflow). The last rows are the ones an overflow corrupts.
+    n = ln_kernels.MAX_N
+    m = 2**31 // n + 8
+    x = torch.empty(m, n, dtype=torch.bfloat16, device="cuda").normal_()
+    w = (1.0 + 0.5 * torch.randn(n, device="cuda")).to(torch.bfloat16)
+    b = torch.randn(n, device="cuda").to(torch.bfloat16)
+    out = ln_kernels.layer_norm(x, w, b, EPS)
+    for rows in (slice(0, 4), slice(m - 12, m)):
+        truth = ops.layer_norm_ref(x[rows].double(), w.double(), b.double(), EPS)
+        eager = ops.layer_norm_ref(x[rows], w, b, EPS)
+        err = (out[rows].double() - truth).abs().max().item()
+        floor = torch.finfo(torch.bfloat16).eps / 2 * truth.abs().max().item()
+        assert err <= 2 * (eager.double() - truth).abs().max().item() + floor, (rows, err)
