@@ -128,13 +128,24 @@ def _check_float(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} has dtype {tensor.dtype}; expected one of float32, float16, bfloat16")
 
 
-def _check_same(name: str, tensor: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]) -> None:
+def _check_same(
+    name: str,
+    tensor: torch.Tensor | None,
+    like: torch.Tensor,
+    shape: tuple[int, ...],
+    dtypes: tuple[torch.dtype, ...] | None = None,  # allowed dtypes; default: like's dtype only
+) -> None:
+    """Shape, device and dtype of an argument against x; the same rules on every backend (the kernels
+    need them, and eager PyTorch would otherwise promote silently or fail deep inside an op)."""
     if tensor is None:
         return
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected {shape}")
     if tensor.device != like.device:
         raise ValueError(f"{name} is on {tensor.device} but x is on {like.device}")
+    dtypes = tuple(dict.fromkeys(dtypes or (like.dtype,)))
+    if tensor.dtype not in dtypes:
+        raise ValueError(f"{name} has dtype {tensor.dtype}; expected {' or '.join(map(str, dtypes))}")
 
 
 # ----------------------------------------------------------------------------------------- layer_norm
@@ -164,9 +175,11 @@ def layer_norm(
 ) -> torch.Tensor:
     """LayerNorm(x + x_bias + residual) over the last dimension; statistics in fp32; x's dtype out."""
     _check_float("x", x)
+    if x.dim() == 0:
+        raise ValueError("x is a 0-d tensor; layer_norm normalises the last dimension of (..., N)")
     n = x.shape[-1]
-    _check_same("weight", weight, x, (n,))
-    _check_same("bias", bias, x, (n,))
+    _check_same("weight", weight, x, (n,), (x.dtype, torch.float32))
+    _check_same("bias", bias, x, (n,), (weight.dtype,))
     _check_same("x_bias", x_bias, x, (n,))
     _check_same("residual", residual, x, tuple(x.shape))
     if _use_triton(x.device, (x, weight, bias, residual, x_bias)):
@@ -212,6 +225,8 @@ def bias_act(
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not supported; choose one of {ACTIVATIONS}")
     _check_float("x", x)
+    if x.dim() == 0:
+        raise ValueError("x is a 0-d tensor; bias_act takes (..., N)")
     _check_same("bias", bias, x, (x.shape[-1],))
     if _use_triton(x.device, (x, bias)):
         from rembert_fast.kernels import activation as kernel
@@ -281,6 +296,20 @@ def _check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
         raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
 
 
+def _check_cu_seqlens(name: str, cu: torch.Tensor, tokens: int, max_seqlen: int) -> None:
+    """Offsets start at 0, never decrease, end at the row count, and no length exceeds max_seqlen."""
+    lengths = torch.cat([cu[1:] - cu[:-1], cu.new_zeros(1)]).long()  # a 0 step keeps min/max defined
+    first, last, shortest, longest = torch.stack([cu[0].long(), cu[-1].long(), lengths.min(),
+                                                  lengths.max()]).tolist()  # one host sync
+    if first != 0 or last != tokens or shortest < 0 or longest > max_seqlen:
+        shown = cu.tolist() if cu.numel() <= 16 else "[...]"
+        raise ValueError(
+            f"{name}={shown} is not a valid offset table for {tokens} rows "
+            f"and max_seqlen={max_seqlen}: it must start at 0 (got {first}), end at {tokens} (got {last}), "
+            f"never decrease (smallest step {shortest}) and no step may exceed max_seqlen (largest {longest})"
+        )
+
+
 def attention(
     q: torch.Tensor,  # (Tq, heads, head_dim); may be a strided view of a fused QKV buffer
     k: torch.Tensor,  # (Tk, heads, head_dim)
@@ -297,12 +326,21 @@ def attention(
     Returns (Tq, heads, head_dim) in q's dtype. Head dims the kernel does not take fall back to eager.
     """
     _check_attention_args(q, k, v)
-    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape:
+    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.numel() == 0:
         raise ValueError(
             f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k {tuple(cu_seqlens_k.shape)} "
             "must both be (batch+1,)"
         )
-    if _use_triton(q.device, (q, k, v)):
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if cu.dtype not in (torch.int32, torch.int64) or cu.device != q.device:
+            raise ValueError(f"{name} is {cu.dtype} on {cu.device}; expected int32 on {q.device}")
+    use_triton = _use_triton(q.device, (q, k, v))
+    if q.device.type != "cuda" or not use_triton:
+        # Off the CUDA kernel path a host sync is cheap, so the offsets are checked (bad ones index out
+        # of range). On the CUDA kernel path they are trusted, as in flash-attention: no per-layer sync.
+        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+        _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+    if use_triton:
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
@@ -420,6 +458,17 @@ def embed(
         if ids.shape != input_ids.shape:
             raise ValueError(f"{name} has shape {tuple(ids.shape)}; input_ids has {tuple(input_ids.shape)}")
     _check_float("word_weight", word_weight)
+    if word_weight.dim() != 2:
+        raise ValueError(f"word_weight must be (vocab, E), got shape {tuple(word_weight.shape)}")
+    width = word_weight.shape[1]
+    for name, table in (("position_weight", position_weight), ("type_weight", type_weight)):
+        _check_same(name, table, word_weight, (table.shape[0], width) if table.dim() == 2 else (-1, width))
+    _check_same("ln_weight", ln_weight, word_weight, (width,), (word_weight.dtype, torch.float32))
+    _check_same("ln_bias", ln_bias, word_weight, (width,), (ln_weight.dtype,))
+    if proj_weight is not None:
+        hidden = proj_weight.shape[0] if proj_weight.dim() == 2 else -1
+        _check_same("proj_weight", proj_weight, word_weight, (hidden, width))
+        _check_same("proj_bias", proj_bias, word_weight, (hidden,))
     args = (input_ids, position_ids, token_type_ids, word_weight, position_weight, type_weight,
             ln_weight, ln_bias, eps, proj_weight, proj_bias)
     requested = requested_backend()

@@ -19,6 +19,7 @@ from rembert_fast import (
     RemBertForSequenceClassification,
     RemBertForTokenClassification,
     RemBertModel,
+    ops,
 )
 
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, input_embedding_size=8,
@@ -282,3 +283,66 @@ def test_input_lines_drop_a_leading_bom_and_keep_every_line():
 def test_engine_device_names_raise_value_error(device):
     with pytest.raises(ValueError, match=f"device {device!r} is not a device name"):
         inference.resolve_device(device)
+
+
+# ----------------------------------------------------------------------------------------- ops
+BACKENDS = ["eager", "triton"]  # triton runs under the interpreter on CPU (conftest)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_norm_and_bias_act_reject_mixed_dtypes_alike_on_every_backend(backend):
+    x, w, b = torch.randn(4, 32), torch.randn(32), torch.randn(32)
+    with ops.use_backend(backend):
+        with pytest.raises(ValueError, match="residual has dtype torch.float16; expected torch.float32"):
+            ops.layer_norm(x, w, b, 1e-5, residual=x.half())
+        with pytest.raises(ValueError, match="x_bias has dtype torch.bfloat16"):
+            ops.layer_norm(x, w, b, 1e-5, x_bias=b.bfloat16())
+        with pytest.raises(ValueError, match="weight has dtype torch.int64; expected torch.float32$"):
+            ops.layer_norm(x, w.long(), b, 1e-5)
+        with pytest.raises(ValueError, match="x is a 0-d tensor"):
+            ops.layer_norm(torch.tensor(1.0), w[:1], b[:1], 1e-5)
+        with pytest.raises(ValueError, match="bias has dtype torch.float16"):
+            ops.bias_act(x, b.half())
+        half = x.half()  # a float32 LayerNorm weight with half x stays allowed (the kernel reads it)
+        torch.testing.assert_close(ops.layer_norm(half, w, b, 1e-5).float(),
+                                   ops.layer_norm_ref(x, w, b, 1e-5), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "offsets, max_seqlen, message",
+    [
+        ([1, 2, 6], 4, r"must start at 0 \(got 1\)"),
+        ([0, 2, 5], 4, r"end at 6 \(got 5\)"),
+        ([0, 2, 9], 7, r"end at 6 \(got 9\)"),
+        ([0, 4, 2, 6], 4, r"smallest step -2"),
+        ([0, 2, 6], 2, r"largest 4"),
+    ],
+)
+def test_attention_rejects_bad_offsets_instead_of_reading_out_of_range(backend, offsets, max_seqlen, message):
+    q = torch.randn(6, 2, 16)
+    cu = torch.tensor(offsets, dtype=torch.int32)
+    with ops.use_backend(backend), pytest.raises(ValueError, match=message):
+        ops.attention(q, q, q, cu, cu, max_seqlen, max_seqlen)
+
+
+def test_attention_rejects_float_offsets_and_accepts_int64():
+    q = torch.randn(6, 2, 16)
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32)
+    with pytest.raises(ValueError, match="cu_seqlens_q is torch.float32 on cpu; expected int32"):
+        ops.attention(q, q, q, cu.float(), cu.float(), 4, 4)
+    torch.testing.assert_close(ops.attention(q, q, q, cu.long(), cu.long(), 4, 4),
+                               ops.attention_ref(q, q, q, cu, cu, 4, 4))
+
+
+def test_embed_checks_table_shapes_and_dtypes():
+    ids = torch.tensor([1, 2, 3])
+    pos, types = torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.long)
+    word, position, type_table = torch.randn(10, 8), torch.randn(4, 8), torch.randn(2, 8)
+    ln_w, ln_b = torch.ones(8), torch.zeros(8)
+    with pytest.raises(ValueError, match=r"ln_weight has shape \(4,\); expected \(8,\)"):
+        ops.embed(ids, pos, types, word, position, type_table, ln_w[:4], ln_b, 1e-5)
+    with pytest.raises(ValueError, match=r"proj_weight has shape \(5, 7\); expected \(5, 8\)"):
+        ops.embed(ids, pos, types, word, position, type_table, ln_w, ln_b, 1e-5, torch.randn(5, 7), None)
+    with pytest.raises(ValueError, match="position_weight has dtype torch.float16"):
+        ops.embed(ids, pos, types, word, position.half(), type_table, ln_w, ln_b, 1e-5)
