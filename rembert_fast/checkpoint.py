@@ -208,7 +208,8 @@ def load_pretrained(
             a keyword of `model_cls.__init__` (e.g. `add_pooling_layer=False`) goes to the model instead.
 
     Returns:
-        The model in eval mode.
+        The model in eval mode; its `newly_initialized_keys` lists the weights the checkpoint lacked
+        (a head or pooler initialised at random, as logged).
 
     Raises:
         ValueError: a missing directory or weights file, a damaged file, missing or unexpected keys,
@@ -294,6 +295,7 @@ def load_pretrained(
             for module_name in dict.fromkeys(key.rpartition(".")[0] for key in fresh):
                 model._init_weights(model.get_submodule(module_name))
 
+    model.newly_initialized_keys = fresh  # what callers must not trust untrained (see inference)
     model._post_load()
     left_on_meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left_on_meta:

@@ -127,7 +127,8 @@ def _make_writer(args: argparse.Namespace, output: Path, errors: Path | None, wi
 
     try:
         if errors is None:
-            return inference.JsonlWriter(part(output), resume=args.resume)
+            return inference.JsonlWriter(part(output), resume=args.resume,
+                                         result_key=inference.RESULT_KEYS[args.command])
         return inference.NpyWriter(
             part(output), part(errors), width, dtype=args.npy_dtype, resume=args.resume,
             line_of_row=lambda row: inference.shard_line(row, rank, world, args.window),

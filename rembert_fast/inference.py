@@ -73,6 +73,11 @@ _MODEL_CLASS = {
     "fill-mask": "RemBertForMaskedLM",
     "token-classify": "RemBertForTokenClassification",
 }
+# Weights a task reads that a checkpoint of another task lacks (from_pretrained would initialise them).
+_TRAINED_HEAD = {"classify": ("classifier.", "rembert.pooler."), "token-classify": ("classifier.",),
+                 "fill-mask": ("cls.",), "pooler": ("pooler.",)}
+# The field each command's result records hold (error records hold "error" instead).
+RESULT_KEYS = {"embed": "embedding", "classify": "label", "fill-mask": "masks", "token-classify": "tokens"}
 _QUEUE_WINDOWS = 2  # windows tokenised ahead of the model: enough to hide tokenising, bounded memory
 
 
@@ -222,6 +227,12 @@ class InferenceEngine:
         model_class = getattr(rembert_fast, _MODEL_CLASS[task])
         self.model = model_class.from_pretrained(str(self.model_dir), dtype=dtype, device=self.device).eval()
         self.config = self.model.config
+        head = _TRAINED_HEAD.get("pooler" if task == "embed" and pooling == "pooler" else task, ())
+        fresh = [key for key in getattr(self.model, "newly_initialized_keys", ()) if key.startswith(head)]
+        if fresh:
+            # The head would be random weights: every output line would be a confident-looking guess.
+            raise ValueError(f"{str(self.model_dir)!r} has no trained weights for {task}: {fresh} are not in "
+                             f"the checkpoint (is it a checkpoint of another task?)")
         positions = self.config.max_position_embeddings
         if max_length is None:
             max_length = positions
@@ -701,13 +712,17 @@ def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def _recover_jsonl(path: Path, through: int | None = None) -> tuple[int, int, int]:
+def _recover_jsonl(
+    path: Path, through: int | None = None, result_key: str | None = None
+) -> tuple[int, int, int]:
     """Cut a JSON-lines output after its last good record (and after line `through` if given).
 
     Returns (records kept, last line number kept, error records kept). A torn last record (no "\\n",
-    or not valid JSON) is cut off, so it is computed again.
+    or not valid JSON) is cut off, so it is computed again. With `result_key`, the first result
+    record must hold that field: an output of another command is refused, not silently continued.
     """
     kept, last, errors, good_bytes = 0, 0, 0, 0
+    checked = result_key is None
     with open(path, "rb") as f:
         lines = f.readlines()
     for index, raw in enumerate(lines):
@@ -723,6 +738,15 @@ def _recover_jsonl(path: Path, through: int | None = None) -> tuple[int, int, in
             except ValueError:
                 break
             is_error = "error" in record
+        if not checked and not is_error:
+            try:
+                fields = list(json.loads(raw))
+            except ValueError:
+                break
+            if result_key not in fields:
+                raise ResumeError(f"cannot resume: {str(path)!r} holds records with fields {fields}, not "
+                                  f"{result_key!r}: it is the output of another command")
+            checked = True
         kept, last, errors, good_bytes = kept + 1, number, errors + is_error, good_bytes + len(raw)
     if kept == 0 and lines and through is None and _record_line(lines[0]) is None:
         raise ResumeError(f"cannot resume: {str(path)!r} does not start with a record of this command")
@@ -737,18 +761,21 @@ class JsonlWriter:
     Only whole records are written, so a crash leaves at most one torn last record, which `resume`
     cuts off. `commit()` renames the finished file to `path`; until then `path` is not touched.
     With `resume=True`, an existing `path.partial` (or a finished `path`) is continued: `done_through`
-    is the last line already written and `prior_errors` the error records among them.
+    is the last line already written and `prior_errors` the error records among them; `result_key`
+    (the command's field, see RESULT_KEYS) refuses to continue another command's output.
     """
 
     def __init__(self, path: str | Path, *, resume: bool = False, flush_bytes: int = 1 << 22,
-                 flush_seconds: float = 5.0) -> None:
+                 flush_seconds: float = 5.0, result_key: str | None = None) -> None:
         self.path = Path(path)
         self.partial = _partial(self.path)
         self.done_through = self.prior_errors = self.prior_records = 0
         if resume and not self.partial.exists() and self.path.exists():
             os.replace(self.path, self.partial)
         if resume and self.partial.exists():
-            self.prior_records, self.done_through, self.prior_errors = _recover_jsonl(self.partial)
+            self.prior_records, self.done_through, self.prior_errors = _recover_jsonl(
+                self.partial, result_key=result_key
+            )
         self._file = open(self.partial, "ab" if resume else "wb")
         self._buffer: list[bytes] = []
         self._buffered = 0

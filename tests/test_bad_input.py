@@ -346,3 +346,21 @@ def test_embed_checks_table_shapes_and_dtypes():
         ops.embed(ids, pos, types, word, position, type_table, ln_w, ln_b, 1e-5, torch.randn(5, 7), None)
     with pytest.raises(ValueError, match="position_weight has dtype torch.float16"):
         ops.embed(ids, pos, types, word, position.half(), type_table, ln_w, ln_b, 1e-5)
+
+
+def test_resume_refuses_the_output_of_another_command(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"line": 1, "embedding": [0.5, 1.0]}\n{"line": 2, "error": "line is not valid UTF-8"}\n')
+    with pytest.raises(inference.ResumeError, match=r"fields \['line', 'embedding'\], not 'label'"):
+        inference.JsonlWriter(out, resume=True, result_key="label")
+    writer = inference.JsonlWriter(out, resume=True, result_key="embedding")  # its own output continues
+    assert writer.done_through == 2 and writer.prior_errors == 1
+    writer.close()
+
+
+@pytest.mark.parametrize("task, model_dir", [("fill-mask", "cls"), ("classify", "mlm")])
+def test_engine_refuses_a_checkpoint_without_the_task_head(task, model_dir):
+    from batch_fixtures import tiny_model_dirs
+
+    with pytest.raises(ValueError, match=f"has no trained weights for {task}: .* are not in the checkpoint"):
+        inference.InferenceEngine(tiny_model_dirs()[model_dir], task, device="cpu")
