@@ -1540,7 +1540,7 @@ def _check_labels(
     if labels.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name} must be int64 class ids, got {labels.dtype}")
     invalid = (labels != -100) & ((labels < 0) | (labels >= classes))
-    first = labels.flatten()[invalid.flatten().to(torch.uint8).argmax()]
+    first = labels.flatten().index_select(0, invalid.flatten().to(torch.uint8).argmax().view(1))[0]
     bad, value = torch.stack([invalid.any().long(), first.long()]).tolist() if labels.numel() else (0, 0)
     if bad:
         raise ValueError(f"{name} contains {value}, outside [0, {classes}) (and not -100, the ignored value)")

@@ -43,9 +43,10 @@ def unpad_input(
         else:
             invalid = mask & (attention_mask != 1)
             # One sync for both: the longest sequence and the first value that is neither 0 nor 1.
-            first_invalid = invalid.flatten().to(torch.uint8).argmax()  # 0 when there is none
+            first_invalid = invalid.flatten().to(torch.uint8).argmax().view(1)  # 0 when there is none
+            value = attention_mask.flatten().index_select(0, first_invalid)[0]  # a tensor index: no sync
             stats = torch.stack([seqlens.max().to(torch.float64), invalid.any().to(torch.float64),
-                                 attention_mask.flatten()[first_invalid].to(torch.float64)]).tolist()
+                                 value.to(torch.float64)]).tolist()
             if stats[1]:
                 raise ValueError(f"attention_mask contains {stats[2]:g}; expected 1 (real token) or 0 "
                                  "(padding). An additive mask (0 / -inf) must be turned into 0/1 first")
