@@ -268,7 +268,8 @@ class RemBertModel(RemBertPreTrainedModel):
         batch, seqlen = _check_inputs(config, input_ids, inputs_embeds, token_type_ids, position_ids,
                                       attention_mask, self.embeddings.word_embeddings.weight)
         past_length = _check_past(config, past_key_values, batch)
-        _check_mask("attention_mask", attention_mask, batch, seqlen, seqlen + past_length)
+        _check_mask("attention_mask", attention_mask, batch, seqlen, seqlen + past_length,
+                    config.num_attention_heads)
         if position_ids is None and seqlen + past_length > config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {seqlen + past_length} (input {seqlen} + cached {past_length}) exceeds "
@@ -384,12 +385,22 @@ class RemBertModel(RemBertPreTrainedModel):
                     "encoder_hidden_states was given but the model has no cross-attention layers; "
                     "build it with is_decoder=True and add_cross_attention=True"
                 )
+            states = encoder_hidden_states
+            if not isinstance(states, torch.Tensor):
+                raise TypeError(f"encoder_hidden_states must be a torch.Tensor, got {type(states).__name__}")
+            if states.dim() != 3 or states.shape[0] != batch or states.shape[2] != config.hidden_size:
+                raise ValueError(f"encoder_hidden_states has shape {tuple(states.shape)}; expected ({batch}, "
+                                 f"encoder_seqlen, {config.hidden_size})")
+            if states.dtype != dtype or states.device != device:
+                raise ValueError(f"encoder_hidden_states is {states.dtype} on {states.device}; the model "
+                                 f"runs {dtype} on {device}")
             _check_mask(
                 "encoder_attention_mask",
                 encoder_attention_mask,
                 batch,
                 seqlen,
                 encoder_hidden_states.shape[1],
+                config.num_attention_heads,
             )
         encoder_mask = (
             _additive_mask(
@@ -400,10 +411,14 @@ class RemBertModel(RemBertPreTrainedModel):
                 dtype,
                 device,
                 causal=False,
+                name="encoder_attention_mask",
             )
             if encoder_hidden_states is not None and encoder_attention_mask is not None
             else None
         )
+        if head_mask is not None and (not isinstance(head_mask, torch.Tensor) or head_mask.device != device):
+            raise ValueError(f"head_mask must be a tensor on {device}, got "
+                             f"{getattr(head_mask, 'device', type(head_mask).__name__)}")
         head_masks = _head_masks(head_mask, config.num_hidden_layers, config.num_attention_heads, dtype)
         sequence, presents, hidden_states, attentions, cross_attentions = self.encoder(
             embedding_output,
@@ -1461,12 +1476,16 @@ def _check_inputs(
     return batch, seqlen
 
 
-def _check_mask(name: str, mask: torch.Tensor | None, batch: int, q_len: int, k_len: int) -> None:
+def _check_mask(
+    name: str, mask: torch.Tensor | None, batch: int, q_len: int, k_len: int, heads: int | None = None
+) -> None:
     if mask is None:
         return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
     expected = {2: (batch, k_len), 3: (batch, q_len, k_len)}.get(mask.dim())
     if mask.dim() == 4:
-        ok = mask.shape[0] == batch and mask.shape[2:] == (q_len, k_len)
+        ok = mask.shape[0] == batch and mask.shape[2:] == (q_len, k_len) and mask.shape[1] in (1, heads)
         expected = (batch, "1|heads", q_len, k_len)
     else:
         ok = expected is not None and tuple(mask.shape) == expected
@@ -1554,6 +1573,7 @@ def _additive_mask(
     dtype: torch.dtype,
     device: torch.device,
     causal: bool,
+    name: str = "attention_mask",
 ) -> torch.Tensor | None:
     """A (B, 1|heads, q_len, k_len) mask added to the scores: 0 where allowed, finfo.min elsewhere.
 
@@ -1568,7 +1588,7 @@ def _additive_mask(
         if mask.dtype != torch.bool:
             invalid = (mask != 0) & (mask != 1)
             if invalid.any():  # the classic path is the eager one: this sync is not on the fast path
-                raise ValueError(f"attention_mask contains {mask[invalid][0].item():g}; expected 1 (attend) "
+                raise ValueError(f"{name} contains {mask[invalid][0].item():g}; expected 1 (attend) "
                                  "or 0 (masked). An additive mask (0 / -inf) must be 4-D, or turned into 0/1")
         keep = {2: lambda m: m[:, None, None, :], 3: lambda m: m[:, None, :, :], 4: lambda m: m}[mask.dim()](
             mask.ne(0)
@@ -1598,6 +1618,8 @@ def _head_masks(
 
 def _flat_positions(positions: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
     """masked_positions as (B, L) bool or (N, 2) (row, col) -> (N,) flat indices into B*L."""
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"masked_positions must be a torch.Tensor, got {type(positions).__name__}")
     if positions.dtype == torch.bool:
         if tuple(positions.shape) != (batch, seqlen):
             raise ValueError(

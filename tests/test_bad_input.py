@@ -364,3 +364,28 @@ def test_engine_refuses_a_checkpoint_without_the_task_head(task, model_dir):
 
     with pytest.raises(ValueError, match=f"has no trained weights for {task}: .* are not in the checkpoint"):
         inference.InferenceEngine(tiny_model_dirs()[model_dir], task, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "states, message",
+    [
+        (torch.randn(2, 3, 15), r"has shape \(2, 3, 15\); expected \(2, encoder_seqlen, 16\)"),
+        (torch.randn(3, 16), r"encoder_hidden_states has shape \(3, 16\)"),
+        (torch.randn(2, 3, 16).double(), "encoder_hidden_states is torch.float64 on cpu; the model runs"),
+    ],
+)
+def test_cross_attention_inputs_are_checked(states, message):
+    dec = RemBertForCausalLM(tiny(is_decoder=True, add_cross_attention=True)).eval()
+    with pytest.raises(ValueError, match=message):
+        dec(ids(), encoder_hidden_states=states)
+    with pytest.raises(ValueError, match="encoder_attention_mask contains 2"):
+        dec(ids(), encoder_hidden_states=torch.randn(2, 3, 16), encoder_attention_mask=torch.full((2, 3), 2))
+
+
+def test_other_classic_path_arguments_are_checked(model):
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 3, 5, 5\)"):
+        model(ids(), attention_mask=torch.ones(2, 3, 5, 5, dtype=torch.bool))  # 3 heads, the model has 2
+    with pytest.raises(ValueError, match="head_mask must be a tensor on cpu, got meta"):
+        model(ids(), head_mask=torch.ones(2, device="meta"))
+    with pytest.raises(TypeError, match="masked_positions must be a torch.Tensor, got list"):
+        RemBertForMaskedLM(tiny()).eval()(ids(), masked_positions=[[0, 1]])
