@@ -324,6 +324,8 @@ def attention(
     """Attention over packed variable-length sequences (flash-attention's varlen arguments).
 
     Returns (Tq, heads, head_dim) in q's dtype. Head dims the kernel does not take fall back to eager.
+    The offsets must start at 0, never decrease, end at the row count, and no step may exceed
+    max_seqlen: checked on CPU (ValueError), trusted on CUDA.
     """
     _check_attention_args(q, k, v)
     if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.numel() == 0:
@@ -334,13 +336,13 @@ def attention(
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if cu.dtype not in (torch.int32, torch.int64) or cu.device != q.device:
             raise ValueError(f"{name} is {cu.dtype} on {cu.device}; expected int32 on {q.device}")
-    use_triton = _use_triton(q.device, (q, k, v))
-    if q.device.type != "cuda" or not use_triton:
-        # Off the CUDA kernel path a host sync is cheap, so the offsets are checked (bad ones index out
-        # of range). On the CUDA kernel path they are trusted, as in flash-attention: no per-layer sync.
+    if q.device.type == "cpu":
+        # On CPU a host read is cheap, so the offsets are checked (bad ones read out of range, and the
+        # Triton interpreter corrupts memory). On CUDA they are trusted, as in flash-attention: a check
+        # would be a host sync in every layer (and impossible inside a CUDA-graph capture).
         _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
         _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
-    if use_triton:
+    if _use_triton(q.device, (q, k, v)):
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
