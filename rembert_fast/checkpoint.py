@@ -89,7 +89,15 @@ def _resolve_weight_files(path: str | os.PathLike) -> list[Path]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
         message = f"cannot read the shard index {str(path)!r} (it needs a 'weight_map'): {err!r}"
         raise ValueError(message) from err
-    shards = [path.parent / name for name in dict.fromkeys(weight_map.values())]
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"the shard index {str(path)!r} has a 'weight_map' that is not a mapping of names "
+                         f"to shard file names: {str(weight_map)[:200]}")
+    names = list(dict.fromkeys(weight_map.values()))
+    for name in names:
+        if Path(name).name != name:  # a shard lives beside its index, never elsewhere on the disk
+            raise ValueError(f"the shard index {str(path)!r} names {name!r}, which is not a file name in "
+                             f"{str(path.parent)!r}")
+    shards = [path.parent / name for name in names]
     for shard in shards:
         if not shard.is_file():
             raise ValueError(f"shard {shard.name!r} named by the index {str(path)!r} does not exist")

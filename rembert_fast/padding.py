@@ -28,6 +28,9 @@ def unpad_input(
     """
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be (batch, seqlen), got shape {tuple(attention_mask.shape)}")
+    if attention_mask.device != hidden_states.device:
+        raise ValueError(f"attention_mask is on {attention_mask.device} but hidden_states is on "
+                         f"{hidden_states.device}")
     if hidden_states.shape[:2] != attention_mask.shape:
         raise ValueError(
             f"hidden_states shape {tuple(hidden_states.shape)} does not start with the mask's shape "
@@ -65,6 +68,14 @@ def pad_input(
     """Scatter packed rows back to (batch, seqlen, ...); padding positions are zeros."""
     if packed.shape[0] != indices.shape[0]:
         raise ValueError(f"packed has {packed.shape[0]} rows but indices has {indices.shape[0]}")
+    if indices.dtype != torch.int64 or indices.device != packed.device:
+        raise ValueError(f"indices is {indices.dtype} on {indices.device}; expected int64 on {packed.device}")
+    if packed.device.type == "cpu" and indices.numel():
+        # A host read is free on CPU; on CUDA the indices from unpad_input are trusted (no sync).
+        low, high = (int(v) for v in torch.aminmax(indices))
+        if low < 0 or high >= batch * seqlen:
+            raise ValueError(f"indices contains {low if low < 0 else high}, outside [0, {batch * seqlen}) "
+                             f"(batch={batch} x seqlen={seqlen})")
     out = packed.new_zeros(batch * seqlen, *packed.shape[1:])
     out.index_copy_(0, indices, packed)
     return out.view(batch, seqlen, *packed.shape[1:])

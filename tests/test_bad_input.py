@@ -4,6 +4,7 @@ deep inside an op, and never a silent wrong answer. Tiny random models on the ea
 from __future__ import annotations
 
 import codecs
+import json
 import shutil
 
 import pytest
@@ -389,3 +390,28 @@ def test_other_classic_path_arguments_are_checked(model):
         model(ids(), head_mask=torch.ones(2, device="meta"))
     with pytest.raises(TypeError, match="masked_positions must be a torch.Tensor, got list"):
         RemBertForMaskedLM(tiny()).eval()(ids(), masked_positions=[[0, 1]])
+
+
+def test_pad_and_unpad_check_their_indices_and_devices():
+    from rembert_fast import padding
+
+    with pytest.raises(ValueError, match=r"indices contains 9, outside \[0, 6\)"):
+        padding.pad_input(torch.randn(2, 4), torch.tensor([0, 9]), 2, 3)
+    with pytest.raises(ValueError, match="indices is torch.int32 on cpu; expected int64"):
+        padding.pad_input(torch.randn(2, 4), torch.tensor([0, 1], dtype=torch.int32), 2, 3)
+    with pytest.raises(ValueError, match="attention_mask is on meta but hidden_states is on cpu"):
+        padding.unpad_input(torch.randn(2, 3, 4), torch.ones(2, 3, device="meta"))
+
+
+@pytest.mark.parametrize(
+    "weight_map, message",
+    [([1], "is not a mapping of names to shard file names"),
+     ({"embeddings.LayerNorm.bias": "../x.safetensors"}, "names '../x.safetensors', which is not a file")],
+)
+def test_shard_index_must_name_files_beside_it(saved, tmp_path, weight_map, message):
+    sharded = tmp_path / "sharded"
+    shutil.copytree(saved, sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00001.safetensors")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError, match=message):
+        RemBertModel.from_pretrained(sharded)
