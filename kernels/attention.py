@@ -391,6 +391,16 @@ def _launch(
             )
 
 
+def _output_like(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """`out` checked to be a contiguous tensor of q's shape and dtype, or a new one."""
+    if out is None:
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)}, got "
+                         f"{out.dtype} {tuple(out.shape)} (contiguous={out.is_contiguous()})")
+    return out
+
+
 def attention_varlen(
     q: torch.Tensor,  # (Tq, heads, head_dim) fp32/fp16/bf16; may be a strided view of a fused QKV buffer
     k: torch.Tensor,  # (Tk, heads, head_dim), q's dtype
@@ -419,11 +429,7 @@ def attention_varlen(
         if int(value) < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)}, got "
-                         f"{out.dtype} {tuple(out.shape)} (contiguous={out.is_contiguous()})")
+    out = _output_like(q, out)
     batch = cu_seqlens_q.numel() - 1
     if batch <= 0 or q.shape[0] == 0 or int(max_seqlen_q) == 0:
         return out
@@ -460,11 +466,7 @@ def attention_padded(
             # Same bytes, a pointer type every backend loads; no copy.
             key_padding_mask = key_padding_mask.view(torch.uint8)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    elif out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)}, got "
-                         f"{out.dtype} {tuple(out.shape)} (contiguous={out.is_contiguous()})")
+    out = _output_like(q, out)
     if q.numel() == 0:
         return out
     _launch(q, k, v, out, None, None, key_padding_mask, q.shape[0], q.shape[1], causal, softmax_scale)

@@ -454,8 +454,9 @@ class RemBertModel(RemBertPreTrainedModel):
         )
 
 
-class RemBertForMaskedLM(RemBertPreTrainedModel):
-    """RemBERT with the masked-language-modelling head (`cls.predictions`, untied from the input)."""
+class _RemBertWithLMHead(RemBertPreTrainedModel):
+    """The encoder without a pooler plus the untied vocabulary head (`cls.predictions`): the masked and
+    the causal language models share this body and differ only in their forward."""
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -468,6 +469,10 @@ class RemBertForMaskedLM(RemBertPreTrainedModel):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.cls.predictions.decoder = new_embeddings
+
+
+class RemBertForMaskedLM(_RemBertWithLMHead):
+    """RemBERT with the masked-language-modelling head (`cls.predictions`, untied from the input)."""
 
     def forward(
         self,
@@ -522,7 +527,7 @@ class RemBertForMaskedLM(RemBertPreTrainedModel):
         return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
 
-class RemBertForCausalLM(RemBertPreTrainedModel):
+class RemBertForCausalLM(_RemBertWithLMHead):
     """RemBERT as a left-to-right decoder (`config.is_decoder=True`), with KV cache and cross-attention.
 
     `past_key_values` is transformers' legacy format: one tuple per layer of self-attention (k, v),
@@ -530,18 +535,6 @@ class RemBertForCausalLM(RemBertPreTrainedModel):
     cross-attention. It is returned when `use_cache` (default `config.use_cache`; off when `labels`
     are given, as in transformers 4).
     """
-
-    def __init__(self, config: RemBertConfig) -> None:
-        super().__init__(config)
-        self.rembert = RemBertModel(config, add_pooling_layer=False)
-        self.cls = RemBertOnlyMLMHead(config)
-        self.post_init(self.cls)
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.cls.predictions.decoder
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.cls.predictions.decoder = new_embeddings
 
     def forward(
         self,
