@@ -1342,7 +1342,7 @@ def packed_encoder_forward(
     """Unpad once, embed and run every layer on the real tokens only; see `PackedBatch`.
 
     Padding positions keep transformers' position ids (left padding and holes in the mask give the
-    same numbers). One host sync (max_seqlen) when a mask is given, none without.
+    same numbers). One host read (token count and max_seqlen) when a mask is given, none without.
     """
     source = input_ids if input_ids is not None else inputs_embeds
     batch, seqlen = source.shape[:2]
@@ -1356,7 +1356,8 @@ def packed_encoder_forward(
     else:
         packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask)
         if max_seqlen == 0 and batch > 0:
-            raise ValueError("attention_mask marks no token as real (all zeros); nothing to encode")
+            raise padding.NoRealTokensError("attention_mask marks no token as real (all zeros); nothing to "
+                                            "encode")
         default_positions = indices % seqlen
 
     def gather(t: torch.Tensor) -> torch.Tensor:  # (B, L) -> (T,)

@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 
 
+class NoRealTokensError(ValueError):
+    """The attention mask marks no token of the batch as real: there is nothing to pack."""
+
+
 def unpad_input(
     hidden_states: torch.Tensor,  # (B, L, ...) any dtype
     attention_mask: torch.Tensor,  # (B, L) bool, or 0/1 of any dtype: 1 = real token, 0 = padding
@@ -18,13 +22,13 @@ def unpad_input(
     """Gather the real tokens of a padded batch.
 
     A mask value other than 0 or 1 (an additive 0/-inf mask, a float weight) raises ValueError naming
-    it: checked in the same host sync that reads max_seqlen, so it costs no extra round trip.
+    it: checked in the same host read as the token count and max_seqlen, so it costs no extra round trip.
 
     Returns:
         packed: (T, ...) rows of `hidden_states` where the mask is set, batch-major order.
         indices: (T,) int64 flat indices into B*L of those rows.
         cu_seqlens: (B+1,) int32 cumulative real lengths, starting at 0.
-        max_seqlen: the longest real length (a Python int; one host sync).
+        max_seqlen: the longest real length (a Python int). The whole function reads the device once.
     """
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be (batch, seqlen), got shape {tuple(attention_mask.shape)}")
@@ -38,23 +42,24 @@ def unpad_input(
         )
     mask = attention_mask.bool()
     seqlens = mask.sum(dim=-1, dtype=torch.int32)
-    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
-    max_seqlen = 0
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
+    total, max_seqlen = 0, 0
     if seqlens.numel():
-        if attention_mask.dtype == torch.bool:
-            max_seqlen = int(seqlens.max().item())
-        else:
+        # The one host read (a device sync on CUDA): the token count, which sizes `indices` so that
+        # nonzero_static needs no sync of its own, the longest sequence and, for a mask that is not
+        # bool, the first value that is neither 0 nor 1 (float64 holds every count exactly).
+        read = [cu_seqlens[-1], seqlens.max()]
+        if attention_mask.dtype != torch.bool:
             invalid = mask & (attention_mask != 1)
-            # One sync for both: the longest sequence and the first value that is neither 0 nor 1.
             first_invalid = invalid.flatten().to(torch.uint8).argmax().view(1)  # 0 when there is none
             value = attention_mask.flatten().index_select(0, first_invalid)[0]  # a tensor index: no sync
-            stats = torch.stack([seqlens.max().to(torch.float64), invalid.any().to(torch.float64),
-                                 value.to(torch.float64)]).tolist()
-            if stats[1]:
-                raise ValueError(f"attention_mask contains {stats[2]:g}; expected 1 (real token) or 0 "
-                                 "(padding). An additive mask (0 / -inf) must be turned into 0/1 first")
-            max_seqlen = int(stats[0])
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
+            read += [invalid.any(), value]
+        stats = torch.stack([t.to(torch.float64) for t in read]).tolist()
+        if len(stats) > 2 and stats[2]:
+            raise ValueError(f"attention_mask contains {stats[3]:g}; expected 1 (real token) or 0 "
+                             "(padding). An additive mask (0 / -inf) must be turned into 0/1 first")
+        total, max_seqlen = int(stats[0]), int(stats[1])
+    indices = torch.nonzero_static(mask.flatten(), size=total).flatten()
     packed = hidden_states.reshape(-1, *hidden_states.shape[2:]).index_select(0, indices)
     return packed, indices, cu_seqlens, max_seqlen
 

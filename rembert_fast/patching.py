@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from rembert_fast import ops
-from rembert_fast.padding import pad_input
+from rembert_fast.padding import NoRealTokensError, pad_input
 
 _STATE = "_rembert_fast"  # instance attribute holding the patch state; its presence means "patched"
 _MARK = "rembert_fast: packed fast path"
@@ -171,19 +171,26 @@ def _fast_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     if return_dict is None:
         return_dict = getattr(config, "return_dict", True)
 
-    if mask is not None and not bool(mask.any()):  # every token is padding: nothing to pack
-        return original(self, *args, **kwargs)
+    # A mask with no real token has nothing to pack: such a call gets transformers' own answer. The
+    # check costs no extra device read: the graph path copies the mask to the host anyway, and
+    # unpad_input reports it from the one read it makes.
     state = self.__dict__[_STATE]
     if (state["cuda_graphs"] and ids is not None and ids.is_cuda and not output_hidden_states
             and not torch.is_grad_enabled()):
-        packed = _graph_runner(self, state)(ids, mask, token_type_ids, position_ids)
+        host_mask = None if mask is None else mask.to("cpu")
+        if host_mask is not None and not bool(host_mask.any()):
+            return original(self, *args, **kwargs)
+        packed = _graph_runner(self, state)(ids, host_mask, token_type_ids, position_ids)
         hidden, indices, all_hidden, first = packed.hidden, packed.indices, None, packed.first_tokens()
     else:
         from rembert_fast.modeling import _first_rows, packed_encoder_forward
 
-        out = packed_encoder_forward(self.embeddings, self.encoder, ids, mask, token_type_ids, position_ids,
-                                     config, inputs_embeds=params.get("inputs_embeds"),
-                                     output_hidden_states=bool(output_hidden_states))
+        try:
+            out = packed_encoder_forward(self.embeddings, self.encoder, ids, mask, token_type_ids,
+                                         position_ids, config, inputs_embeds=params.get("inputs_embeds"),
+                                         output_hidden_states=bool(output_hidden_states))
+        except NoRealTokensError:
+            return original(self, *args, **kwargs)
         hidden, indices, all_hidden, first = out.hidden, out.indices, out.hidden_states, _first_rows(out)
 
     batch, seqlen = (ids if ids is not None else params["inputs_embeds"]).shape[:2]
