@@ -7,9 +7,11 @@ model runs in eval mode with eager attention and is the independent reference.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
+import pytest
 import torch
 import transformers
 
@@ -104,3 +106,29 @@ def batch_inputs(
         raise ValueError(f"pattern {pattern!r} is not one of right, left, hole")
     input_ids = input_ids.masked_fill(mask == 0, cfg["pad_token_id"])
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type_ids}
+
+
+@functools.cache
+def transformers_decoder_is_causal() -> bool:
+    """Whether the installed transformers' RemBERT decoder (`is_decoder=True`) hides later tokens.
+
+    transformers 5.17.0 (the GPU machine's version) does not: its RemBertForCausalLM's first position
+    changes when the last token does, so it is no reference for a decoder; 5.24.0 masks them, as 4.x
+    did. Probed on a tiny random model: change the last token, watch the first position.
+    """
+    config = transformers.RemBertConfig(**config_kwargs("h60", is_decoder=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = transformers.RemBertModel(config, add_pooling_layer=False).eval()
+    ids = torch.randint(3, config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(0))
+    changed = ids.clone()
+    changed[0, -1] = 3 if int(ids[0, -1]) != 3 else 4
+    with torch.no_grad():
+        first = model(input_ids=ids).last_hidden_state[0, 0]
+        first_after_change = model(input_ids=changed).last_hidden_state[0, 0]
+    return torch.equal(first, first_after_change)
+
+
+NON_CAUSAL_REFERENCE = (f"transformers {transformers.__version__}'s RemBERT decoder attends to later tokens "
+                        "(seen in 5.17.0; 5.24.0 masks them): no reference for a causal model")
+needs_causal_reference = pytest.mark.skipif(not transformers_decoder_is_causal(), reason=NON_CAUSAL_REFERENCE)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_pairs import SMALL_CONFIGS, batch_inputs, config_kwargs, make_pair, randomize
+from hf_pairs import SMALL_CONFIGS, batch_inputs, config_kwargs, make_pair, needs_causal_reference, randomize
 
 import rembert_fast.modeling as modeling
 from rembert_fast.configuration import RemBertConfig
@@ -311,6 +311,7 @@ def test_multiple_choice(name):
 # ----------------------------------------------------------------------------------------- decoders
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("pattern", PATTERNS)
+@needs_causal_reference
 def test_causal_lm_matches_transformers(name, pattern):
     hf, ours = make_pair("RemBertForCausalLM", name, seed=31, is_decoder=True)
     batch = batch_inputs(name, pattern=pattern, seed=32)
@@ -354,6 +355,7 @@ def test_incremental_decoding_equals_full_forward(name):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+@needs_causal_reference
 def test_cross_attention_decoder(name):
     overrides = dict(is_decoder=True, add_cross_attention=True)
     hf, ours = make_pair("RemBertForCausalLM", name, seed=36, **overrides)
