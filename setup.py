@@ -12,6 +12,7 @@ Architectures: TORCH_CUDA_ARCH_LIST when set, else sm_80 and sm_90 plus compute_
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -49,12 +50,25 @@ def _cannot_build_reason() -> str | None:
                 "install torch first and build with `pip install --no-build-isolation`")
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is built without CUDA"
+    _package_extension_module().use_cuda_toolkit()  # an nvcc wrapper on PATH misleads torch's guess
     if cpp_extension.CUDA_HOME is None:
         return "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
     nvcc = Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc"
     if not nvcc.exists():
         return f"nvcc not found at {nvcc}"
+    if not (Path(cpp_extension.CUDA_HOME) / "include" / "cuda_runtime.h").is_file():
+        return (f"CUDA_HOME={cpp_extension.CUDA_HOME} has no include/cuda_runtime.h; "
+                "set CUDA_HOME to the toolkit's root")
     return None
+
+
+def _package_extension_module():
+    """rembert_fast/extension.py loaded by path: its toolkit lookup, without importing the package."""
+    path = ROOT / "rembert_fast" / "extension.py"
+    spec = importlib.util.spec_from_file_location("_rembert_fast_extension", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _sources() -> list[str]:

@@ -16,11 +16,15 @@ process; `status()` reports without building anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
 import logging
 import os
+import re
+import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -93,16 +97,70 @@ def _prebuilt() -> tuple[ModuleType | None, str | None]:
         return None, f"rembert_fast._C failed to import: {err}"
 
 
+def _has_cuda_headers(root: Path) -> bool:
+    return (root / "include" / "cuda_runtime.h").is_file()
+
+
+@functools.lru_cache(maxsize=1)
+def _nvcc_toolkit_root() -> Path | None:
+    """The toolkit the nvcc on PATH belongs to, as nvcc itself names it (`nvcc --dryrun` prints TOP=)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    top = re.search(r"^#\$ TOP=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
+    return Path(top.group(1).strip()).resolve() if top else None
+
+
+def cuda_toolkit_root() -> str | None:
+    """The CUDA toolkit to compile with: torch's CUDA_HOME, corrected where it holds no CUDA headers.
+
+    torch.utils.cpp_extension takes $CUDA_HOME or $CUDA_PATH, else the directory above the bin/ of the
+    nvcc on PATH. An nvcc that is a wrapper script outside the toolkit (/usr/local/bin/nvcc running
+    /usr/local/cuda-13.0/bin/nvcc) turns that guess into /usr/local, and every compile then fails on a
+    missing cuda_runtime.h; nvcc itself knows its toolkit, so it is asked. An explicit $CUDA_HOME or
+    $CUDA_PATH is kept as given. None where torch has no CUDA or no toolkit is found.
+    """
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    explicit = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home is None or explicit or _has_cuda_headers(Path(home)):
+        return home
+    root = _nvcc_toolkit_root()
+    return str(root) if root is not None and _has_cuda_headers(root) else home
+
+
+def use_cuda_toolkit() -> str | None:
+    """Point torch's extension builder at `cuda_toolkit_root()` and return it.
+
+    torch reads the toolkit from its module global CUDA_HOME (set at import) whenever it builds, so the
+    correction is made there; $CUDA_HOME is set too, for the compiler processes and later imports.
+    """
+    from torch.utils import cpp_extension
+
+    root = cuda_toolkit_root()
+    if root is not None and root != cpp_extension.CUDA_HOME:
+        _logger.info("rembert_fast: compiling with the CUDA toolkit in %s (torch guessed %s)", root,
+                     cpp_extension.CUDA_HOME)
+        cpp_extension.CUDA_HOME = root
+        os.environ["CUDA_HOME"] = root
+    return root
+
+
 def _jit_blocker() -> tuple[Path | None, str | None]:
     """(sources, None) when a JIT build can be attempted, else (None, why not)."""
     from torch.utils import cpp_extension
 
-    if cpp_extension.CUDA_HOME is None:
+    home = cuda_toolkit_root()
+    if home is None:
         return None, "no CUDA toolkit found to compile the extension (set CUDA_HOME or put nvcc on PATH)"
-    if not (Path(cpp_extension.CUDA_HOME) / "include" / "cuda_runtime.h").is_file():
-        # torch guesses CUDA_HOME from nvcc's path, which a wrapper script outside the toolkit misleads.
-        return None, (f"CUDA_HOME={cpp_extension.CUDA_HOME} has no include/cuda_runtime.h; "
-                      "set CUDA_HOME to the CUDA toolkit's root")
+    if not _has_cuda_headers(Path(home)):
+        return None, f"CUDA_HOME={home} has no include/cuda_runtime.h; set CUDA_HOME to the toolkit's root"
     if not cpp_extension.is_ninja_available():
         return None, "ninja is not installed, so the extension cannot be compiled (pip install ninja)"
     directory = source_dir()
@@ -121,8 +179,18 @@ def _build() -> tuple[ModuleType | None, str]:
     directory, reason = _jit_blocker()
     if directory is None:
         return None, reason if prebuilt_error is None else f"{prebuilt_error}; {reason}"
+    return compile_jit(directory)
+
+
+def compile_jit(directory: Path) -> tuple[ModuleType | None, str]:
+    """JIT-compile the sources in `directory` into `cache_dir(directory)` and import the module.
+
+    (module, where from) or (None, why not). Needs no GPU where $TORCH_CUDA_ARCH_LIST names the
+    architectures; `load()` calls it only when a device is visible and no prebuilt module imports.
+    """
     from torch.utils import cpp_extension
 
+    use_cuda_toolkit()
     build_dir = cache_dir(directory)
     build_dir.mkdir(parents=True, exist_ok=True)
     _logger.warning("rembert_fast: compiling the CUDA extension into %s (once; about a minute)", build_dir)

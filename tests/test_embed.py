@@ -207,6 +207,64 @@ def test_built_package_ships_the_sources(tmp_path: Path) -> None:
     assert built.source_dir() == shipped
 
 
+_JIT_PROBE = """
+import json, os, runpy, sys
+import torch
+from torch.utils import cpp_extension
+from rembert_fast import extension
+
+guess = cpp_extension.CUDA_HOME
+setup = runpy.run_path("setup.py", run_name="setup_probe")  # defines get_extensions, runs nothing
+result = {"guess": guess, "setup_extensions": [e.name for e in setup["get_extensions"]()],
+          "setup_home": cpp_extension.CUDA_HOME}
+cpp_extension.CUDA_HOME = guess  # undo setup.py's correction: compile_jit must make its own
+os.environ.pop("CUDA_HOME", None)
+module, how = extension.compile_jit(extension.source_dir())
+result.update(home=cpp_extension.CUDA_HOME, how=how)
+if module is not None:
+    result["max_dim"] = module.MAX_DIM
+    ids, table = torch.zeros(3, dtype=torch.long), torch.randn(10, 8)
+    try:
+        module.embed(ids, ids, ids, table, table, table, table[0], table[0], 1e-5)
+    except ValueError as err:  # TORCH_CHECK_VALUE reaches Python as ValueError
+        result["error"] = str(err)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(torch.version.cuda is None,
+                    reason="torch is built without CUDA: no CUDA headers and libraries to build against")
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="a CUDA device is visible: the GPU tests below load (or build) the extension")
+def test_extension_builds_links_and_imports_without_a_gpu(tmp_path: Path) -> None:
+    """setup.py's and the first-use (JIT) build with a CUDA torch and nvcc: compile, link, import, call.
+
+    The nvcc on PATH is a wrapper script outside the toolkit, from which torch guesses a CUDA_HOME that
+    has no headers (as /usr/local/bin/nvcc exec'ing /usr/local/cuda-13.0/bin/nvcc does): both build
+    paths must find the real toolkit. Compiles for sm_90 only, into a fresh cache (about 30 s).
+    """
+    wrapper = tmp_path / "wrapped" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("nvcc")} "$@"\n')
+    wrapper.chmod(0o755)
+    unset = ("CUDA_HOME", "CUDA_PATH", "REMBERT_FAST_BUILD_CUDA")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(PATH=f"{wrapper.parent}{os.pathsep}{env['PATH']}", TORCH_CUDA_ARCH_LIST="9.0",
+               REMBERT_FAST_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-c", _JIT_PROBE], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["guess"] == str(tmp_path / "wrapped")  # the premise: torch's guess has no headers
+    assert result["setup_extensions"] == ["rembert_fast._C"]
+    for home in (result["setup_home"], result["home"]):
+        assert (Path(home) / "include" / "cuda_runtime.h").is_file(), result
+    assert result["how"].startswith("JIT-compiled extension from " + str(tmp_path / "cache")), result["how"]
+    assert result["max_dim"] == 4096
+    assert result["error"].startswith("input_ids is on cpu"), result["error"]
+
+
 # ----------------------------------------------------------------------------------------- GPU
 GPU_VOCAB, GPU_POSITIONS, GPU_TYPES, GPU_HIDDEN = 250300, 512, 2, 1152
 TOLERANCE_FP32 = 2e-5  # fused fp32 sums vs eager's: a few ulp of values up to ~10
