@@ -286,7 +286,11 @@ class CudaGraphRunner:
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._graphs[key] = _Graph(*key)
-        return self._run_bucket(graph, host)
+        packed = self._run_bucket(graph, host)
+        # The first run may build derived weights (a transformers model's fused QKV buffer, made on first
+        # use): the graphs read those now, so they are not a re-cast model on the next call.
+        self._weights = self._weights_key()
+        return packed
 
     # ------------------------------------------------------------------ internals
     def _capturable(self) -> bool:

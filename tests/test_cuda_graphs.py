@@ -116,6 +116,22 @@ def test_bucketed_and_eager_paths_match_transformers(backend):
                                   atol=1e-4)
 
 
+def test_weights_fused_on_first_use_keep_the_buckets():
+    """A transformers model gets its fused QKV buffer on the first packed run: the runner must not take
+    that for a re-cast model and drop (on CUDA: capture again) every bucket on the next call."""
+    hf, _ = models()
+    runner = CudaGraphRunner(hf, token_buckets=(32,), seqlen_buckets=(16,), batch_buckets=(4,),
+                             use_graphs=False)
+    ids, mask = batch([9, 3, 12], 12)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        first = runner(ids, mask)
+        kept = dict(runner._graphs)
+        again = runner(ids, mask)
+    assert runner._graphs == kept and all(runner._graphs[k] is g for k, g in kept.items())
+    assert max_error(first, ref, mask) <= 1e-5 and torch.equal(first.hidden, again.hidden)
+
+
 # ----------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
