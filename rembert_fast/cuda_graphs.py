@@ -249,6 +249,7 @@ class CudaGraphRunner:
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._pool: Any = None
+        self._stream: torch.cuda.Stream | None = None
         self._weights = self._weights_key()
 
     # ------------------------------------------------------------------ public
@@ -267,6 +268,7 @@ class CudaGraphRunner:
         """Drop every graph (they are captured again on demand)."""
         self._graphs.clear()
         self._pool = None
+        self._stream = None
 
     @torch.no_grad()
     def __call__(
@@ -334,13 +336,17 @@ class CudaGraphRunner:
             static = static.to(device)
             hidden = self._body(graph, static)
         else:
-            if graph.graph is None:
-                self._capture(graph, device)
-            graph.copied.synchronize()  # the previous batch's copy out of the staging buffer is done
-            graph.fill(graph.staging, host)
-            graph.static.copy_(graph.staging, non_blocking=True)
-            graph.copied.record()
-            graph.graph.replay()
+            # The capture and the event use the current device's stream: make that the model's (for a model
+            # on cuda:1 while cuda:0 is current, the event would be recorded on cuda:0 and the staging
+            # buffer refilled before its copy to cuda:1 was done).
+            with torch.cuda.device(device):
+                if graph.graph is None:
+                    self._capture(graph, device)
+                graph.copied.synchronize()  # the previous batch's copy out of the staging buffer is done
+                graph.fill(graph.staging, host)
+                graph.static.copy_(graph.staging, non_blocking=True)
+                graph.copied.record()
+                graph.graph.replay()
             static, hidden = graph.static, graph.output
         n = host.tokens
         _, _, _, cu, indices = graph.views(static)
@@ -359,7 +365,13 @@ class CudaGraphRunner:
         graph.static.copy_(graph.staging)
         graph.copied = torch.cuda.Event()
         graph.copied.record()
-        side = torch.cuda.Stream(device)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+            # One side stream for every warm-up and capture: blocks a capture frees are reused by the next
+            # one only on the same stream, and torch.cuda.graph's default stream is made once per process
+            # on whichever device was current then.
+            self._stream = torch.cuda.Stream(device)
+        side = self._stream
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             # Warm-up outside capture: Triton compiles and autotunes here, once per bucket; lazily
@@ -367,9 +379,9 @@ class CudaGraphRunner:
             for _ in range(2):
                 self._body(graph, graph.static)
         torch.cuda.current_stream(device).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cuda_graph, pool=self._pool):
+        # thread_local: CUDA calls other threads make meanwhile (a data loader pinning memory, a
+        # tokenizer thread) must not invalidate this capture; this thread's own unsafe calls still fail.
+        with torch.cuda.graph(cuda_graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
             graph.output = self._body(graph, graph.static)
         graph.graph = cuda_graph

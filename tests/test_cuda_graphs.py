@@ -166,6 +166,22 @@ def test_eager_backend_runs_without_capture():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_graphs_of_a_model_on_a_device_that_is_not_current():
+    """Capture, event and replay follow the model's device, not the current one."""
+    _, fast = models("cuda:1")
+    runner = CudaGraphRunner(fast)
+    with torch.cuda.device(0), torch.inference_mode(), ops.use_backend("auto"):
+        for lengths in ([6, 4], [5, 8], [2, 7]):
+            ids, mask = batch(lengths, 8)
+            out = runner(ids, mask)
+            ref = fast(input_ids=ids.to("cuda:1"), attention_mask=mask.to("cuda:1")).last_hidden_state
+            assert out.hidden.device == torch.device("cuda:1")
+            assert max_error(out, ref, mask) <= 1e-4
+    assert len(runner.captured) == 1
+
+
+@pytest.mark.gpu
 def test_graphs_follow_a_recast_model_and_inputs_on_gpu():
     _, fast = models("cuda", torch.float32)
     runner = CudaGraphRunner(fast)
