@@ -7,6 +7,8 @@ References: transformers' RemBertModel on the same weights, real positions only.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -136,33 +138,29 @@ def test_weights_fused_on_first_use_keep_the_buckets():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_graph_replay_matches_eager(dtype):
-    hf, fast = models("cuda", dtype)
+    """fp32: the eager fast path's numbers. bf16: within twice transformers' own bf16 error against the
+    fp32 model; a direct bf16 comparison cannot be tight, as a bucket runs other GEMM and attention tiles
+    (other accumulation orders) than the exact shape, and one bf16 ulp at |x| >= 4 is already 0.031."""
+    hf32, fast32 = models("cuda")
+    hf, fast = copy.deepcopy(hf32).to(dtype), copy.deepcopy(fast32).to(dtype)
     runner = CudaGraphRunner(fast)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
     shapes = [([5, 9, 2], 12), ([7, 3, 12], 12), ([60, 33, 64, 1], 64), ([64] * 8, 64), ([3], 8)]
     with torch.inference_mode(), ops.use_backend("auto"):  # conftest's default is eager
         for lengths, seqlen in shapes + shapes:  # the second pass replays graphs captured in the first
             ids, mask = batch(lengths, seqlen)
-            ref = fast(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
             out = runner(ids, mask)
-            assert max_error(out, ref, mask) <= tol
-            ref_hf = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
-            assert max_error(out, ref_hf, mask) <= 2 * tol
+            ref32 = hf32(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+            if dtype == torch.float32:
+                ref = fast(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+                assert max_error(out, ref, mask) <= 1e-4
+                assert max_error(out, ref32, mask) <= 2e-4
+            else:
+                ref_hf = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+                real = mask.bool().cuda()
+                hf_error = (ref_hf.float()[real] - ref32[real]).abs().max().item()
+                assert max_error(out, ref32, mask) <= 2 * hf_error + 1e-2
     keys = {runner.bucket(sum(lengths), max(lengths), len(lengths)) for lengths, _ in shapes}
     assert set(runner.captured) == keys  # one graph per bucket, reused on the second pass
-
-
-@pytest.mark.gpu
-def test_eager_backend_runs_without_capture():
-    """The eager attention cannot be captured: the runner then runs eagerly, and says no graph."""
-    hf, fast = models("cuda")
-    runner = CudaGraphRunner(fast)
-    ids, mask = batch([5, 3], 8)
-    with torch.inference_mode(), ops.use_backend("eager"):
-        out = runner(ids, mask)
-        ref = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
-    assert runner.captured == []
-    assert max_error(out, ref, mask) <= 1e-4
 
 
 @pytest.mark.gpu
@@ -179,6 +177,19 @@ def test_graphs_of_a_model_on_a_device_that_is_not_current():
             assert out.hidden.device == torch.device("cuda:1")
             assert max_error(out, ref, mask) <= 1e-4
     assert len(runner.captured) == 1
+
+
+@pytest.mark.gpu
+def test_eager_backend_runs_without_capture():
+    """The eager attention cannot be captured: the runner then runs eagerly, and says no graph."""
+    hf, fast = models("cuda")
+    runner = CudaGraphRunner(fast)
+    ids, mask = batch([5, 3], 8)
+    with torch.inference_mode(), ops.use_backend("eager"):
+        out = runner(ids, mask)
+        ref = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+    assert runner.captured == []
+    assert max_error(out, ref, mask) <= 1e-4
 
 
 @pytest.mark.gpu
