@@ -472,7 +472,9 @@ class InferenceEngine:
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
-            event.record()
+            # On the model's device: the copies back run on its stream, which is not the current device's
+            # when the engine was given cuda:N and another device is current.
+            event.record(torch.cuda.current_stream(self.device))
         return chunks, event
 
     def _forward_rows(self, batch: _Batch, start: int, end: int) -> dict[str, torch.Tensor]:
