@@ -78,11 +78,17 @@ def _distributed(device: str | None) -> tuple[int, int, str | None]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         device = f"cuda:{local_rank}"
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(torch.device(device))
+    if device.startswith("cuda"):
+        from rembert_fast import inference
+
+        try:  # cuda:LOCAL_RANK may not exist (more processes than GPUs): say so, not a CUDA traceback
+            torch.cuda.set_device(inference.resolve_device(device))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    # gloo even on GPUs: the only collectives are a few counts held on the host and a barrier, and NCCL
+    # would refuse two ranks on one GPU (--device cuda:0) at the first collective, after all the work.
     # Ranks finish their shares at different times and wait for the slowest at the merge.
-    dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -90,8 +96,7 @@ def _reduce(values: list[float], op: str) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return tensor.tolist()
 

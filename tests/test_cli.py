@@ -201,6 +201,43 @@ def test_torchrun_two_processes_match_one(dirs, capsys, tmp_path, suffix):
     assert f"{len(texts)} lines, 0 errors" in done.stderr
 
 
+def _fake_process_group(monkeypatch, local_rank: int) -> list:
+    """torchrun's environment for rank `local_rank` of 2, with torch.distributed and set_device recorded."""
+    import torch.distributed as dist
+
+    calls: list = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "get_rank", lambda: local_rank)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", str(device))))
+    return calls
+
+
+def test_torchrun_on_gpus_counts_through_gloo(monkeypatch):
+    """The collectives carry a few host-side counts: gloo, which (unlike NCCL, at the first collective,
+    after all the work) also takes two ranks sharing one GPU."""
+    from rembert_fast import cli
+
+    calls = _fake_process_group(monkeypatch, 1)
+    monkeypatch.setattr(inference, "resolve_device", torch.device)  # no GPU needed to pick the backend
+    assert cli._distributed("cuda:0") == (1, 2, "cuda:0")
+    assert calls == [("set_device", "cuda:0"), ("init", "gloo")]
+    calls.clear()
+    assert cli._distributed(None if torch.cuda.is_available() else "cuda") == (1, 2, "cuda:1")
+    assert calls == [("set_device", "cuda:1"), ("init", "gloo")]
+
+
+def test_torchrun_with_more_processes_than_gpus_is_a_usage_error(monkeypatch):
+    from rembert_fast import cli
+
+    calls = _fake_process_group(monkeypatch, 64)
+    with pytest.raises(cli.UsageError, match="cuda:64"):
+        cli._distributed("cuda")
+    assert calls == []
+
+
 def test_doctor_still_works(capsys):
     assert main(["doctor", "--json"]) == 0
     assert "backends" in json.loads(capsys.readouterr().out)
