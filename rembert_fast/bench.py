@@ -15,6 +15,11 @@ Per kernel, every op of `rembert_fast.ops` at RemBERT's widths against its eager
 run, with GB/s (and the fraction of a plain copy's bandwidth) for the memory-bound ops and TFLOP/s
 for attention (plus SDPA's flash backend on CUDA).
 
+Against the hardware: `--gemm-peak` (on by default on CUDA) measures the dense GEMM throughput of the
+device in each dtype, on the model's own four GEMM shapes and (CUDA) one 8192-cube, the best of them
+being the peak; every end-to-end row then reports its model TFLOP/s (`model_flops`: the FLOPs of a
+forward over the real tokens only, padding is not useful work) and that as a fraction of the peak.
+
 Timing: the median of `--iters` calls after the first call (whose output is checked and whose time,
 holding compilation and autotuning, is reported separately) and `--warmup` more calls (CUDA events
 on GPU, `perf_counter` on CPU). Results go
@@ -144,6 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     impl.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
                       help="per-kernel benchmarks (default: on for CUDA, off for CPU, where every op "
                       "is its eager reference)")
+    impl.add_argument("--gemm-peak", action=argparse.BooleanOptionalAction, default=None,
+                      help="measure the dense GEMM peak and report each row's fraction of it (default: "
+                      "on for CUDA, off for CPU)")
     run_opts = parser.add_argument_group("run")
     run_opts.add_argument("--warmup", type=int,
                           help="untimed calls after the first, checked one (default: 3 GPU, 0 CPU)")
@@ -176,7 +184,26 @@ def _versions() -> dict[str, str | None]:
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = None
+    versions["driver"] = _driver_version() if torch.cuda.is_available() else None
     return versions
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver's version from nvidia-smi (torch does not expose it), or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+def _device_properties(device: torch.device) -> dict[str, Any] | None:
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    return {"multi_processor_count": props.multi_processor_count, "total_memory_gb": props.total_memory / 1e9,
+            "capability": f"{props.major}.{props.minor}"}
 
 
 def _device_name(device: torch.device) -> str:
@@ -296,6 +323,45 @@ def _peak_activation_mb(fn: Callable[[], Any], device: torch.device) -> float | 
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
+# ----------------------------------------------------------------------------------------- FLOPs
+def model_flops(config: Any, lengths: Iterable[int]) -> int:
+    """FLOPs (a multiply-add is 2) of one RemBertModel forward over sequences of these real lengths:
+    the 256->hidden projection, per layer the QKV, output and two FFN GEMMs and attention's two
+    (len x len) products, and the pooler. Elementwise work (LayerNorm, GELU, softmax) is not counted."""
+    lengths = [int(n) for n in lengths]
+    hidden, inter = config.hidden_size, config.intermediate_size
+    layers, emb = config.num_hidden_layers, config.input_embedding_size
+    tokens = sum(lengths)
+    dense = 2 * tokens * (emb * hidden + layers * hidden * (4 * hidden + 2 * inter))
+    attention = 4 * hidden * layers * sum(n * n for n in lengths)  # QK^T and PV, every head
+    pooler = 2 * len(lengths) * hidden * hidden
+    return dense + attention + pooler
+
+
+def _gemm_shapes(config: Any, tokens: int, device: torch.device) -> dict[str, tuple[int, int, int]]:
+    """(m, k, n) of the model's four GEMMs at `tokens` rows, and on CUDA the 8192-cube."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    mkn = [(tokens, hidden, 3 * hidden), (tokens, hidden, hidden), (tokens, hidden, inter),
+           (tokens, inter, hidden)]
+    if device.type == "cuda":
+        mkn.append((8192, 8192, 8192))
+    return {f"{m}x{k}x{n}": (m, k, n) for m, k, n in mkn}
+
+
+def gemm_peak(dtype: torch.dtype, device: torch.device, shapes: dict[str, tuple[int, int, int]],
+              warmup: int, iters: int) -> dict[str, Any]:
+    """TFLOP/s of `F.linear` (x @ W^T, the model's layout) per (m, k, n) shape, and the best of them."""
+    by_shape = {}
+    for label, (m, k, n) in shapes.items():
+        x = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
+        with torch.inference_mode():
+            ms = _kernel_ms(functools.partial(F.linear, x, w), warmup, iters, device)
+        by_shape[label] = 2 * m * k * n / (ms / 1e3) / 1e12
+        del x, w
+    return {"tflop_per_s": max(by_shape.values()), "by_shape": by_shape}
+
+
 # ----------------------------------------------------------------------------------------- end to end
 def _make_callable(impl: str, hf_model: Any | None, fast_model: Any | None
                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -331,8 +397,9 @@ def _prepare_compile() -> None:
 
 def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], dtypes: list[str],
               shapes: list[Shape], device: torch.device, warmup: int, iters: int, seed: int,
-              progress: Any) -> list[dict[str, Any]]:
-    """One row per (dtype, shape, impl); see the module docstring."""
+              progress: Any, gemm_peaks: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per (dtype, shape, impl); see the module docstring. `gemm_peaks` maps a dtype name to
+    `gemm_peak`'s result, for each row's fraction of it."""
     rows: list[dict[str, Any]] = []
     config = (hf_master if hf_master is not None else fast_master).config
     ref32 = copy.deepcopy(hf_master).to(device) if hf_master is not None else None
@@ -359,7 +426,9 @@ def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], 
                     "lengths": shape.lengths, "real_tokens": int(mask.sum()),
                     "padded_tokens": shape.batch * shape.seq}
             shape_rows = [{**case, "impl": impl, **results[impl]} for impl in impls]
-            _judge(shape_rows, dtype_name, results.get(REFERENCE_IMPL, {}).get("max_abs_err"))
+            peak = (gemm_peaks or {}).get(dtype_name)
+            _judge(shape_rows, dtype_name, results.get(REFERENCE_IMPL, {}).get("max_abs_err"),
+                   model_flops(config, mask.sum(dim=1).tolist()), peak["tflop_per_s"] if peak else None)
             rows += shape_rows
             progress.update(len(impls))
         del hf_model, fast_model, fns
@@ -407,12 +476,17 @@ def _bench_shape(fns: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, ref
     return results
 
 
-def _judge(rows: list[dict[str, Any]], dtype_name: str, hf_error: float | None) -> None:
-    """Fill tokens/s, the ratio vs transformers eager and whether each row's output agrees."""
+def _judge(rows: list[dict[str, Any]], dtype_name: str, hf_error: float | None, flops: int,
+           peak_tflop_per_s: float | None) -> None:
+    """Fill tokens/s, model TFLOP/s (and its fraction of the GEMM peak), the ratio vs transformers
+    eager and whether each row's output agrees."""
     bar = ERROR_FLOOR[dtype_name] if hf_error is None else max(ERROR_FLOOR[dtype_name], 2 * hf_error)
     ok = [r for r in rows if r["status"] == "ok"]
     for row in ok:
         row["tokens_per_s"] = row["real_tokens"] / (row["median_ms"] / 1e3)
+        row["model_tflop_per_s"] = flops / (row["median_ms"] / 1e3) / 1e12
+        row["fraction_of_gemm_peak"] = (row["model_tflop_per_s"] / peak_tflop_per_s
+                                        if peak_tflop_per_s else None)
         row["error_bar"] = bar
         row["agrees"] = None if row["max_abs_err"] is None else row["max_abs_err"] <= bar
     reference = next((r for r in ok if r["impl"] == REFERENCE_IMPL), None)
@@ -545,7 +619,7 @@ def _time_kernel(case: _KernelCase, dtype_name: str, batch: int, seq: int, devic
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The end-to-end rows as a fixed-width text table."""
     head = (f"{'impl':<28} {'dtype':<9} {'shape':<16} {'real tok':>9} {'median ms':>10} {'tok/s':>11} "
-            f"{'vs hf':>6} {'act MiB':>8} {'max err':>9} {'ok':>3}")
+            f"{'vs hf':>6} {'TFLOP/s':>8} {'of GEMM':>7} {'act MiB':>8} {'max err':>9} {'ok':>3}")
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = f"{r['batch']}x{r['seq']} {r['lengths'][:3]}"
@@ -556,9 +630,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         peak = "-" if r["peak_activation_mb"] is None else f"{r['peak_activation_mb']:.0f}"
         err = "-" if r["max_abs_err"] is None else f"{r['max_abs_err']:.1e}"
         ok = "-" if r["agrees"] is None else ("yes" if r["agrees"] else "NO")
+        of_gemm = "-" if r.get("fraction_of_gemm_peak") is None else f"{r['fraction_of_gemm_peak']:.0%}"
         lines.append(f"{r['impl']:<28} {r['dtype']:<9} {shape:<16} {r['real_tokens']:>9} "
-                     f"{r['median_ms']:>10.2f} {r['tokens_per_s']:>11.0f} {ratio:>6} {peak:>8} {err:>9} "
-                     f"{ok:>3}")
+                     f"{r['median_ms']:>10.2f} {r['tokens_per_s']:>11.0f} {ratio:>6} "
+                     f"{r.get('model_tflop_per_s', 0.0):>8.1f} {of_gemm:>7} {peak:>8} {err:>9} {ok:>3}")
     return "\n".join(lines)
 
 
@@ -657,6 +732,7 @@ def _resolve(args: argparse.Namespace, device: torch.device, have_hf: bool) -> d
         "warmup": args.warmup if args.warmup is not None else (3 if on_gpu else 0),
         "iters": args.iters if args.iters is not None else (20 if on_gpu else 3),
         "kernels": args.kernels if args.kernels is not None else on_gpu,
+        "gemm_peak": args.gemm_peak if args.gemm_peak is not None else on_gpu,
     }
 
 
@@ -700,9 +776,16 @@ def run(args: argparse.Namespace) -> int:
     progress: Any = _NoProgress()
     if not args.no_progress:
         progress = tqdm(total=total, unit="case", file=sys.stderr)
+    gemm_peaks: dict[str, dict[str, Any]] = {}
     try:
+        if plan["gemm_peak"]:
+            # Before the models are copied to the device: the 8192-cube's operands need the memory.
+            progress.set_description("GEMM peak")
+            tokens = max(s.batch * s.seq for s in plan["shapes"])
+            gemm_peaks = {d: gemm_peak(getattr(torch, d), device, _gemm_shapes(model_config, tokens, device),
+                                       max(1, plan["warmup"]), plan["iters"]) for d in plan["dtypes"]}
         rows = bench_e2e(hf_master, fast_master, plan["impls"], plan["dtypes"], plan["shapes"], device,
-                         plan["warmup"], plan["iters"], args.seed, progress)
+                         plan["warmup"], plan["iters"], args.seed, progress, gemm_peaks)
         kernels = (bench_kernels(model_config, plan["dtypes"], plan["shapes"], device,
                                  max(1, plan["warmup"]), plan["iters"], progress) if plan["kernels"] else [])
     finally:
@@ -713,6 +796,7 @@ def run(args: argparse.Namespace) -> int:
         "date": stamp.isoformat(timespec="seconds"),
         "device": device.type,
         "device_name": _device_name(device),
+        "device_properties": _device_properties(device),
         "git_commit": _git_commit(),
         "versions": _versions(),
         "model": {"source": args.model or args.config or "default RemBertConfig, random weights",
@@ -724,6 +808,7 @@ def run(args: argparse.Namespace) -> int:
                      "reference": REFERENCE_IMPL if have_hf else None,
                      "error_reference": "transformers float32" if have_hf else None},
         "notes": plan["notes"],
+        "gemm_peak": gemm_peaks,
         "rows": rows,
         "kernels": kernels,
     }

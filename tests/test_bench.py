@@ -23,7 +23,8 @@ TINY = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_h
             max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
 E2E_FIELDS = {"kind", "impl", "dtype", "batch", "seq", "lengths", "real_tokens", "padded_tokens", "status",
               "first_call_s", "median_ms", "min_ms", "max_ms", "iters", "max_abs_err", "peak_activation_mb",
-              "tokens_per_s", "ratio_vs_transformers", "error_bar", "agrees"}
+              "tokens_per_s", "ratio_vs_transformers", "error_bar", "agrees", "model_tflop_per_s",
+              "fraction_of_gemm_peak"}
 
 
 @pytest.fixture
@@ -95,6 +96,46 @@ def test_bench_kernels_rows(tiny_config, tmp_path):
     for row in result["kernels"]:
         assert row["status"] == "ok" and row["median_ms"] > 0 and row["eager_median_ms"] > 0
         assert ("gb_per_s" in row) != ("tflop_per_s" in row)
+
+
+def test_model_flops_match_a_flop_counter():
+    """bench.model_flops against torch's FlopCounterMode on transformers' own forward: every matmul of
+    a padding-free batch (fixed lengths), and one sequence at a time for unequal lengths."""
+    transformers = pytest.importorskip("transformers")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = transformers.RemBertModel(transformers.RemBertConfig(**TINY)).eval()
+
+    def counted(batch: int, seqlen: int) -> int:
+        ids = bench.torch.randint(1, TINY["vocab_size"], (batch, seqlen))
+        with bench.torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(input_ids=ids, attention_mask=bench.torch.ones_like(ids))
+        return counter.get_total_flops()
+
+    assert bench.model_flops(model.config, [16, 16, 16]) == counted(3, 16)
+    lengths = [5, 16, 9]
+    assert bench.model_flops(model.config, lengths) == sum(counted(1, n) for n in lengths)
+
+
+def test_gemm_peak_and_fraction_per_row(tiny_config, tmp_path, monkeypatch):
+    """--gemm-peak (on by default on CUDA): each GEMM's TFLOP/s is 2*m*k*n over its median, the peak is
+    the best of them, and every row's model TFLOP/s is divided by that peak."""
+    monkeypatch.setattr(bench, "_kernel_ms", lambda fn, warmup, iters, device: fn() is None or 0.5)
+    code, result = run_bench(tiny_config, tmp_path, "--impls", "rembert_fast,transformers", "--lengths",
+                             "fixed", "--gemm-peak")
+    assert code == 0
+    peak = result["gemm_peak"]["float32"]
+    tokens = 2 * 16
+    expected = {f"{tokens}x{k}x{n}": 2 * tokens * k * n / 0.5e-3 / 1e12
+                for k, n in ((64, 192), (64, 64), (64, 128), (128, 64))}
+    assert peak["by_shape"] == pytest.approx(expected)
+    assert peak["tflop_per_s"] == pytest.approx(max(expected.values()))
+    flops = bench.model_flops(bench.rembert_fast.RemBertConfig(**{**TINY, "num_hidden_layers": 1}), [16, 16])
+    for row in result["rows"]:
+        assert row["model_tflop_per_s"] == pytest.approx(flops / (row["median_ms"] / 1e3) / 1e12)
+        assert row["fraction_of_gemm_peak"] == pytest.approx(row["model_tflop_per_s"] / peak["tflop_per_s"])
+    default = run_bench(tiny_config, tmp_path, "--impls", "transformers", "--lengths", "fixed")[1]
+    assert default["gemm_peak"] == {} and default["rows"][0]["fraction_of_gemm_peak"] is None
 
 
 def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
