@@ -420,7 +420,10 @@ def embed_ref(
     """Eager embedding stage in transformers' order: (word + type) + position, LN, optional projection."""
     x = F.embedding(input_ids, word_weight) + F.embedding(token_type_ids, type_weight)
     x = x + F.embedding(position_ids, position_weight)
-    x = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
+    if ln_weight.dtype != x.dtype:  # fp32 LN parameters on half tables: CUDA's F.layer_norm refuses the mix
+        x = F.layer_norm(x.to(ln_weight.dtype), (x.shape[-1],), ln_weight, ln_bias, eps).to(x.dtype)
+    else:
+        x = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
     if proj_weight is not None:
         x = F.linear(x, proj_weight, proj_bias)
     return x
@@ -479,9 +482,14 @@ def embed(
         from rembert_fast import extension
 
         module = extension.load()
-        if module is not None:
+        # The kernel reads contiguous tables and LN parameters in the tables' dtype; on `auto` the
+        # others (fp32 LN parameters with half tables, strided views, no LN bias) take the eager path.
+        takes = ln_weight.dtype == word_weight.dtype and all(
+            t is not None and t.is_contiguous()
+            for t in (word_weight, position_weight, type_weight, ln_weight, ln_bias))
+        if module is not None and (takes or requested == "cuda"):
             return extension.embed(module, *args)
-        if requested == "cuda":
+        if module is None and requested == "cuda":
             raise RuntimeError(f"backend 'cuda' was requested but the extension is unavailable: "
                                f"{extension.status()[1]}")
     elif requested == "cuda":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 
 from rembert_fast import extension, ops
@@ -108,6 +109,29 @@ def test_eager_embed_rejects_out_of_range_ids(which: str, value: int, match: str
     ids[which][1, 5] = value
     with torch.no_grad(), pytest.raises(ValueError, match=match):
         ops.embed(ids["input_ids"], ids["position_ids"], ids["token_type_ids"], *_weights(model))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_embed_takes_fp32_layer_norm_and_strided_tables_on_any_backend(device: str) -> None:
+    """fp32 LN parameters with bf16 tables (the op contract allows them; the CUDA kernel and CUDA's
+    F.layer_norm take one dtype) and a strided word table (the kernel takes contiguous tables) run
+    on `auto` without an error: LN in fp32 on the bf16 sum, rounded once."""
+    vocab, dim = 300, 64
+    tables = [torch.randn(shape, device=device) for shape in ((vocab, dim), (40, dim), (3, dim))]
+    word, position, types = (t.bfloat16() for t in tables)
+    ln_weight, ln_bias = 1 + 0.1 * torch.randn(dim, device=device), torch.randn(dim, device=device)
+    ids = (torch.randint(0, vocab, (5, 9), device=device), torch.randint(0, 40, (5, 9), device=device),
+           torch.randint(0, 3, (5, 9), device=device))
+    x = (F.embedding(ids[0], word) + F.embedding(ids[2], types)) + F.embedding(ids[1], position)
+    expected = F.layer_norm(x.float(), (dim,), ln_weight, ln_bias, 1e-12).bfloat16()
+    half_ln = (ln_weight.bfloat16(), ln_bias.bfloat16())
+    strided_word = torch.empty(vocab, 2 * dim, dtype=torch.bfloat16, device=device)[:, :dim].copy_(word)
+    with ops.use_backend("auto"):
+        mixed = ops.embed(*ids, word, position, types, ln_weight, ln_bias, 1e-12)
+        strided = ops.embed(*ids, strided_word, position, types, *half_ln, 1e-12)
+    assert mixed.dtype == torch.bfloat16 and torch.equal(mixed, expected)
+    same_dtype = F.layer_norm(x, (dim,), *half_ln, 1e-12)
+    assert (strided.float() - same_dtype.float()).abs().max().item() <= 0.07  # bf16 rounding of values < 8
 
 
 def test_embed_rejects_float_ids() -> None:
