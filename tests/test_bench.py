@@ -219,7 +219,9 @@ def _gpu_check_dry_run(tmp_path, **env_vars):
 
 def test_gpu_check_script_commands_exist(tmp_path):
     commands, _ = _gpu_check_dry_run(tmp_path)
-    assert list(commands) == ["install", "doctor", "gpu_tests", "kernel_tests", "bench_e2e", "bench_compile",
+    # The issue-8 figures (end to end, torch.compile) come right after the GPU-marked tests, before the
+    # broad kernel tests: a lease cut short still brings them back.
+    assert list(commands) == ["install", "doctor", "gpu_tests", "bench_e2e", "bench_compile", "kernel_tests",
                               "bench_attention", "bench_layer_norm", "bench_bias_act", "bench_embed"]
     assert commands["install"][1:4] == ["-m", "pip", "install"]
     assert "--no-build-isolation" in commands["install"] and "--no-deps" in commands["install"]
@@ -236,6 +238,9 @@ def test_gpu_check_script_commands_exist(tmp_path):
     for name in ("gpu_tests", "kernel_tests"):
         argv = commands[name]
         assert argv[1:3] == ["-m", "pytest"]
+        # One file that fails to import (say, an API missing from the GPU machine's versions) must not
+        # stop every other test from running.
+        assert "--continue-on-collection-errors" in argv
         for path in (a for a in argv if a.startswith("tests")):
             assert (ROOT / path).exists(), path
     # Every kernel test file runs on the GPU (a new one must be added to the script's list).
