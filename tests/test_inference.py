@@ -416,3 +416,25 @@ def test_rank_part_resumes_from_its_own_rows(dirs, tmp_path):
         writer.write(record)
     writer.commit()
     assert paths[0].read_bytes() == complete
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("task", ["embed", "classify"])
+def test_engine_on_cuda_matches_the_model_on_cpu(dirs, ref, task):
+    """The CUDA path: batches pinned in the tokenizer thread, non-blocking copies both ways, each batch's
+    results read after its event while the next one runs; fp32, so the CPU reference holds."""
+    from rembert_fast import ops
+
+    texts = sample_texts()
+    engine = InferenceEngine(dirs["cls"], task, device="cuda", dtype=torch.float32, window=5,
+                             batch_tokens=96, pooling="mean", all_scores=True)
+    assert engine.model.device.type == "cuda"
+    with ops.use_backend("auto"):  # the kernels, not conftest's eager default
+        records = list(engine.run(texts))
+    assert [r["line"] for r in records] == list(range(1, len(texts) + 1))
+    for text, record in zip(texts, records, strict=True):
+        if task == "embed":
+            got, want = torch.as_tensor(record["embedding"]), ref.embedding(text, "mean")
+        else:
+            got, want = torch.tensor(list(record["scores"].values())), ref.class_probs(text)
+        torch.testing.assert_close(got, want.float(), atol=1e-4, rtol=0)
