@@ -11,8 +11,8 @@
 // tensor-core GEMM inside a gather kernel: not a trade worth making for a stage that runs once per forward.
 //
 // Synchronisation: ids are validated inside the kernel, so reporting a bad id needs the error word on the
-// host: one 8-byte device-to-host copy after the launch, which waits for the kernel (and whatever the
-// stream had queued before it). This replaces the three host-side min/max reductions (three syncs) of the
+// host: one 8-byte device-to-host copy after the launches, which waits for the kernel and the projection
+// (and whatever the stream had queued before them). This replaces the three host-side min/max reductions (three syncs) of the
 // eager path. Callers that validated the ids already pass check_ids=false to stay asynchronous; while the
 // stream is being captured into a CUDA graph the copy is impossible and is skipped too. Bad ids then give
 // zero rows instead of an error (never an out-of-bounds read).
@@ -177,6 +177,11 @@ at::Tensor embed(const at::Tensor& input_ids,       // (...) int64/int32
   TORCH_CHECK(launched == cudaSuccess, "rembert_fast embed kernel failed to launch: ",
               cudaGetErrorString(launched));
 
+  // The projection is queued before the error word is read, so the GPU runs it while the host waits
+  // (after a bad id it multiplies zero rows and is thrown away with them).
+  if (proj_weight.has_value()) {
+    out = at::linear(out, *proj_weight, proj_bias);
+  }
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   if (check_ids) C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   if (check_ids && capture == cudaStreamCaptureStatusNone) {
@@ -188,9 +193,6 @@ at::Tensor embed(const at::Tensor& input_ids,       // (...) int64/int32
   }
 
   std::vector<int64_t> shape(input_ids.sizes().begin(), input_ids.sizes().end());
-  if (proj_weight.has_value()) {
-    out = at::linear(out, *proj_weight, proj_bias);
-  }
   shape.push_back(out.size(1));
   return out.view(shape);
 }
