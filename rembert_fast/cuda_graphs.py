@@ -20,15 +20,18 @@ sequential and each replay's output is copied out before the next one.
 
 Batches that fit no bucket, a model on the CPU, and calls whose attention would take the eager
 reference (backend "eager", or a head_dim the Triton kernel lacks: its `nonzero` cannot be captured)
-run the same packed forward eagerly, with exact shapes. Not thread-safe: one runner per thread. A
-runner holds pointers to the model's weights: after moving or re-casting the model (`.to(...)`) the
-runner notices and captures again; in-place weight updates are seen by the graphs as they are.
+run the same packed forward eagerly, with exact shapes. Threads may share a runner (`optimize` keeps
+one per model): a lock serialises the bucketed runs, whose buffers are shared, provided the threads
+also share the CUDA stream (as they do unless they set one). A runner holds pointers to the model's
+weights: after moving or re-casting the model (`.to(...)`) the runner notices and captures again;
+in-place weight updates are seen by the graphs as they are.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -250,6 +253,8 @@ class CudaGraphRunner:
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._pool: Any = None
         self._stream: torch.cuda.Stream | None = None
+        # Two threads in one bucket would refill its staging and static buffers under each other's replay.
+        self._lock = threading.Lock()
         self._weights = self._weights_key()
 
     # ------------------------------------------------------------------ public
@@ -282,17 +287,18 @@ class CudaGraphRunner:
         key = self.bucket(host.tokens, host.max_seqlen, host.batch)
         if host.tokens == 0 or key is None or (self.use_graphs and not self._capturable()):
             return self._eager(host)
-        if self._weights_key() != self._weights:
-            self.reset()
+        with self._lock:
+            if self._weights_key() != self._weights:
+                self.reset()
+                self._weights = self._weights_key()
+            graph = self._graphs.get(key)
+            if graph is None:
+                graph = self._graphs[key] = _Graph(*key)
+            packed = self._run_bucket(graph, host)
+            # The first run may build derived weights (a transformers model's fused QKV buffer, made on
+            # first use): the graphs read those now, so they are not a re-cast model on the next call.
             self._weights = self._weights_key()
-        graph = self._graphs.get(key)
-        if graph is None:
-            graph = self._graphs[key] = _Graph(*key)
-        packed = self._run_bucket(graph, host)
-        # The first run may build derived weights (a transformers model's fused QKV buffer, made on first
-        # use): the graphs read those now, so they are not a re-cast model on the next call.
-        self._weights = self._weights_key()
-        return packed
+            return packed
 
     # ------------------------------------------------------------------ internals
     def _capturable(self) -> bool:
