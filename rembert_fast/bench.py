@@ -24,6 +24,11 @@ Timing: the median of `--iters` calls after the first call (whose output is chec
 holding compilation and autotuning, is reported separately) and `--warmup` more calls (CUDA events
 on GPU, `perf_counter` on CPU). Results go
 to a table on stdout and a JSON file (device, date, git commit, versions, one entry per row).
+
+Memory: `peak_activation_mb` is the CUDA allocator's peak during one call above what was allocated
+before it (activations and the output). A captured CUDA graph's memory pool was allocated at capture
+and stays allocated, so for ``rembert_fast+graphs`` on a captured bucket (small batches) it counts
+only the copy out of the graph; batches past the largest bucket run eagerly and count in full.
 """
 
 from __future__ import annotations
