@@ -7,6 +7,7 @@ References: transformers' RemBertModel on the same weights, real positions only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -132,6 +133,79 @@ def test_weights_fused_on_first_use_keep_the_buckets():
         again = runner(ids, mask)
     assert runner._graphs == kept and all(runner._graphs[k] is g for k, g in kept.items())
     assert max_error(first, ref, mask) <= 1e-5 and torch.equal(first.hidden, again.hidden)
+
+
+class _FakeGraph:
+    """torch.cuda.CUDAGraph on CPU: replay reruns the encoder calls recorded during capture, writing into
+    the tensors the capture returned (as a real replay rewrites its static output)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def replay(self):
+        for call in self.calls:
+            call()
+
+
+class _FakeStream:
+    def __init__(self, device=None):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+class _FakeEvent:
+    def record(self, stream=None):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+def test_graph_branch_replays_refilled_buffers_and_copies_results_out(monkeypatch):
+    """The graph branch's buffer protocol, on CPU with a stand-in for the CUDA graph API: each batch goes
+    through staging -> static buffer -> replay, and a result stays right after later replays of its own
+    and of another bucket (sharing one memory pool)."""
+    from rembert_fast import cuda_graphs
+
+    capturing = []
+    encode = cuda_graphs.encode_packed
+
+    def recording(*args):
+        out = encode(*args)
+        if capturing:
+            capturing[-1].calls.append(lambda: out.copy_(encode(*args)))
+        return out
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, **kwargs):
+        capturing.append(cuda_graph)
+        yield
+        capturing.pop()
+
+    hf, fast = models()
+    zeros = torch.zeros
+    monkeypatch.setattr(cuda_graphs, "encode_packed", recording)
+    monkeypatch.setattr(torch, "zeros", lambda *a, pin_memory=False, **k: zeros(*a, **k))  # no CUDA to pin
+    for name, value in (("CUDAGraph", _FakeGraph), ("graph", graph), ("graph_pool_handle", object),
+                        ("Event", _FakeEvent), ("Stream", _FakeStream), ("current_stream", _FakeStream),
+                        ("stream", lambda s: contextlib.nullcontext()),
+                        ("device", lambda d: contextlib.nullcontext())):
+        monkeypatch.setattr(torch.cuda, name, value)
+    runner = CudaGraphRunner(fast, token_buckets=(32, 64), seqlen_buckets=(16,), batch_buckets=(4,),
+                             use_graphs=False)
+    runner.use_graphs = True
+    monkeypatch.setattr(runner, "_capturable", lambda: True)  # eager attention runs fine outside a capture
+    cases = [batch([9, 3, 12], 12), batch([5, 16], 16, left=True), batch([16, 16, 16], 16),
+             batch([2, 7, 4], 8)]
+    with torch.no_grad():
+        outs = [runner(ids, mask) for ids, mask in cases]
+        for (ids, mask), out in zip(cases, outs, strict=True):
+            ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+            assert max_error(out, ref, mask) <= 1e-5
+            assert torch.allclose(out.first_tokens(), ref[torch.arange(len(ids)), mask.argmax(1)], atol=1e-5)
+    assert sorted(runner.captured) == [(32, 16, 4), (64, 16, 4)]
 
 
 # ----------------------------------------------------------------------------------------- GPU
