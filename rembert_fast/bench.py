@@ -402,9 +402,11 @@ def _prepare_compile() -> None:
 
 def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], dtypes: list[str],
               shapes: list[Shape], device: torch.device, warmup: int, iters: int, seed: int,
-              progress: Any, gemm_peaks: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+              progress: Any, gemm_peaks: dict[str, dict[str, Any]] | None = None,
+              on_shape: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """One row per (dtype, shape, impl); see the module docstring. `gemm_peaks` maps a dtype name to
-    `gemm_peak`'s result, for each row's fraction of it."""
+    `gemm_peak`'s result, for each row's fraction of it; `on_shape` gets the rows so far after each
+    shape (to save them before a time limit can cut the run off)."""
     rows: list[dict[str, Any]] = []
     config = (hf_master if hf_master is not None else fast_master).config
     ref32 = copy.deepcopy(hf_master).to(device) if hf_master is not None else None
@@ -436,6 +438,8 @@ def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], 
                    model_flops(config, mask.sum(dim=1).tolist()), peak["tflop_per_s"] if peak else None)
             rows += shape_rows
             progress.update(len(impls))
+            if on_shape is not None:
+                on_shape(rows)
         del hf_model, fast_model, fns
     return rows
 
@@ -781,24 +785,10 @@ def run(args: argparse.Namespace) -> int:
     progress: Any = _NoProgress()
     if not args.no_progress:
         progress = tqdm(total=total, unit="case", file=sys.stderr)
-    gemm_peaks: dict[str, dict[str, Any]] = {}
-    try:
-        if plan["gemm_peak"]:
-            # Before the models are copied to the device: the 8192-cube's operands need the memory.
-            progress.set_description("GEMM peak")
-            tokens = max(s.batch * s.seq for s in plan["shapes"])
-            gemm_peaks = {d: gemm_peak(getattr(torch, d), device, _gemm_shapes(model_config, tokens, device),
-                                       max(1, plan["warmup"]), plan["iters"]) for d in plan["dtypes"]}
-        rows = bench_e2e(hf_master, fast_master, plan["impls"], plan["dtypes"], plan["shapes"], device,
-                         plan["warmup"], plan["iters"], args.seed, progress, gemm_peaks)
-        kernels = (bench_kernels(model_config, plan["dtypes"], plan["shapes"], device,
-                                 max(1, plan["warmup"]), plan["iters"], progress) if plan["kernels"] else [])
-    finally:
-        progress.close()
-
-    result = {
+    result: dict[str, Any] = {
         "schema": SCHEMA,
         "date": stamp.isoformat(timespec="seconds"),
+        "complete": False,  # until every case has run: a run cut off keeps the shapes it finished
         "device": device.type,
         "device_name": _device_name(device),
         "device_properties": _device_properties(device),
@@ -813,12 +803,35 @@ def run(args: argparse.Namespace) -> int:
                      "reference": REFERENCE_IMPL if have_hf else None,
                      "error_reference": "transformers float32" if have_hf else None},
         "notes": plan["notes"],
-        "gemm_peak": gemm_peaks,
-        "rows": rows,
-        "kernels": kernels,
+        "gemm_peak": {},
+        "rows": [],
+        "kernels": [],
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    def save(**fields: Any) -> None:
+        # Written after every shape: a time limit's SIGTERM/SIGKILL runs no cleanup, so what is on disk
+        # when it strikes is what survives. Replaced atomically, so a kill never leaves half a file.
+        result.update(fields)
+        partial = output.with_name(output.name + ".partial")
+        partial.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        partial.replace(output)
+
+    try:
+        if plan["gemm_peak"]:
+            # Before the models are copied to the device: the 8192-cube's operands need the memory.
+            progress.set_description("GEMM peak")
+            shapes = _gemm_shapes(model_config, max(s.batch * s.seq for s in plan["shapes"]), device)
+            save(gemm_peak={d: gemm_peak(getattr(torch, d), device, shapes, max(1, plan["warmup"]),
+                                         plan["iters"]) for d in plan["dtypes"]})
+        rows = bench_e2e(hf_master, fast_master, plan["impls"], plan["dtypes"], plan["shapes"], device,
+                         plan["warmup"], plan["iters"], args.seed, progress, result["gemm_peak"],
+                         on_shape=lambda so_far: save(rows=so_far))
+        kernels = (bench_kernels(model_config, plan["dtypes"], plan["shapes"], device,
+                                 max(1, plan["warmup"]), plan["iters"], progress) if plan["kernels"] else [])
+    finally:
+        progress.close()
+    save(rows=rows, kernels=kernels, complete=True)
 
     print(f"device: {result['device_name']}  layers: {model_config.num_hidden_layers}  "
           f"torch {result['versions']['torch']}  median of {plan['iters']} calls after 1 + {plan['warmup']} "

@@ -47,7 +47,7 @@ def test_bench_cpu_json_schema_and_rows(tiny_config, tmp_path, capsys):
     impls = "rembert_fast,transformers+optimize,transformers"
     code, result = run_bench(tiny_config, tmp_path, "--impls", impls)
     assert code == 0
-    assert result["schema"] == bench.SCHEMA and result["device"] == "cpu"
+    assert result["schema"] == bench.SCHEMA and result["device"] == "cpu" and result["complete"] is True
     assert {"torch", "triton", "transformers", "python", "rembert_fast"} <= set(result["versions"])
     assert result["date"] and "git_commit" in result and result["model"]["num_hidden_layers"] == 1
     rows = result["rows"]
@@ -136,6 +136,30 @@ def test_gemm_peak_and_fraction_per_row(tiny_config, tmp_path, monkeypatch):
         assert row["fraction_of_gemm_peak"] == pytest.approx(row["model_tflop_per_s"] / peak["tflop_per_s"])
     default = run_bench(tiny_config, tmp_path, "--impls", "transformers", "--lengths", "fixed")[1]
     assert default["gemm_peak"] == {} and default["rows"][0]["fraction_of_gemm_peak"] is None
+
+
+def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, monkeypatch):
+    """A run killed mid-way (a GPU lease's time limit) leaves the rows of every shape it finished."""
+    real, calls = bench._bench_shape, []
+
+    def dies_on_second_shape(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a timeout's SIGTERM/SIGINT looks like from inside
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_bench_shape", dies_on_second_shape)
+    output = tmp_path / "result.json"
+    args = cli.build_parser().parse_args(
+        ["bench", "--config", str(tiny_config), "--layers", "1", "--shapes", "2x16:fixed,2x8:fixed",
+         "--impls", "rembert_fast,transformers", "--iters", "1", "--no-progress", "--output", str(output)])
+    with pytest.raises(KeyboardInterrupt):
+        args.func(args)
+    partial = json.loads(output.read_text())
+    assert partial["complete"] is False
+    assert {(r["batch"], r["seq"], r["impl"]) for r in partial["rows"]} == {
+        (2, 16, "rembert_fast"), (2, 16, "transformers")}
+    assert all(r["status"] == "ok" and r["agrees"] for r in partial["rows"])
 
 
 def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
