@@ -1,7 +1,8 @@
 """CudaGraphRunner: host packing, buckets with dummy sequences, and graph replay vs eager.
 
 The packing and bucket layout run on CPU (`use_graphs=False` runs the bucketed shapes eagerly, so
-dummy and empty sequences go through the same ops); graph capture and replay need a GPU (`gpu`).
+dummy and empty sequences go through the same ops), and so does the graph branch's buffer handling,
+against a stand-in for torch.cuda's graph API; real capture and replay need a GPU (`gpu`).
 References: transformers' RemBertModel on the same weights, real positions only.
 """
 
