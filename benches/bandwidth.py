@@ -66,6 +66,17 @@ def measure(impls: dict[str, Callable[[], object]], nbytes: int) -> list[dict[st
     } for name, seconds in medians.items()]
 
 
+def write_json(path: Path | None, meta: dict[str, Any], rows: Sequence[dict[str, Any]],
+               complete: bool) -> None:
+    """Write {"meta", "rows", "complete"} to `path` (if given), replacing it atomically. Scripts call it
+    after every shape: a time limit's kill runs no cleanup, so the rows on disk are the rows kept."""
+    if path is None:
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"meta": meta, "rows": list(rows), "complete": complete}, indent=2) + "\n")
+    partial.replace(path)
+
+
 def print_table(header: str, rows: Sequence[dict[str, Any]]) -> None:
     """Print `rows` (each with "shape" plus the fields of `measure`) under a one-line header."""
     print(header)
@@ -126,7 +137,9 @@ class OpBench:
         parser = argparse.ArgumentParser(description=description)
         parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
         args = parser.parse_args()
-        rows = []
+        dtype = str(self.dtype).removeprefix("torch.")
+        meta = {"device": device_name(), "torch": torch.__version__, "dtype": dtype, "op": self.name}
+        rows: list[dict[str, Any]] = []
         for tokens, n in shapes:
             inputs = self.make_inputs(tokens, n)
             for impl in impls:
@@ -134,10 +147,8 @@ class OpBench:
             built = {impl: self.build(impl, inputs) for impl in impls}
             for row in measure(built, self.bytes_moved(tokens, n)):
                 rows.append({"shape": f"T={tokens} N={n}", "tokens": tokens, "n": n, **row})
-        dtype = str(self.dtype).removeprefix("torch.")
+            write_json(args.json, meta, rows, complete=False)
         print_table(f"{self.title}: device {device_name()}, torch {torch.__version__}, dtype {dtype}, "
                     "median after warm-up", rows)
-        if args.json:
-            meta = {"device": device_name(), "torch": torch.__version__, "dtype": dtype, "op": self.name}
-            args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        write_json(args.json, meta, rows, complete=True)
         return 0

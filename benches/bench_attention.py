@@ -26,7 +26,6 @@ implementation's output is checked against ``ops.attention_ref`` on real tokens 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from bandwidth import CUDA, DEVICE, device_name, median_seconds
+from bandwidth import CUDA, DEVICE, device_name, median_seconds, write_json
 
 from rembert_fast import ops
 
@@ -162,6 +161,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
+    meta = {"device": device_name(), "torch": torch.__version__, "dtype": str(DTYPE), "heads": HEADS,
+            "head_dim": HEAD_DIM, "op": "attention"}
     rows = []
     for shape in SHAPES:
         problem = make_problem(*shape)
@@ -173,6 +174,7 @@ def main() -> int:
             rows.append({"shape": _label(shape), "impl": impl, "median_us": seconds * 1e6,
                          "TFLOP/s": problem.useful_flops() / seconds / 1e12,
                          f"speedup_vs_{BASELINE}": medians[BASELINE] / seconds})
+        write_json(args.json, meta, rows, complete=False)
     print(f"attention forward: device {device_name()}, torch {torch.__version__}, dtype "
           f"{str(DTYPE).removeprefix('torch.')}, heads {HEADS}, head_dim {HEAD_DIM}; median after warm-up; "
           "TFLOP/s of real-token work")
@@ -180,10 +182,7 @@ def main() -> int:
     print("  ".join(f"{c:>22}" for c in columns))
     for row in rows:
         print("  ".join(f"{v:>22.3f}" if isinstance(v, float) else f"{v!s:>22}" for v in row.values()))
-    if args.json:
-        meta = {"device": device_name(), "torch": torch.__version__, "dtype": str(DTYPE), "heads": HEADS,
-                "head_dim": HEAD_DIM, "op": "attention"}
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(args.json, meta, rows, complete=True)
     return 0
 
 

@@ -23,7 +23,6 @@ only the eager path runs, at T = 512 in fp32, so CI exercises the file.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from bandwidth import write_json
 
 from rembert_fast import extension
 
@@ -180,6 +180,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
     flush = L2Flush()
+    meta = {"device": _device_name(), "torch": torch.__version__, "dtype": str(DTYPE), "dim": DIM,
+            "vocab": VOCAB, "rounds": ROUNDS, "warmup": WARMUP}
     rows = []
     for tokens in TOKENS:
         inputs = make_inputs(tokens)
@@ -194,6 +196,7 @@ def main() -> int:
                 "speedup_vs_eager": medians["eager"] / seconds,
                 "fraction_of_copy": medians["copy"] / seconds if "copy" in medians else None,
             })
+        write_json(args.json, meta, rows, complete=False)
     print(f"device {_device_name()}, torch {torch.__version__}, dtype {DTYPE}, E={DIM}, vocab {VOCAB}, "
           f"median of {ROUNDS} after {WARMUP} warm-up{', L2 flushed before each call' if CUDA else ''}")
     print(f"{'T':>6} {'impl':>10} {'median us':>10} {'GB/s':>8} {'vs eager':>9} {'of copy':>8}")
@@ -201,10 +204,7 @@ def main() -> int:
         of_copy = f"{row['fraction_of_copy']:.0%}" if row["fraction_of_copy"] is not None else "-"
         print(f"{row['tokens']:>6} {row['impl']:>10} {row['median_us']:>10.1f} {row['GB/s']:>8.1f} "
               f"{row['speedup_vs_eager']:>8.2f}x {of_copy:>8}")
-    if args.json:
-        meta = {"device": _device_name(), "torch": torch.__version__, "dtype": str(DTYPE), "dim": DIM,
-                "vocab": VOCAB, "rounds": ROUNDS, "warmup": WARMUP}
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(args.json, meta, rows, complete=True)
     return 0
 
 

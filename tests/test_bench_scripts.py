@@ -23,6 +23,8 @@ def test_kernel_bench_script_writes_rows(script: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(out.read_text())
     assert record["rows"], f"{script} wrote no rows"
+    # Rows are saved after every shape (complete: false), so a run cut off by a time limit keeps them.
+    assert record["complete"] is True and not list(tmp_path.glob("*.partial"))
     for row in record["rows"]:
         assert row["impl"]
         assert row["median_us"] > 0
