@@ -2,7 +2,8 @@
 
 Set REMBERT_FAST_BUILD_CUDA=1 to require the extension (the build fails if it cannot be made) or 0
 to skip it. Without the variable it is built when torch has CUDA and nvcc is found, and skipped
-otherwise (it is then compiled on first GPU use, or the eager op is used).
+otherwise or when compiling it fails, with a warning (it is then compiled on first GPU use, or the eager
+op is used): the package itself always installs.
 
 pip builds in an isolated environment without torch unless told `--no-build-isolation`; there the
 extension is skipped (REMBERT_FAST_BUILD_CUDA=1 says so and fails). The C++/CUDA sources are shipped
@@ -96,6 +97,7 @@ def get_extensions() -> list:
             sources=_sources(),
             include_dirs=[str(CSRC)],
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", *gencode]},  # torch picks the C++ standard
+            optional=mode == "auto",  # setuptools then warns about a failed compile and goes on
         )
     ]
 
@@ -117,9 +119,22 @@ class BuildPyWithSources(build_py):
 def get_cmdclass(extensions: list) -> dict:
     cmdclass: dict = {"build_py": BuildPyWithSources}
     if extensions:
+        from setuptools.errors import CompileError
         from torch.utils.cpp_extension import BuildExtension
 
-        cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
+        class BuildExtensionReportingCompileErrors(BuildExtension.with_options(use_ninja=True)):
+            """torch's BuildExtension, its compile failures (RuntimeError from ninja) raised as the
+            CompileError that setuptools tolerates for an optional extension."""
+
+            def build_extension(self, ext) -> None:
+                try:
+                    super().build_extension(ext)
+                except RuntimeError as err:
+                    hint = ("; rembert_fast installs without it (it is compiled on first GPU use, or the "
+                            "eager op is used)") if ext.optional else ""
+                    raise CompileError(f"{err}{hint}") from err
+
+        cmdclass["build_ext"] = BuildExtensionReportingCompileErrors
     return cmdclass
 
 
