@@ -1,5 +1,8 @@
 """`rembert-fast bench` on CPU with a tiny config, and the GPU check script's commands.
 
+Every run here says `--device cpu`: on a GPU machine the default device is CUDA, whose defaults (all
+implementations, per-kernel rows, the GEMM peak) are not what these tests describe.
+
 The benchmark's numbers are not asserted (speed is measured in benchmarks, not tests); its JSON
 schema, its rows per implementation, its correctness check and its options are.
 """
@@ -37,8 +40,9 @@ def tiny_config(tmp_path: Path) -> Path:
 def run_bench(tiny_config: Path, tmp_path: Path, *extra: str) -> tuple[int, dict]:
     output = tmp_path / "result.json"
     args = cli.build_parser().parse_args(
-        ["bench", "--config", str(tiny_config), "--layers", "1", "--batch-sizes", "2", "--seq-lens", "16",
-         "--warmup", "0", "--iters", "1", "--no-progress", "--output", str(output), *extra])
+        ["bench", "--device", "cpu", "--config", str(tiny_config), "--layers", "1", "--batch-sizes", "2",
+         "--seq-lens", "16", "--warmup", "0", "--iters", "1", "--no-progress", "--output", str(output),
+         *extra])
     code = args.func(args)
     return code, json.loads(output.read_text())
 
@@ -77,8 +81,8 @@ def test_bench_model_dir_loads_the_same_weights_in_both(tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
     output = tmp_path / "result.json"
     args = cli.build_parser().parse_args(
-        ["bench", "--model", str(tmp_path / "ckpt"), "--shapes", "2x8:variable", "--iters", "1",
-         "--no-progress", "--output", str(output)])
+        ["bench", "--device", "cpu", "--model", str(tmp_path / "ckpt"), "--shapes", "2x8:variable",
+         "--iters", "1", "--no-progress", "--output", str(output)])
     assert args.func(args) == 0
     result = json.loads(output.read_text())
     assert result["model"]["num_hidden_layers"] == 2 and result["model"]["source"] == str(tmp_path / "ckpt")
@@ -151,8 +155,9 @@ def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, mo
     monkeypatch.setattr(bench, "_bench_shape", dies_on_second_shape)
     output = tmp_path / "result.json"
     args = cli.build_parser().parse_args(
-        ["bench", "--config", str(tiny_config), "--layers", "1", "--shapes", "2x16:fixed,2x8:fixed",
-         "--impls", "rembert_fast,transformers", "--iters", "1", "--no-progress", "--output", str(output)])
+        ["bench", "--device", "cpu", "--config", str(tiny_config), "--layers", "1", "--shapes",
+         "2x16:fixed,2x8:fixed", "--impls", "rembert_fast,transformers", "--iters", "1", "--no-progress",
+         "--output", str(output)])
     with pytest.raises(KeyboardInterrupt):
         args.func(args)
     partial = json.loads(output.read_text())
