@@ -819,7 +819,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if plan["gemm_peak"]:
-            # Before the models are copied to the device: the 8192-cube's operands need the memory.
+            # First, on an idle device (no model copies yet), and saved at once: a few seconds in all.
             progress.set_description("GEMM peak")
             shapes = _gemm_shapes(model_config, max(s.batch * s.seq for s in plan["shapes"]), device)
             save(gemm_peak={d: gemm_peak(getattr(torch, d), device, shapes, max(1, plan["warmup"]),
