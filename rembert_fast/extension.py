@@ -10,8 +10,9 @@ Where the module comes from, first hit wins:
 3. nothing: ``ops.embed`` takes the eager path and ``status()`` says why.
 
 The sources are found in the package (``rembert_fast/csrc``, where a wheel ships them) or beside it
-(``csrc/`` of a source checkout or an editable install). `load()` caches its result and reason for the
-process; `status()` reports without building anything.
+(``csrc/`` of a source checkout or an editable install). Both builds compile with the toolkit of
+`cuda_toolkit_root()`: torch's CUDA_HOME, or the one nvcc names where torch's guess has no headers.
+`load()` caches its result and reason for the process; `status()` reports without building anything.
 """
 
 from __future__ import annotations
