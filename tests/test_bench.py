@@ -167,6 +167,24 @@ def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, mo
     assert all(r["status"] == "ok" and r["agrees"] for r in partial["rows"])
 
 
+def test_a_failing_reference_keeps_the_kernel_row():
+    """SDPA's flash backend refuses some inputs (fp32 on CUDA): that reference's error is recorded and
+    the kernel's own figures are still reported."""
+    x = bench.torch.randn(64, 32)
+
+    def refuses() -> None:
+        raise RuntimeError("No available kernel. Aborting execution.")
+
+    case = bench._KernelCase("attention(varlen, d=16)", "1x64x2x16", lambda: x * 2,
+                             {"eager": lambda: x * 2, "sdpa_flash": refuses}, None, 1e6)
+    row = bench._time_kernel(case, "float32", 1, 64, bench.torch.device("cpu"), 0, 2)
+    assert row["status"] == "ok" and row["median_ms"] > 0 and row["tflop_per_s"] > 0
+    assert row["eager_median_ms"] > 0 and "speedup_vs_eager" in row
+    assert row["sdpa_flash_error"] == "RuntimeError: No available kernel. Aborting execution."
+    assert "sdpa_flash_median_ms" not in row
+    assert "attention" in bench.format_kernel_table([row])
+
+
 def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
     """The agreement check can fail: corrupt rembert_fast's output and the row is flagged, exit 1."""
     real = bench._make_callable
