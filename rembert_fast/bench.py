@@ -653,16 +653,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def format_kernel_table(rows: list[dict[str, Any]]) -> str:
     """The per-kernel rows as a fixed-width text table."""
     head = (f"{'op':<28} {'dtype':<9} {'shape':<18} {'median ms':>10} {'vs eager':>9} {'GB/s':>8} "
-            f"{'TFLOP/s':>8}")
+            f"{'of copy':>8} {'TFLOP/s':>8} {'vs SDPA':>8}")
     lines = [head, "-" * len(head)]
+
+    def cell(r: dict[str, Any], key: str, spec: str) -> str:
+        return "-" if r.get(key) is None else format(r[key], spec)
+
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"{r['op']:<28} {r['dtype']:<9} {r['shape']:<18} {r['status']}")
             continue
-        gbps = f"{r['gb_per_s']:.0f}" if "gb_per_s" in r else "-"
-        tflops = f"{r['tflop_per_s']:.1f}" if "tflop_per_s" in r else "-"
         lines.append(f"{r['op']:<28} {r['dtype']:<9} {r['shape']:<18} {r['median_ms']:>10.3f} "
-                     f"{r['speedup_vs_eager']:>9.2f} {gbps:>8} {tflops:>8}")
+                     f"{cell(r, 'speedup_vs_eager', '.2f'):>9} {cell(r, 'gb_per_s', '.0f'):>8} "
+                     f"{cell(r, 'fraction_of_copy_bandwidth', '.0%'):>8} {cell(r, 'tflop_per_s', '.1f'):>8} "
+                     f"{cell(r, 'speedup_vs_sdpa_flash', '.2f'):>8}")
     return "\n".join(lines)
 
 

@@ -183,6 +183,10 @@ def test_a_failing_reference_keeps_the_kernel_row():
     assert row["sdpa_flash_error"] == "RuntimeError: No available kernel. Aborting execution."
     assert "sdpa_flash_median_ms" not in row
     assert "attention" in bench.format_kernel_table([row])
+    del row["speedup_vs_eager"]  # a failed eager reference leaves no ratio: the table shows "-"
+    head, _, line = bench.format_kernel_table([row]).splitlines()
+    end = head.index("vs eager") + len("vs eager")
+    assert line[end - 9:end].strip() == "-"
 
 
 def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
