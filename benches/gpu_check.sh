@@ -143,11 +143,11 @@ EOF
 done
 
 echo
-for json in "$OUT/$TAG-e2e.json" "$OUT/$TAG-compile.json"; do
+for json in "$OUT/$TAG-e2e.json" "$OUT/$TAG-compile.json" "$OUT/$TAG-max-autotune.json"; do
     [ -f "$json" ] || continue
     echo "== $(basename "$json")"
-    "$PY" -c "import json, sys; from rembert_fast.bench import format_table; \
-print(format_table(json.load(open(sys.argv[1]))['rows']))" "$json"
+    "$PY" -c "import json, sys; from rembert_fast.bench import summary; \
+print(summary(json.load(open(sys.argv[1]))))" "$json"
 done
 echo
 echo "== steps ($((SECONDS - START)) s in all; logs in $LOG, records in $OUT/$TAG-*.json)"

@@ -670,6 +670,18 @@ def format_kernel_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary(record: dict[str, Any]) -> str:
+    """A whole JSON record as text: the GEMM peak, whether the run finished, both tables."""
+    lines = [f"GEMM peak {dtype}: {peak['tflop_per_s']:.0f} TFLOP/s"
+             for dtype, peak in record.get("gemm_peak", {}).items()]
+    if not record.get("complete", True):
+        lines.append("INCOMPLETE: the run was cut off; these are the cases it finished")
+    if record.get("kernels"):
+        lines.append(format_kernel_table(record["kernels"]))
+    lines.append(format_table(record["rows"]))
+    return "\n".join(lines)
+
+
 def write_plot(rows: list[dict[str, Any]], path: Path) -> None:
     """A bar chart of real tokens/s per case and implementation (needs matplotlib)."""
     try:

@@ -189,6 +189,17 @@ def test_a_failing_reference_keeps_the_kernel_row():
     assert line[end - 9:end].strip() == "-"
 
 
+def test_summary_of_a_cut_off_record(tiny_config, tmp_path):
+    """What gpu_check.sh prints last for each record: peak, completeness, kernel and end-to-end tables."""
+    _, result = run_bench(tiny_config, tmp_path, "--impls", "rembert_fast,transformers", "--lengths", "fixed",
+                          "--kernels", "--gemm-peak")
+    text = bench.summary(result)
+    assert text.startswith("GEMM peak float32: ") and "INCOMPLETE" not in text
+    assert "layer_norm(+bias+residual)" in text and "of GEMM" in text and "transformers" in text
+    result["complete"] = False
+    assert "INCOMPLETE" in bench.summary(result)
+
+
 def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
     """The agreement check can fail: corrupt rembert_fast's output and the row is flagged, exit 1."""
     real = bench._make_callable
