@@ -162,7 +162,8 @@ def encode_packed(
             encoder.embedding_hidden_mapping_in.bias)
     # ops.embed checks the ids with a device sync, which a graph capture cannot hold; they were checked
     # on the host, so call the backend ops.embed would pick directly, without its check.
-    use_extension = ids.device.type == "cuda" and ops.requested_backend() in ("auto", "cuda")
+    use_extension = (ids.device.type == "cuda" and ops.requested_backend() in ("auto", "cuda")
+                     and ops.extension_takes_embed(*args[3:8]))
     module = extension.load() if use_extension else None
     if module is not None:
         hidden = extension.embed(module, *args, check_ids=False)

@@ -442,6 +442,20 @@ def check_ids(name: str, ids: torch.Tensor, limit: int, limit_name: str) -> None
         raise ValueError(f"{name} contains {bad}, outside [0, {limit}) ({limit_name}={limit})")
 
 
+def extension_takes_embed(
+    word_weight: torch.Tensor,
+    position_weight: torch.Tensor,
+    type_weight: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor | None,
+) -> bool:
+    """Whether the extension's kernel reads these as they are: contiguous tables and LN parameters, the
+    LN parameters in the tables' dtype (fp32 LN parameters with half tables, strided views or a missing
+    LN bias run eagerly)."""
+    tensors = (word_weight, position_weight, type_weight, ln_weight, ln_bias)
+    return ln_weight.dtype == word_weight.dtype and all(t is not None and t.is_contiguous() for t in tensors)
+
+
 def embed(
     input_ids: torch.Tensor,  # (...) int64/int32 token ids
     position_ids: torch.Tensor,  # (...) same shape
@@ -482,11 +496,8 @@ def embed(
         from rembert_fast import extension
 
         module = extension.load()
-        # The kernel reads contiguous tables and LN parameters in the tables' dtype; on `auto` the
-        # others (fp32 LN parameters with half tables, strided views, no LN bias) take the eager path.
-        takes = ln_weight.dtype == word_weight.dtype and all(
-            t is not None and t.is_contiguous()
-            for t in (word_weight, position_weight, type_weight, ln_weight, ln_bias))
+        # On `auto`, what the kernel cannot read as it is takes the eager path.
+        takes = extension_takes_embed(word_weight, position_weight, type_weight, ln_weight, ln_bias)
         if module is not None and (takes or requested == "cuda"):
             return extension.embed(module, *args)
         if module is None and requested == "cuda":

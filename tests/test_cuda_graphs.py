@@ -239,6 +239,27 @@ def test_graph_replay_matches_eager(dtype):
 
 
 @pytest.mark.gpu
+def test_graphs_take_fp32_embedding_layer_norm_on_a_bf16_model():
+    """fp32 embedding LayerNorm parameters on bf16 tables (ops.embed's contract allows them; the
+    extension's kernel does not read them) take the eager embedding inside the graph instead of failing."""
+    hf32, fast32 = models("cuda")
+    hf = copy.deepcopy(hf32).to(torch.bfloat16)
+    fast = copy.deepcopy(fast32).to(torch.bfloat16)
+    fast.embeddings.LayerNorm.float()
+    runner = CudaGraphRunner(fast)
+    with torch.inference_mode(), ops.use_backend("auto"):
+        for lengths, seqlen in [([5, 9, 2], 12), ([7, 3, 12], 12)]:
+            ids, mask = batch(lengths, seqlen)
+            out = runner(ids, mask)
+            ref32 = hf32(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+            ref_hf = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+            real = mask.bool().cuda()
+            hf_error = (ref_hf.float()[real] - ref32[real]).abs().max().item()
+            assert max_error(out, ref32, mask) <= 2 * hf_error + 1e-2
+    assert runner.captured
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_graphs_of_a_model_on_a_device_that_is_not_current():
     """Capture, event and replay follow the model's device, not the current one."""
