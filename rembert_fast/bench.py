@@ -161,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_opts.add_argument("--warmup", type=int,
                           help="untimed calls after the first, checked one (default: 3 GPU, 0 CPU)")
     run_opts.add_argument("--iters", type=int, help="timed calls (default: 20 GPU, 3 CPU)")
-    run_opts.add_argument("--seed", type=int, default=0)
+    run_opts.add_argument("--seed", type=int, default=0, help="seeds the random weights and the inputs")
     run_opts.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); "
                           "1 gives steadier CPU timings on a busy machine")
     run_opts.add_argument("--output", metavar="FILE", help="JSON results (default: "
@@ -796,6 +796,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else (
         RESULTS_DIR / f"bench-{_slug(_device_name(device))}-{stamp:%Y%m%d-%H%M%S}.json")
 
+    torch.manual_seed(args.seed)  # random weights too: separate runs with one seed time the same model
     hf_master, fast_master = build_masters(config_dict, args.model, plan["layers"], have_hf,
                                            any(i.startswith("rembert_fast") for i in plan["impls"]))
     model_config = (hf_master if hf_master is not None else fast_master).config

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rembert_fast import bench, cli
 
@@ -198,6 +199,22 @@ def test_summary_of_a_cut_off_record(tiny_config, tmp_path):
     assert "layer_norm(+bias+residual)" in text and "of GEMM" in text and "transformers" in text
     result["complete"] = False
     assert "INCOMPLETE" in bench.summary(result)
+
+
+def test_random_weights_follow_the_seed(tiny_config, tmp_path, monkeypatch):
+    """Two runs with one --seed benchmark the same random model (gpu_check's e2e and compile steps are
+    separate processes whose errors should be comparable); another seed gives another model."""
+    real, weights = bench.build_masters, []
+
+    def recording(*args, **kwargs):
+        hf_model, fast_model = real(*args, **kwargs)
+        weights.append(hf_model.encoder.layer[0].intermediate.dense.weight.clone())
+        return hf_model, fast_model
+
+    monkeypatch.setattr(bench, "build_masters", recording)
+    for seed in ("3", "3", "4"):
+        run_bench(tiny_config, tmp_path, "--impls", "transformers", "--lengths", "fixed", "--seed", seed)
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
 def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
