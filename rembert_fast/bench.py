@@ -25,6 +25,11 @@ holding compilation and autotuning, is reported separately) and `--warmup` more 
 on GPU, `perf_counter` on CPU). Results go
 to a table on stdout and a JSON file (device, date, git commit, versions, one entry per row).
 
+Run time: torch.compile (dynamic=False) compiles the 32-layer model once per dtype, input shape and
+mode, about a minute each on an H100 host and several for max-autotune, so the GPU defaults (2 dtypes
+x 6 shapes x 2 modes) spend most of an hour compiling; `--no-max-autotune`, `--no-compile` or a few
+`--shapes` make a quick run (benches/gpu_check.sh compiles one shape).
+
 Memory: `peak_activation_mb` is the CUDA allocator's peak during one call above what was allocated
 before it (activations and the output). A captured CUDA graph's memory pool was allocated at capture
 and stays allocated, so for ``rembert_fast+graphs`` on a captured bucket (small batches) it counts
