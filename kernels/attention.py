@@ -433,8 +433,9 @@ def attention_varlen(
     batch = cu_seqlens_q.numel() - 1
     if batch <= 0 or q.shape[0] == 0 or int(max_seqlen_q) == 0:
         return out
-    cu_seqlens_q = cu_seqlens_q.to(torch.int32)
-    cu_seqlens_k = cu_seqlens_k.to(torch.int32)
+    # The kernel indexes the offsets as flat arrays: a strided view (a column of a table) is copied.
+    cu_seqlens_q = cu_seqlens_q.to(torch.int32).contiguous()
+    cu_seqlens_k = cu_seqlens_k.to(torch.int32).contiguous()
     _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, None, batch, int(max_seqlen_q), causal, softmax_scale)
     return out
 

@@ -158,6 +158,18 @@ def test_every_output_row_is_written(dtype: torch.dtype, causal: bool) -> None:
     _assert_close(out, truth, ops.attention_ref(q, k, v, cu, cu, max(LENGTHS), max(LENGTHS), causal=causal))
 
 
+def test_strided_cu_seqlens_are_read_by_value() -> None:
+    # A column of a (B+1, 2) table of offsets: the kernel indexes cu_seqlens as a flat array, so a view
+    # with stride 2 must be made contiguous first, or sequence b reads another entry's offset.
+    cu = _cu_seqlens(LENGTHS)
+    both = torch.stack([cu, torch.zeros_like(cu)], dim=1)  # (B+1, 2)
+    strided = both[:, 0]
+    assert strided.stride() == (2,) and torch.equal(strided, cu)
+    _, q, k, v = _fused_qkv(int(cu[-1]), 32, torch.float32)
+    out, truth, eager = _varlen_case(q, k, v, strided, strided, causal=False)
+    _assert_close(out, truth, eager)
+
+
 def test_batches_beyond_the_grid_limit_are_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
     # CUDA caps the grid's batch axis at 65535; shrink the cap so the chunked path runs at a tiny size.
     monkeypatch.setattr(kernel, "_MAX_GRID_BATCH", 2)
