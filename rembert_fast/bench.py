@@ -43,6 +43,7 @@ import copy
 import datetime
 import functools
 import json
+import os
 import platform
 import re
 import statistics
@@ -178,6 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------------------- environment
 def _git_commit() -> str | None:
+    """$REMBERT_FAST_COMMIT when set (a lent GPU machine's copy of the tree has no .git), else git's HEAD."""
+    if os.environ.get("REMBERT_FAST_COMMIT"):
+        return os.environ["REMBERT_FAST_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=10, check=True)

@@ -217,6 +217,16 @@ def test_random_weights_follow_the_seed(tiny_config, tmp_path, monkeypatch):
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
+def test_commit_from_the_environment_where_there_is_no_git(monkeypatch, tmp_path):
+    """A lent GPU machine gets a copy of the working tree without .git: REMBERT_FAST_COMMIT names the
+    commit the records were measured at (gpu_check.sh passes it through)."""
+    monkeypatch.setenv("REMBERT_FAST_COMMIT", "0123abcd")
+    assert bench._git_commit() == "0123abcd"
+    monkeypatch.delenv("REMBERT_FAST_COMMIT")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable
+    assert bench._git_commit() is None
+
+
 def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
     """The agreement check can fail: corrupt rembert_fast's output and the row is flagged, exit 1."""
     real = bench._make_callable
