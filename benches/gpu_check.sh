@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU validation in one call (issue 8): install with the CUDA extension, report the backends, run the
-# GPU tests and the kernel tests on real CUDA, then the end-to-end and kernel benchmarks.
+# GPU tests, the end-to-end benchmarks, the kernel tests on real CUDA, then the kernel benchmarks.
 #
 #   usage: bash benches/gpu_check.sh OUTDIR
 #
@@ -23,10 +23,18 @@
 # Steps run in order of what a short lease most needs: the GPU-marked tests (kernels at RemBERT's
 # shapes and past 2**31 elements, the extension, CUDA graphs), then the issue-8 figures (end to end,
 # whose rows are checked against transformers in float32 before they are timed, and torch.compile),
-# then the kernel test files on CUDA, then the per-kernel tables; each has a time limit cut to what is left of GPU_CHECK_BUDGET (default 540 s
-# in all, so one call ends inside a 10-minute command limit), a failing step is recorded and the next
-# one still runs, and steps left when the budget is spent are recorded as skipped. A short table is
-# printed last.
+# then the kernel test files on CUDA, then the per-kernel tables; each has a time limit cut to what is
+# left of GPU_CHECK_BUDGET (default 540 s in all, so one call ends inside a 10-minute command limit), a
+# failing step is recorded and the next one still runs, and steps left when the budget is spent are
+# recorded as skipped. The bench JSON files are rewritten after every case, so a step cut off by its
+# limit still returns what it measured ("complete": false). Each record's summary is printed last.
+#
+# Expected seconds on an H100 host, cold caches (estimated from CPU runs of the same steps, not yet
+# measured): install 50 (nvcc + the binding: 41 s on 2 cores), doctor 5, gpu_tests 40-90, bench_e2e
+# 60-90 (two 575M-parameter random models built on the CPU: ~20 s), bench_compile 80-150 (torch.compile
+# of the 32-layer model, once), kernel_tests 60-100, kernel tables 20-60 each: the issue-8 records are
+# back after about 250-400 s; the kernel tables may need a second call (GPU_CHECK_SKIP="install doctor
+# gpu_tests bench_e2e bench_compile kernel_tests" on the still-warm machine).
 #
 # Environment: GPU_CHECK_SKIP="step ..." skips steps by name (e.g. "gpu_tests kernel_tests" for a
 # second, benchmarks-only call); GPU_CHECK_MAX_AUTOTUNE=1 adds torch.compile(max-autotune) (its compile
