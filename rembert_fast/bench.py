@@ -847,6 +847,7 @@ def run(args: argparse.Namespace) -> int:
         partial.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         partial.replace(output)
 
+    save()  # the metadata, at once: a run cut off before its first case still says what it ran on
     try:
         if plan["gemm_peak"]:
             # First, on an idle device (no model copies yet), and saved at once: a few seconds in all.

@@ -143,17 +143,19 @@ def test_gemm_peak_and_fraction_per_row(tiny_config, tmp_path, monkeypatch):
     assert default["gemm_peak"] == {} and default["rows"][0]["fraction_of_gemm_peak"] is None
 
 
-def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, monkeypatch):
-    """A run killed mid-way (a GPU lease's time limit) leaves the rows of every shape it finished."""
+@pytest.mark.parametrize("dies_at", (1, 2))
+def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, monkeypatch, dies_at):
+    """A run killed mid-way (a GPU lease's time limit) leaves its metadata and the rows of every shape it
+    finished: none when it dies in the first shape, the first shape's when it dies in the second."""
     real, calls = bench._bench_shape, []
 
-    def dies_on_second_shape(*args, **kwargs):
+    def dies(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == dies_at:
             raise KeyboardInterrupt  # what a timeout's SIGTERM/SIGINT looks like from inside
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "_bench_shape", dies_on_second_shape)
+    monkeypatch.setattr(bench, "_bench_shape", dies)
     output = tmp_path / "result.json"
     args = cli.build_parser().parse_args(
         ["bench", "--device", "cpu", "--config", str(tiny_config), "--layers", "1", "--shapes",
@@ -162,9 +164,9 @@ def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         args.func(args)
     partial = json.loads(output.read_text())
-    assert partial["complete"] is False
-    assert {(r["batch"], r["seq"], r["impl"]) for r in partial["rows"]} == {
-        (2, 16, "rembert_fast"), (2, 16, "transformers")}
+    assert partial["complete"] is False and partial["versions"]["torch"] and partial["kernels"] == []
+    finished = {(2, 16, "rembert_fast"), (2, 16, "transformers")} if dies_at == 2 else set()
+    assert {(r["batch"], r["seq"], r["impl"]) for r in partial["rows"]} == finished
     assert all(r["status"] == "ok" and r["agrees"] for r in partial["rows"])
 
 
