@@ -97,7 +97,7 @@ def test_bench_kernels_rows(tiny_config, tmp_path):
     assert code == 0
     ops_run = {r["op"] for r in result["kernels"]}
     assert ops_run == {"layer_norm(+bias+residual)", "bias_act(gelu)", "attention(varlen, d=16)",
-                       "embed(gather+LN)"}
+                       "embed(gather+LN, id check incl.)"}
     for row in result["kernels"]:
         assert row["status"] == "ok" and row["median_ms"] > 0 and row["eager_median_ms"] > 0
         assert ("gb_per_s" in row) != ("tflop_per_s" in row)
