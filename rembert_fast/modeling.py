@@ -1128,7 +1128,7 @@ class RemBertLMPredictionHead(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.output_embedding_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        x = ops.bias_act(F.linear(hidden_states, self.dense.weight), self.dense.bias, self.activation)
+        x = ops.bias_act(*_dense(hidden_states, self.dense), self.activation)
         x = ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
         return self.decoder(x)
 
@@ -1240,9 +1240,16 @@ def _dense_residual_norm(
     if dropout_p > 0.0:
         y = F.dropout(F.linear(x, dense.weight, dense.bias), dropout_p, training=True)
         return ops.layer_norm(y, norm.weight, norm.bias, norm.eps, residual=residual)
-    return ops.layer_norm(
-        F.linear(x, dense.weight), norm.weight, norm.bias, norm.eps, residual=residual, x_bias=dense.bias
-    )
+    y, bias = _dense(x, dense)
+    return ops.layer_norm(y, norm.weight, norm.bias, norm.eps, residual=residual, x_bias=bias)
+
+
+def _dense(x: torch.Tensor, dense: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x W^T, b) for the next op to add b in its own pass (a Triton kernel), or (x W^T + b, None) in one
+    addmm where that op runs eagerly (see ops.gemm_takes_bias)."""
+    if ops.gemm_takes_bias(x, dense.weight, dense.bias):
+        return F.linear(x, dense.weight, dense.bias), None
+    return F.linear(x, dense.weight), dense.bias
 
 
 def packed_layer_forward(
@@ -1270,8 +1277,7 @@ def packed_layer_forward(
     a = _dense_residual_norm(
         layer.attention.output.dense, layer.attention.output.LayerNorm, context, hidden, dropout_p
     )  # (T, hidden)
-    up = layer.intermediate.dense
-    f = ops.bias_act(F.linear(a, up.weight), up.bias, activation)  # (T, intermediate)
+    f = ops.bias_act(*_dense(a, layer.intermediate.dense), activation)  # (T, intermediate)
     return _dense_residual_norm(layer.output.dense, layer.output.LayerNorm, f, a, dropout_p)  # (T, hidden)
 
 

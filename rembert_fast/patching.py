@@ -223,7 +223,8 @@ def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:
 
 def _lm_head_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """transformers' RemBertLMPredictionHead: decoder(LN(act(dense(x)))), with the ops fusing bias+act."""
-    x = ops.bias_act(torch.nn.functional.linear(hidden_states, self.dense.weight), self.dense.bias,
-                     self.__dict__[_STATE]["activation"])
+    from rembert_fast.modeling import _dense
+
+    x = ops.bias_act(*_dense(hidden_states, self.dense), self.__dict__[_STATE]["activation"])
     x = ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
     return self.decoder(x)

@@ -131,6 +131,35 @@ def test_every_head_matches_transformers_on_the_triton_backend(head, config, pat
         assert abs(got.loss.item() - ref.loss.item()) <= TOL
 
 
+def test_linear_bias_goes_into_the_gemm_only_where_the_next_op_runs_eagerly(monkeypatch):
+    """The eager ops would add a Linear's bias in a pass of their own: the layer hands it to the GEMM
+    there (one addmm), and to the fused Triton kernels everywhere else. Checked on the ops the layer
+    actually calls: the bias they receive."""
+    hf, ours = make_pair("RemBertModel", "d32")
+    inputs = make_inputs("d32", "right")
+    received = []
+    for name in ("layer_norm", "bias_act"):
+        original = getattr(ops, name)
+
+        def spy(x, *args, _original=original, _name=name, **kwargs):
+            bias = kwargs.get("x_bias") if _name == "layer_norm" else args[0]
+            received.append(bias is not None)
+            return _original(x, *args, **kwargs)
+
+        monkeypatch.setattr(ops, name, spy)
+    layers = CONFIGS["d32"]["num_hidden_layers"]
+    with torch.no_grad():
+        ref = hf(**inputs).last_hidden_state
+        for backend, bias_to_op in (("eager", False), ("triton", True)):
+            received.clear()
+            with ops.use_backend(backend):
+                got = ours(**inputs).last_hidden_state
+            per_layer = received[-3 * layers:]  # two LayerNorms with x_bias and one bias_act per layer
+            assert per_layer == [bias_to_op] * (3 * layers), backend
+            real = inputs["attention_mask"].bool()
+            assert_close(got[real], ref[real])
+
+
 def test_unpadded_batch_takes_the_padded_kernel(kernel_calls):
     """A batch without padding is a plain (B, L) batch: the padded attention entry, no mask."""
     hf, ours = make_pair("RemBertModel", "d16")
