@@ -172,6 +172,8 @@ def layer_norm_ref(
         x = x + x_bias
     if residual is not None:
         x = x + residual
+    if weight.dtype != x.dtype:  # fp32 LN parameters on half x: CUDA's F.layer_norm refuses the mix
+        return F.layer_norm(x.to(weight.dtype), (x.shape[-1],), weight, bias, eps).to(x.dtype)
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
