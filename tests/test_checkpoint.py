@@ -181,6 +181,37 @@ def test_dtype_conversion(tmp_path, dtype, expected):
     assert all(p.dtype == expected and p.device.type == "cpu" for p in ours.parameters())
 
 
+@pytest.mark.gpu
+def test_loads_straight_to_the_gpu_in_bf16_without_an_fp32_copy(tmp_path):
+    """from_pretrained(dtype=bf16, device="cuda"): every tensor lands on the GPU in bf16, the GPU never
+    holds more than the bf16 model plus one tensor's fp32 staging, and the outputs match transformers'
+    fp32 model within twice transformers' own bf16 error."""
+    config = {**CONFIG, "vocab_size": 5000, "hidden_size": 256, "intermediate_size": 1024,
+              "input_embedding_size": 128, "output_embedding_size": 128, "num_attention_heads": 4}
+    theirs = transformers.RemBertForMaskedLM(transformers.RemBertConfig(**config)).eval()
+    theirs.save_pretrained(tmp_path)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    ours = _ours("RemBertForMaskedLM").from_pretrained(tmp_path, dtype=torch.bfloat16, device="cuda")
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    params = list(ours.parameters())
+    assert all(p.device.type == "cuda" and p.dtype == torch.bfloat16 for p in params)
+    bf16_bytes = sum(p.numel() * p.element_size() for p in params)
+    largest_fp32 = max(p.numel() for p in params) * 4
+    assert peak <= 1.05 * bf16_bytes + largest_fp32, (peak, bf16_bytes, largest_fp32)
+
+    inputs = {key: value.cuda() for key, value in _inputs("RemBertForMaskedLM").items()}
+    real = inputs["attention_mask"].bool()
+    with torch.inference_mode():
+        ref32 = theirs.cuda()(**inputs).logits[real]
+        got = ours(**inputs).logits[real].float()
+        ref16 = theirs.to(torch.bfloat16)(**inputs).logits[real].float()
+    hf_error = (ref16 - ref32).abs().max().item()
+    assert (got - ref32).abs().max().item() <= 2 * hf_error + 1e-2
+
+
 def test_auto_dtype_follows_the_checkpoint(tmp_path):
     original = _hf_model("RemBertModel")
     original.save_pretrained(tmp_path / "hf")
