@@ -8,6 +8,7 @@ modules prove the kernels ran (an op that fell back to eager would pass the numb
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -182,3 +183,29 @@ def test_optimized_transformers_model_matches_rembert_fast_model():
         got_ours = ours(**inputs).logits
         got_hf = rembert_fast.optimize(hf)(**inputs).logits
     assert_close(got_hf[real], got_ours[real])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_models_on_the_gpu_match_transformers(dtype):
+    """The whole fast path in bf16/fp16 on CUDA (Triton kernels and the extension, `auto` dispatch):
+    hidden states, pooler and masked-LM logits (all positions, and only `masked_positions`) within twice
+    transformers' own error in that dtype against its fp32 model, plus 1e-2."""
+    hf, ours = make_pair("RemBertForMaskedLM", "d32")
+    inputs = make_inputs("d32", "hole", batch=3, seqlen=40)
+    real = inputs["attention_mask"].bool()
+    half_hf, half_ours = copy.deepcopy(hf).to(dtype), copy.deepcopy(ours).to(dtype)
+    with torch.inference_mode(), ops.use_backend("auto"):
+        ref32 = hf(**inputs, output_hidden_states=True)
+        ref16 = half_hf(**inputs, output_hidden_states=True)
+        got = half_ours(**inputs, output_hidden_states=True)
+        picked = half_ours(**inputs, masked_positions=real).logits  # (real tokens, vocab)
+
+    def bound(ref16_t: torch.Tensor, ref32_t: torch.Tensor) -> float:
+        return 2 * (ref16_t.float() - ref32_t).abs().max().item() + 1e-2
+
+    last32, last16 = ref32.hidden_states[-1][real], ref16.hidden_states[-1][real]
+    assert (got.hidden_states[-1][real].float() - last32).abs().max().item() <= bound(last16, last32)
+    logits32, logits16 = ref32.logits[real], ref16.logits[real]
+    assert (got.logits[real].float() - logits32).abs().max().item() <= bound(logits16, logits32)
+    assert (picked.float() - logits32).abs().max().item() <= bound(logits16, logits32)
