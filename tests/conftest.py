@@ -29,3 +29,21 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+_SUMMARY_LINES = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def report_in_summary(request):
+    """Append lines to a section printed at the end of the run (CI's log shows the smoke benchmark)."""
+    lines = request.config.stash.setdefault(_SUMMARY_LINES, [])
+    return lines.append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(_SUMMARY_LINES, [])
+    if lines:
+        terminalreporter.write_sep("-", "CPU smoke benchmark (reported, not asserted)")
+        for line in lines:
+            terminalreporter.write_line(line)
