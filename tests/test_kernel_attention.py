@@ -295,3 +295,50 @@ def test_token_offsets_beyond_int32_on_gpu():
         truth = ops.attention_ref(q64, k64, v64, one, one, seqlen, seqlen)
         eager = ops.attention_ref(q[rows], k[rows], v[rows], one, one, seqlen, seqlen)
         _assert_close(out[rows], truth, eager)
+
+
+@pytest.mark.parametrize("causal", (False, True), ids=("full", "causal"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_eager_path_runs_one_sdpa_per_sequence(dtype: torch.dtype, causal: bool, monkeypatch) -> None:
+    """ops.attention's eager path on CPU (`attention_per_sequence`: one SDPA per sequence on views of
+    the packed rows, no padding) against attention_ref in float64, with queries and keys of different
+    lengths (bottom-right causal alignment, queries that see no key come out 0), an empty query
+    sequence, and fused-QKV views; fp32 to 1e-6 relative, fp16/bf16 within eager's own error."""
+    lens_q, lens_k = (3, 16, 1, 20, 0, 9), (21, 5, 33, 20, 4, 9)
+    cu_q, cu_k = _cu_seqlens(lens_q).cpu(), _cu_seqlens(lens_k).cpu()
+    q = torch.randn(int(cu_q[-1]), HEADS, 32).to(dtype)
+    _, k, v = _fused_qkv(int(cu_k[-1]), 32, dtype)[1:]
+    k, v = k.cpu(), v.cpu()
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask") is None)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    with ops.use_backend("eager"):
+        out = ops.attention(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal, softmax_scale=0.3)
+    assert len(calls) == 5  # one per sequence with queries; no padded batch call
+    if causal:
+        assert calls == [False, False, False, True, True]  # masks only where lengths differ
+    monkeypatch.undo()
+    truth = ops.attention_ref(q.double(), k.double(), v.double(), cu_q, cu_k, max(lens_q), max(lens_k),
+                              causal=causal, softmax_scale=0.3)
+    eager = ops.attention_ref(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal, softmax_scale=0.3)
+    assert out.shape == q.shape and out.dtype == dtype
+    if dtype == torch.float32:
+        assert _rel_error(out, truth) <= 1e-6
+    else:
+        _assert_close(out, truth, eager)
+    if causal:
+        assert (out[int(cu_q[1]):int(cu_q[1]) + 11] == 0).all()  # 16 queries, 5 keys: 11 see none
+
+
+def test_cpu_eager_path_gives_zeros_for_queries_without_keys() -> None:
+    cu_q, cu_k = _cu_seqlens((4, 3)).cpu(), _cu_seqlens((0, 2)).cpu()
+    q, k, v = torch.randn(7, HEADS, 16), torch.randn(2, HEADS, 16), torch.randn(2, HEADS, 16)
+    out = ops.attention_per_sequence(q, k, v, cu_q, cu_k)
+    truth = ops.attention_ref(q[4:], k, v, _cu_seqlens((3,)).cpu(), _cu_seqlens((2,)).cpu(), 3, 2)
+    assert (out[:4] == 0).all()
+    torch.testing.assert_close(out[4:], truth, rtol=1e-6, atol=1e-6)
