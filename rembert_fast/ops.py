@@ -477,10 +477,7 @@ def embed_ref(
     """Eager embedding stage in transformers' order: (word + type) + position, LN, optional projection."""
     x = F.embedding(input_ids, word_weight) + F.embedding(token_type_ids, type_weight)
     x = x + F.embedding(position_ids, position_weight)
-    if ln_weight.dtype != x.dtype:  # fp32 LN parameters on half tables: CUDA's F.layer_norm refuses the mix
-        x = F.layer_norm(x.to(ln_weight.dtype), (x.shape[-1],), ln_weight, ln_bias, eps).to(x.dtype)
-    else:
-        x = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
+    x = layer_norm_ref(x, ln_weight, ln_bias, eps)  # also takes fp32 LN parameters on half tables
     if proj_weight is not None:
         x = F.linear(x, proj_weight, proj_bias)
     return x
