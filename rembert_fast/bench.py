@@ -386,7 +386,12 @@ def _make_callable(impl: str, hf_model: Any | None, fast_model: Any | None
         return lambda ids, mask: fast_model(input_ids=ids, attention_mask=mask).last_hidden_state
     if impl == "rembert_fast+graphs":
         runner = CudaGraphRunner(fast_model)
-        return lambda ids, mask: runner(ids, mask).padded()
+
+        def through_graphs(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return runner(ids, mask).padded()
+
+        through_graphs.runner = runner  # type: ignore[attr-defined]  # for the row's `graphs` field
+        return through_graphs
     if impl == "transformers+optimize":
         patched = rembert_fast.optimize(copy.deepcopy(hf_model))
         return lambda ids, mask: patched(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -395,6 +400,20 @@ def _make_callable(impl: str, hf_model: Any | None, fast_model: Any | None
     mode = "max-autotune" if impl == "torch.compile(max-autotune)" else None
     compiled = torch.compile(hf_model, mode=mode, dynamic=False)
     return lambda ids, mask: compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def graph_status(runner: CudaGraphRunner, mask: torch.Tensor) -> str:
+    """How a `CudaGraphRunner` ran this batch: "replayed", or "eager: <why>" (the row's `graphs` field,
+    so a graphs row that fell back to eager is not read as a graph figure)."""
+    lengths = mask.sum(dim=1)
+    key = runner.bucket(int(lengths.sum()), int(lengths.max()), mask.shape[0])
+    if key is None:
+        return "eager: no bucket fits"
+    if key in runner.captured:
+        return "replayed"
+    if runner.capture_error is not None:
+        return f"eager: capture failed ({runner.capture_error})"
+    return "eager: not captured (the eager attention backend cannot be captured)"
 
 
 def _max_error(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:
@@ -444,6 +463,10 @@ def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], 
                     "lengths": shape.lengths, "real_tokens": int(mask.sum()),
                     "padded_tokens": shape.batch * shape.seq}
             shape_rows = [{**case, "impl": impl, **results[impl]} for impl in impls]
+            for row in shape_rows:
+                runner = getattr(fns[row["impl"]], "runner", None)
+                if runner is not None and row["status"] == "ok":
+                    row["graphs"] = graph_status(runner, mask)
             peak = (gemm_peaks or {}).get(dtype_name)
             _judge(shape_rows, dtype_name, results.get(REFERENCE_IMPL, {}).get("max_abs_err"),
                    model_flops(config, mask.sum(dim=1).tolist()), peak["tflop_per_s"] if peak else None)
@@ -663,6 +686,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['impl']:<28} {r['dtype']:<9} {shape:<16} {r['real_tokens']:>9} "
                      f"{r['median_ms']:>10.2f} {r['tokens_per_s']:>11.0f} {ratio:>6} "
                      f"{r.get('model_tflop_per_s', 0.0):>8.1f} {of_gemm:>7} {peak:>8} {err:>9} {ok:>3}")
+        if r.get("graphs", "replayed") != "replayed":
+            lines.append(f"  ^ {r['graphs']}")
     return "\n".join(lines)
 
 

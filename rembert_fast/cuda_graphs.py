@@ -25,6 +25,12 @@ one per model): a lock serialises the bucketed runs, whose buffers are shared, p
 also share the CUDA stream (as they do unless they set one). A runner holds pointers to the model's
 weights: after moving or re-casting the model (`.to(...)`) the runner notices and captures again;
 in-place weight updates are seen by the graphs as they are.
+
+A capture that fails (an op in the forward that CUDA cannot record, such as a host sync) warns once
+and leaves the runner eager for every bucket not yet captured: the answers stay right, only the launch
+savings are lost; `capture_error` says why. Warm-up errors (out of memory, a kernel that fails to
+compile) are real errors and are raised. A copy of a runner (`copy.deepcopy`, pickle, or a deep copy of
+a model `optimize` patched) starts with no graphs and captures its own.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -184,6 +191,7 @@ class _Graph:
 
     def __init__(self, tokens: int, max_seqlen: int, batch: int) -> None:
         self.tokens, self.max_seqlen, self.batch = tokens, max_seqlen, batch
+        self.key = (tokens, max_seqlen, batch)
         # Dummy sequences fill tokens past T in chunks of at most max_seqlen.
         self.slots = batch + math.ceil(tokens / max_seqlen)
         # One int32 layout for ids | positions | types | cu_seqlens | indices, so a batch is one copy.
@@ -257,6 +265,7 @@ class CudaGraphRunner:
         # Two threads in one bucket would refill its staging and static buffers under each other's replay.
         self._lock = threading.Lock()
         self._weights = self._weights_key()
+        self.capture_error: str | None = None
 
     # ------------------------------------------------------------------ public
     def bucket(self, tokens: int, max_seqlen: int, batch: int) -> tuple[int, int, int] | None:
@@ -271,10 +280,23 @@ class CudaGraphRunner:
         return [key for key, g in self._graphs.items() if g.graph is not None]
 
     def reset(self) -> None:
-        """Drop every graph (they are captured again on demand)."""
+        """Drop every graph (they are captured again on demand, and a failed capture is tried again)."""
         self._graphs.clear()
         self._pool = None
         self._stream = None
+        self.capture_error = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Graphs, their memory pool, stream and lock belong to this process and to these weights: a copy
+        # captures its own. The weights key is taken on the copy's first call, since a deep copy of a
+        # patched model reaches this runner before the model's own parameters are restored.
+        state = self.__dict__.copy()
+        state.update(_graphs={}, _pool=None, _stream=None, _lock=None, _weights=None, capture_error=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @torch.no_grad()
     def __call__(
@@ -292,6 +314,9 @@ class CudaGraphRunner:
             if self._weights_key() != self._weights:
                 self.reset()
                 self._weights = self._weights_key()
+            # A capture failed earlier (buckets captured before it still replay).
+            if self.use_graphs and self.capture_error is not None and key not in self._graphs:
+                return self._eager(host)
             graph = self._graphs.get(key)
             if graph is None:
                 graph = self._graphs[key] = _Graph(*key)
@@ -349,6 +374,9 @@ class CudaGraphRunner:
             with torch.cuda.device(device):
                 if graph.graph is None:
                     self._capture(graph, device)
+                if graph.graph is None:
+                    del self._graphs[graph.key]
+                    return self._eager(host)
                 graph.copied.synchronize()  # the previous batch's copy out of the staging buffer is done
                 graph.fill(graph.staging, host)
                 graph.static.copy_(graph.staging, non_blocking=True)
@@ -389,6 +417,14 @@ class CudaGraphRunner:
         cuda_graph = torch.cuda.CUDAGraph()
         # thread_local: CUDA calls other threads make meanwhile (a data loader pinning memory, a
         # tokenizer thread) must not invalidate this capture; this thread's own unsafe calls still fail.
-        with torch.cuda.graph(cuda_graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
-            graph.output = self._body(graph, graph.static)
+        try:
+            with torch.cuda.graph(cuda_graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
+                graph.output = self._body(graph, graph.static)
+        except RuntimeError as error:  # torch's CUDA errors (and torch.AcceleratorError) are RuntimeErrors
+            self.capture_error = f"{type(error).__name__}: {error}"
+            graph.output = None
+            warnings.warn(f"rembert_fast: capturing a CUDA graph for bucket (tokens, max_seqlen, batch)="
+                          f"{graph.key} failed ({self.capture_error}); batches run eagerly from now on "
+                          "(same answers, without the graph's launch savings)", RuntimeWarning)
+            return
         graph.graph = cuda_graph

@@ -289,6 +289,31 @@ def test_cpu_defaults_skip_compile_and_graphs():
     assert gpu["layers"] is None and gpu["kernels"] is True
 
 
+def test_graph_status_says_when_a_graphs_row_ran_eagerly():
+    """A rembert_fast+graphs row names how its batch ran, so an eager fallback is not read as a graph
+    figure: replayed, no bucket fits, a failed capture, or nothing captured."""
+    import rembert_fast
+    from rembert_fast.cuda_graphs import CudaGraphRunner
+
+    model = rembert_fast.RemBertModel(rembert_fast.RemBertConfig(**TINY)).eval()
+    runner = CudaGraphRunner(model, token_buckets=(32,), seqlen_buckets=(16,), batch_buckets=(4,))
+    fits = torch.tensor([[1] * 12 + [0] * 4, [1] * 5 + [0] * 11])  # 17 tokens, longest 12, 2 rows
+    too_long = torch.ones(2, 20, dtype=torch.long)
+    assert bench.graph_status(runner, too_long) == "eager: no bucket fits"
+    assert bench.graph_status(runner, fits).startswith("eager: not captured")
+    runner.capture_error = "RuntimeError: operation not permitted when stream is capturing"
+    assert bench.graph_status(runner, fits) == (
+        "eager: capture failed (RuntimeError: operation not permitted when stream is capturing)")
+    runner._graphs[(32, 16, 4)] = type("Captured", (), {"graph": object()})()
+    assert bench.graph_status(runner, fits) == "replayed"
+    row = {"impl": "rembert_fast+graphs", "dtype": "bfloat16", "batch": 2, "seq": 16, "lengths": [12, 5],
+           "status": "ok", "real_tokens": 17, "median_ms": 1.0, "tokens_per_s": 17e3,
+           "ratio_vs_transformers": 2.0, "peak_activation_mb": 1.0, "max_abs_err": 0.0, "agrees": True,
+           "graphs": "eager: no bucket fits"}
+    assert bench.format_table([row]).splitlines()[-1] == "  ^ eager: no bucket fits"
+    assert "^" not in bench.format_table([{**row, "graphs": "replayed"}])
+
+
 # ----------------------------------------------------------------------------------------- gpu_check.sh
 def _gpu_check_dry_run(tmp_path, **env_vars):
     """{step: argv} that benches/gpu_check.sh would run, and the files its dry run left in OUTDIR."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import pickle
+import warnings
 
 import pytest
 import torch
@@ -164,10 +166,10 @@ class _FakeEvent:
         pass
 
 
-def test_graph_branch_replays_refilled_buffers_and_copies_results_out(monkeypatch):
-    """The graph branch's buffer protocol, on CPU with a stand-in for the CUDA graph API: each batch goes
-    through staging -> static buffer -> replay, and a result stays right after later replays of its own
-    and of another bucket (sharing one memory pool)."""
+def _runner_on_fake_cuda(monkeypatch, fast, fail_capture: bool = False, **buckets) -> CudaGraphRunner:
+    """A runner taking its graph branch on CPU, against stand-ins for torch.cuda's graph API: a capture
+    records the encoder calls made inside it and a replay reruns them into the captured output. With
+    `fail_capture`, every capture raises the way CUDA refuses an op it cannot record."""
     from rembert_fast import cuda_graphs
 
     capturing = []
@@ -182,10 +184,13 @@ def test_graph_branch_replays_refilled_buffers_and_copies_results_out(monkeypatc
     @contextlib.contextmanager
     def graph(cuda_graph, **kwargs):
         capturing.append(cuda_graph)
-        yield
-        capturing.pop()
+        try:
+            if fail_capture:
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            yield
+        finally:
+            capturing.pop()
 
-    hf, fast = models()
     zeros = torch.zeros
     monkeypatch.setattr(cuda_graphs, "encode_packed", recording)
     monkeypatch.setattr(torch, "zeros", lambda *a, pin_memory=False, **k: zeros(*a, **k))  # no CUDA to pin
@@ -194,10 +199,19 @@ def test_graph_branch_replays_refilled_buffers_and_copies_results_out(monkeypatc
                         ("stream", lambda s: contextlib.nullcontext()),
                         ("device", lambda d: contextlib.nullcontext())):
         monkeypatch.setattr(torch.cuda, name, value)
-    runner = CudaGraphRunner(fast, token_buckets=(32, 64), seqlen_buckets=(16,), batch_buckets=(4,),
-                             use_graphs=False)
+    runner = CudaGraphRunner(fast, use_graphs=False, **buckets)
     runner.use_graphs = True
-    monkeypatch.setattr(runner, "_capturable", lambda: True)  # eager attention runs fine outside a capture
+    # Eager attention runs fine outside a real capture.
+    monkeypatch.setattr(CudaGraphRunner, "_capturable", lambda self: True)
+    return runner
+
+
+def test_graph_branch_replays_refilled_buffers_and_copies_results_out(monkeypatch):
+    """The graph branch's buffer protocol: each batch goes through staging -> static buffer -> replay, and
+    a result stays right after later replays of its own and of another bucket (sharing one memory pool)."""
+    hf, fast = models()
+    runner = _runner_on_fake_cuda(monkeypatch, fast, token_buckets=(32, 64), seqlen_buckets=(16,),
+                                  batch_buckets=(4,))
     cases = [batch([9, 3, 12], 12), batch([5, 16], 16, left=True), batch([16, 16, 16], 16),
              batch([2, 7, 4], 8)]
     with torch.no_grad():
@@ -207,6 +221,67 @@ def test_graph_branch_replays_refilled_buffers_and_copies_results_out(monkeypatc
             assert max_error(out, ref, mask) <= 1e-5
             assert torch.allclose(out.first_tokens(), ref[torch.arange(len(ids)), mask.argmax(1)], atol=1e-5)
     assert sorted(runner.captured) == [(32, 16, 4), (64, 16, 4)]
+
+
+def test_failed_capture_warns_once_and_runs_eagerly(monkeypatch):
+    """An op CUDA cannot record makes the capture raise: the runner warns once, says why in
+    `capture_error`, answers every batch eagerly (right answers) and does not try to capture again."""
+    hf, fast = models()
+    runner = _runner_on_fake_cuda(monkeypatch, fast, fail_capture=True, token_buckets=(32, 64),
+                                  seqlen_buckets=(16,), batch_buckets=(4,))
+    attempts = []
+    capture = runner._capture
+    monkeypatch.setattr(runner, "_capture", lambda *a: (attempts.append(a), capture(*a)))
+    cases = [batch([9, 3, 12], 12), batch([16, 16, 16], 16), batch([2, 7, 4], 8)]
+    with torch.no_grad():
+        with pytest.warns(RuntimeWarning, match=r"bucket .*\(32, 16, 4\) failed .*operation not permitted"):
+            first = runner(*cases[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            outs = [first] + [runner(ids, mask) for ids, mask in cases[1:]]
+        for (ids, mask), out in zip(cases, outs, strict=True):
+            ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+            assert max_error(out, ref, mask) <= 1e-5
+    assert len(attempts) == 1 and runner.captured == [] and runner._graphs == {}
+    assert "operation not permitted when stream is capturing" in runner.capture_error
+    runner.reset()  # e.g. after the model is re-cast: capturing is tried again
+    assert runner.capture_error is None
+
+
+def test_copies_of_a_runner_start_without_graphs(monkeypatch):
+    """copy.deepcopy and pickle of a runner with captured graphs give a runner on copied weights with no
+    graphs, no shared lock or pool, that captures its own and answers the same."""
+    hf, fast = models()
+    runner = _runner_on_fake_cuda(monkeypatch, fast, token_buckets=(32,), seqlen_buckets=(16,),
+                                  batch_buckets=(4,))
+    ids, mask = batch([9, 3, 12], 12)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        runner(ids, mask)
+        for twin in (copy.deepcopy(runner), pickle.loads(pickle.dumps(runner))):
+            assert twin.captured == [] and twin._lock is not runner._lock and twin._pool is None
+            assert twin.model is not runner.model
+            assert max_error(twin(ids, mask), ref, mask) <= 1e-5 and twin.captured == [(32, 16, 4)]
+        assert runner.captured == [(32, 16, 4)] and max_error(runner(ids, mask), ref, mask) <= 1e-5
+
+
+def test_deepcopy_of_an_optimized_model_with_a_graph_runner():
+    """optimize(..., cuda_graphs=True) keeps its runner on the model, which points back at the model: a
+    deep copy of the model gets a runner of its own, on the copy."""
+    from rembert_fast.patching import _graph_runner
+
+    hf, _ = models()
+    rembert_fast.optimize(hf, cuda_graphs=True)
+    state = hf.__dict__["_rembert_fast"]
+    runner = _graph_runner(hf, state)
+    twin = copy.deepcopy(hf)
+    twin_runner = twin.__dict__["_rembert_fast"]["runner"]
+    assert twin_runner is not runner and twin_runner.model is twin
+    ids, mask = batch([9, 3, 12], 12)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert max_error(twin_runner(ids, mask), ref, mask) <= 1e-5
+        assert max_error(runner(ids, mask), ref, mask) <= 1e-5
 
 
 # ----------------------------------------------------------------------------------------- GPU
