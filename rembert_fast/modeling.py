@@ -1246,10 +1246,12 @@ def _dense_residual_norm(
 
 def _dense(x: torch.Tensor, dense: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(x W^T, b) for the next op to add b in its own pass (a Triton kernel), or (x W^T + b, None) in one
-    addmm where that op runs eagerly (see ops.gemm_takes_bias)."""
+    addmm where that op runs eagerly (see ops.gemm_takes_bias). Under autocast the GEMM's output is in
+    the autocast dtype while b stays float32: b is cast to it, as autocast's own addmm does."""
     if ops.gemm_takes_bias(x, dense.weight, dense.bias):
         return F.linear(x, dense.weight, dense.bias), None
-    return F.linear(x, dense.weight), dense.bias
+    y, bias = F.linear(x, dense.weight), dense.bias
+    return y, (bias.to(y.dtype) if bias is not None and bias.dtype != y.dtype else bias)
 
 
 def packed_layer_forward(

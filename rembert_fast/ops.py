@@ -197,7 +197,9 @@ def layer_norm(
     if _use_triton(x.device, (x, weight, bias, residual, x_bias)):
         from rembert_fast.kernels import layer_norm as kernel
 
-        return kernel.layer_norm(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+        # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises).
+        if n <= kernel.MAX_N or requested_backend() == "triton":
+            return kernel.layer_norm(x, weight, bias, eps, residual=residual, x_bias=x_bias)
     return layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
 
 
@@ -552,8 +554,14 @@ def embed(
         module = extension.load()
         # On `auto`, what the kernel cannot read as it is takes the eager path.
         takes = extension_takes_embed(word_weight, position_weight, type_weight, ln_weight, ln_bias)
-        if module is not None and (takes or requested == "cuda"):
+        if module is not None and takes:
             return extension.embed(module, *args)
+        if module is not None and requested == "cuda":
+            raise ValueError("backend 'cuda' was requested but the extension's kernel cannot read these "
+                             "weights: it needs contiguous tables and LayerNorm weight and bias, the "
+                             f"LayerNorm parameters in the tables' dtype {word_weight.dtype} (got "
+                             f"{ln_weight.dtype}), and a LayerNorm bias (got "
+                             f"{'None' if ln_bias is None else 'one'}); backend 'auto' runs these eagerly")
         if module is None and requested == "cuda":
             raise RuntimeError(f"backend 'cuda' was requested but the extension is unavailable: "
                                f"{extension.status()[1]}")

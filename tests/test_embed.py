@@ -376,6 +376,21 @@ def test_extension_int32_ids_and_dispatch(ext, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.gpu
+def test_cuda_backend_request_names_what_the_kernel_cannot_read(ext) -> None:
+    """use_backend("cuda") with weights the kernel does not take (no LN bias, fp32 LN parameters with
+    half tables) raises ValueError saying so, where `auto` runs them eagerly."""
+    _, weights = _gpu_weights(torch.bfloat16)
+    ids = _random_ids(64)
+    no_bias = weights[:4] + [None]
+    fp32_ln = weights[:3] + [weights[3].float(), weights[4].float()]
+    for bad, match in ((no_bias, "LayerNorm bias \\(got None\\)"), (fp32_ln, "got torch.float32")):
+        with ops.use_backend("cuda"), pytest.raises(ValueError, match=match):
+            ops.embed(*ids, *bad, 1e-12)
+        with ops.use_backend("auto"):
+            assert ops.embed(*ids, *bad, 1e-12).shape == (64, 256)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     "dim, offset",  # E, and the word table's data pointer offset in elements
     [

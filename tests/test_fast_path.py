@@ -132,6 +132,32 @@ def test_every_head_matches_transformers_on_the_triton_backend(head, config, pat
         assert abs(got.loss.item() - ref.loss.item()) <= TOL
 
 
+@pytest.mark.parametrize("backend", ["triton", pytest.param("auto", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("model", ["rembert_fast", "optimize(transformers)"])
+def test_float32_model_under_autocast_runs_the_kernels(model, backend, kernel_calls):
+    """An fp32 model under torch.autocast(bfloat16): the GEMMs return bf16 while the Linear biases stay
+    fp32, and the kernels take the bias in x's dtype. The Triton path must run (not raise) and stay
+    within twice transformers' own autocast error against its fp32 answer, plus 1e-2. On a GPU, `auto`
+    adds the extension's embedding, whose projection (at::linear) autocast also runs in bf16."""
+    hf, ours = make_pair("RemBertForMaskedLM", "d16")
+    if model != "rembert_fast":
+        ours = rembert_fast.optimize(copy.deepcopy(hf))
+    inputs = make_inputs("d16", "hole")
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        ref32 = hf(**inputs, output_hidden_states=True)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            ref16 = hf(**inputs, output_hidden_states=True)
+            with ops.use_backend(backend):
+                got = ours(**inputs, output_hidden_states=True)
+    assert kernel_calls["bias_act"] >= 2 and kernel_calls["layer_norm"] >= 4
+    for name, pick in (("last hidden state", lambda out: out.hidden_states[-1]),
+                       ("logits", lambda out: out.logits)):
+        want, theirs = pick(ref32)[real].float(), pick(ref16)[real].float()
+        error = (pick(got)[real].float() - want).abs().max().item()
+        assert error <= 2 * (theirs - want).abs().max().item() + 1e-2, (name, error)
+
+
 def test_linear_bias_goes_into_the_gemm_only_where_the_next_op_runs_eagerly(monkeypatch):
     """The eager ops would add a Linear's bias in a pass of their own: the layer hands it to the GEMM
     there (one addmm), and to the fused Triton kernels everywhere else. Checked on the ops the layer

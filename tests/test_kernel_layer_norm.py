@@ -160,6 +160,20 @@ def test_dispatch_reaches_the_kernel(monkeypatch):
     assert calls, "ops.layer_norm did not call the Triton launcher under use_backend('triton')"
 
 
+def test_rows_wider_than_the_kernel_run_eagerly_on_auto(monkeypatch):
+    """N > MAX_N: `auto` takes the eager op (same answer as the reference), `triton` names the width."""
+    wide = ln_kernels.MAX_N + 1
+    x, w = torch.randn(2, wide, device=DEVICE), torch.randn(wide, device=DEVICE)
+    calls = []
+    launcher = ln_kernels.layer_norm
+    monkeypatch.setattr(ln_kernels, "layer_norm", lambda *a, **k: calls.append(1) or launcher(*a, **k))
+    with ops.use_backend("auto"):
+        got = ops.layer_norm(x, w, None, EPS, residual=x.flip(0))
+    assert not calls and torch.equal(got, ops.layer_norm_ref(x, w, None, EPS, residual=x.flip(0)))
+    with ops.use_backend("triton"), pytest.raises(ValueError, match=str(wide)):
+        ops.layer_norm(x, w, None, EPS)
+
+
 def test_rejects_what_the_kernel_cannot_take():
     n = 16
     x = torch.randn(2, n, device=DEVICE)
