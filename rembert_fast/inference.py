@@ -17,7 +17,7 @@ How a run flows:
   whether the run was interrupted or not (`--resume` writes identical bytes) and whichever process
   of a multi-process run computes it (windows are dealt round-robin to ranks), given the same device
   and thread count. The one exception: on CUDA out-of-memory a batch is split in halves and retried
-  (and later batches are capped at the rows that fitted), which changes its shape.
+  (and later forwards are capped at the tokens, rows x width, that fitted), which changes its shape.
 
 Output (`JsonlWriter`, `NpyWriter`): records go to `<output>.partial`, written as whole records and
 fsynced in chunks; the finished file is renamed to `<output>`. A crash leaves at most a torn last
@@ -255,7 +255,8 @@ class InferenceEngine:
         self.mask_token_id = self.tokenizer.mask_token_id
         self.pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         self._token_strs: dict[int, str] = {}
-        self._row_cap: int | None = None  # set after a CUDA out-of-memory: most rows a batch may have
+        # Set after a CUDA out-of-memory: the most (rows x width) tokens a forward may take from then on.
+        self._token_cap: int | None = None
         self.stats = RunStats()
 
     # ------------------------------------------------------------------------------------- public
@@ -450,12 +451,14 @@ class InferenceEngine:
     def _launch(self, batch: _Batch) -> tuple[list[_Chunk], Any]:
         """Start a batch on the device: its (start, end, host outputs) row chunks and a CUDA event.
 
-        The chunks are one unless CUDA ran out of memory, which splits rows in halves until they fit
-        (and caps the rows of later batches at what fitted).
+        The chunks are one unless CUDA ran out of memory, which splits rows in halves until they fit,
+        and caps later forwards at the tokens (rows x width) that fitted: a later batch of shorter rows
+        still takes as many rows as fit in that many tokens.
         """
         chunks: list[_Chunk] = []
         rows = len(batch.rows)
-        step = rows if self._row_cap is None else min(rows, self._row_cap)
+        width = batch.input_ids.shape[1]  # the longest row's length: rows are longest first
+        step = rows if self._token_cap is None else max(1, min(rows, self._token_cap // width))
         pending = [(start, min(start + step, rows)) for start in range(0, rows, step)]
         while pending:
             start, end = pending.pop(0)
@@ -465,8 +468,9 @@ class InferenceEngine:
                 if end - start == 1:
                     raise
                 torch.cuda.empty_cache()
-                self._row_cap = (end - start) // 2
-                pending = [(s, min(s + self._row_cap, rows)) for s in range(start, rows, self._row_cap)]
+                step = (end - start) // 2
+                self._token_cap = step * width
+                pending = [(s, min(s + step, rows)) for s in range(start, rows, step)]
                 continue
             chunks.append((start, end, outputs))
         event = None

@@ -220,21 +220,31 @@ def test_shards_and_skip_give_the_same_bits(dirs):
     assert [inference.encode_record(r) for r in resumed] == [inference.encode_record(r) for r in full[5:]]
 
 
-def test_out_of_memory_halves_the_batch(dirs, ref, monkeypatch):
+def test_out_of_memory_halves_the_batch_and_caps_later_tokens(dirs, ref, monkeypatch):
+    """A forward over 200 tokens runs out of memory (simulated): the batch is halved until it fits, later
+    forwards are capped at the tokens that fitted, so a later batch of shorter rows still takes more
+    rows than the halved one, and no line is lost or changed."""
     texts = sample_texts()
-    engine = _engine(dirs, "embed", window=len(texts), batch_tokens=10_000)
+    engine = _engine(dirs, "embed", window=len(texts), batch_tokens=400)
     forward = engine._forward
-    sizes = []
+    calls = []  # (rows, width, fitted)
 
     def tight_memory(ids, mask, types):
-        sizes.append(ids.shape[0])
-        if ids.shape[0] > 3:
+        calls.append((ids.shape[0], ids.shape[1], ids.numel() <= 200))
+        if not calls[-1][2]:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return forward(ids, mask, types)
 
     monkeypatch.setattr(engine, "_forward", tight_memory)
     records = list(engine.run(texts))
-    assert sizes[:2] == [14, 7] and max(sizes[2:]) == 3 and engine._row_cap == 3
+    failed = [call for call in calls if not call[2]]
+    assert failed and calls[:len(failed)] == failed  # the first, widest batch did not fit
+    halved_rows = calls[len(failed)][0]
+    assert engine._token_cap == halved_rows * calls[0][1]
+    later = calls[len(failed) + 1:]
+    assert all(fitted and rows * width <= engine._token_cap for rows, width, fitted in later)
+    assert max(rows for rows, _, _ in later) > halved_rows
+    assert len(records) == len(texts)
     for text, record in zip(texts, records, strict=True):
         _close(record["embedding"], ref.embedding(text, "cls"))
 
