@@ -114,7 +114,14 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
         raise UsageError(f"{args.command} writes .jsonl, not {args.output!r}: only embed writes .npy")
     if not output.parent.resolve().is_dir():
         raise UsageError(f"the directory of output {args.output!r} does not exist")
+    if output.is_dir():
+        raise UsageError(f"output {args.output!r} is a directory")
     errors = output.with_name(output.stem + ".errors.jsonl") if output.suffix == ".npy" else None
+    if args.input != "-":
+        for written in (output, errors):
+            if written is not None and written.resolve() == Path(args.input).resolve():
+                raise UsageError(f"the run would write {str(written)!r}, which is the input file "
+                                 f"{args.input!r}: choose another output")
     return model, output, errors
 
 
@@ -215,7 +222,9 @@ def _run_on(args: argparse.Namespace, stream: Any, model: Path, output: Path, er
         summary = inference.RunStats(lines, errors_now, truncated, tokens, seconds).summary()
         resumed = f" (continued after {prior_records} lines done before)" if prior_records else ""
         print(f"rembert-fast {args.command}: {summary}{resumed} -> {args.output}", file=sys.stderr)
-    return 1 if errors_now + prior_errors else 0
+    # Rank 0 alone reports error lines: under torchrun a rank exiting 1 first would get the others,
+    # rank 0 before its summary among them, killed as if it had crashed.
+    return 1 if errors_now + prior_errors and rank == 0 else 0
 
 
 def _infer(args: argparse.Namespace) -> int:

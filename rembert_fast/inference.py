@@ -126,7 +126,8 @@ class _Window:
     batches: list[_Batch] = field(default_factory=list)
 
 
-_Chunk = tuple[int, int, dict[str, torch.Tensor]]  # rows [start, end) of a batch and their host outputs
+# Rows [start, end) of a batch and their host outputs, or the ValueError the model raised for that row.
+_Chunk = tuple[int, int, dict[str, torch.Tensor] | ValueError]
 
 
 class _WorkerFailed:
@@ -397,6 +398,8 @@ class InferenceEngine:
                 except Exception as error:
                     encodings.append(f"tokenizer failed: {error}")
         for index, encoding in zip(todo, encodings, strict=True):
+            if not isinstance(encoding, str):
+                encoding = self._unusable(encoding) or encoding
             if isinstance(encoding, str):
                 window.records[index] = {**window.heads[index], "error": encoding}
                 continue
@@ -404,6 +407,23 @@ class InferenceEngine:
             window.truncated[index] = bool(encoding.overflowing)
         window.batches = self._batches([i for i in todo if window.encodings[i] is not None], window.encodings)
         return window
+
+    def _unusable(self, encoding: Any) -> str | None:
+        """Why the model cannot take this encoding (the line becomes an error record), or None."""
+        ids = encoding.ids
+        if len(ids) > self.max_length:  # a pair too long for its 3 special tokens is not truncated
+            return (f"encoded to {len(ids)} tokens, more than max_length {self.max_length}, and the tokenizer "
+                    "could not truncate it (a text pair needs at least 3 tokens for its special tokens)")
+        vocab = self.config.vocab_size
+        if ids and max(ids) >= vocab:
+            bad = max(ids)
+            return (f"token id {bad} ({self.tokenizer.convert_ids_to_tokens(bad)!r}) is outside the model's "
+                    f"vocab_size {vocab}: the tokenizer does not match the checkpoint")
+        types = self.config.type_vocab_size
+        if encoding.type_ids and max(encoding.type_ids) >= types:
+            return (f"token type {max(encoding.type_ids)} is outside the model's type_vocab_size {types} "
+                    "(a text pair needs type_vocab_size >= 2)")
+        return None
 
     def _batches(self, rows: list[int], encodings: list[Any]) -> list[_Batch]:
         lengths = {row: len(encodings[row].ids) for row in rows}
@@ -453,7 +473,8 @@ class InferenceEngine:
 
         The chunks are one unless CUDA ran out of memory, which splits rows in halves until they fit,
         and caps later forwards at the tokens (rows x width) that fitted: a later batch of shorter rows
-        still takes as many rows as fit in that many tokens.
+        still takes as many rows as fit in that many tokens. A ValueError from the model (bad input)
+        reruns the batch a row at a time, so only the refused lines become error records.
         """
         chunks: list[_Chunk] = []
         rows = len(batch.rows)
@@ -464,6 +485,14 @@ class InferenceEngine:
             start, end = pending.pop(0)
             try:
                 outputs = self._forward_rows(batch, start, end)
+            except ValueError as error:
+                # The model refused an input the checks in _prepare let through: find its line (one row
+                # at a time), which becomes an error record; the other lines still get their results.
+                if end - start > 1:
+                    pending = [(row, row + 1) for row in range(start, end)] + pending
+                    continue
+                chunks.append((start, end, error))
+                continue
             except torch.cuda.OutOfMemoryError:
                 if end - start == 1:
                     raise
@@ -526,7 +555,11 @@ class InferenceEngine:
         if event is not None:
             event.synchronize()
         for start, end, outputs in chunks:
-            self._records(window, batch, start, end, outputs)
+            if isinstance(outputs, ValueError):
+                for row in batch.rows[start:end]:
+                    window.records[row] = {**window.heads[row], "error": f"the model refused this line: {outputs}"}
+            else:
+                self._records(window, batch, start, end, outputs)
 
     # ----------------------------------------------------------------------------- post-processing
     def _records(self, window: _Window, batch: _Batch, start: int, end: int, outputs: dict[str, Any]) -> None:

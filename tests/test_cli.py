@@ -156,6 +156,23 @@ def test_usage_errors_exit_2_with_one_line(dirs, capsys, tmp_path, case):
     assert not out.exists() and not (tmp_path / "o.jsonl.partial").exists()
 
 
+@pytest.mark.parametrize("case", ["output is the input", "npy errors file is the input", "output is a dir"])
+def test_outputs_that_would_destroy_something_are_usage_errors(dirs, capsys, tmp_path, case):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"text": "keep me"}\n', encoding="utf-8")
+    task, out = "classify", inp
+    if case == "npy errors file is the input":
+        task, inp, out = "embed", tmp_path / "o.errors.jsonl", tmp_path / "o.npy"
+        inp.write_text('{"text": "keep me"}\n', encoding="utf-8")
+    elif case == "output is a dir":
+        out = tmp_path / "d.jsonl"
+        out.mkdir()
+    code, err = _run(capsys, task, dirs["cls"], inp, out)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert ("is the input file" if "input" in case else "is a directory") in err
+    assert inp.read_text(encoding="utf-8") == '{"text": "keep me"}\n'
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".npy"])
 def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffix):
     texts = sample_texts() * 2
@@ -178,27 +195,30 @@ def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffi
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".npy"])
 def test_torchrun_two_processes_match_one(dirs, capsys, tmp_path, suffix):
+    """Two ranks give the bytes one process gives, with a line that is an error record among them: the
+    exit status is 1 (from rank 0 alone, after its summary), as for one process."""
     texts = sample_texts()
-    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (tmp_path / "in.txt").write_bytes("\n".join(texts).encode() + b"\n\xff not UTF-8\n")
     # torchrun gives each process one thread; so does this module to the one-process run: GEMM bits
     # depend on the thread count.
     assert torch.get_num_threads() == 1
-    assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / f"one{suffix}")[0] == 0
+    assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", tmp_path / f"one{suffix}")[0] == 1
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "rembert_fast.cli", "embed", "--model", str(dirs["cls"]),
                "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / f"two{suffix}"),
                "--window", "4", "--batch-tokens", "80", "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 1, done.stderr[-3000:]
     assert (tmp_path / f"two{suffix}").read_bytes() == (tmp_path / f"one{suffix}").read_bytes()
     if suffix == ".npy":
         errors = [(tmp_path / f"{name}.errors.jsonl").read_bytes() for name in ("one", "two")]
-        assert errors == [b"", b""]
+        assert errors[0] == errors[1] and b"UTF-8" in errors[0] and errors[0].count(b"\n") == 1
     leftovers = {p.name for p in tmp_path.iterdir()} - {"in.txt", f"one{suffix}", f"two{suffix}",
                                                          "one.errors.jsonl", "two.errors.jsonl"}
     assert not leftovers  # rank parts and .partial files are gone
-    assert f"{len(texts)} lines, 0 errors" in done.stderr
+    assert f"{len(texts) + 1} lines, 1 errors" in done.stderr  # rank 0's summary: it was not killed
+    assert "<NO_OTHER_FAILURES>" in done.stderr  # torchrun's report: rank 0 alone exited 1
 
 
 def _fake_process_group(monkeypatch, local_rank: int) -> list:

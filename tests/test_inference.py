@@ -249,6 +249,57 @@ def test_out_of_memory_halves_the_batch_and_caps_later_tokens(dirs, ref, monkeyp
         _close(record["embedding"], ref.embedding(text, "cls"))
 
 
+def test_a_line_the_model_refuses_becomes_an_error_record(dirs, ref, monkeypatch):
+    """A ValueError from the model (bad input the engine's own checks missed) reruns that batch a row at
+    a time: the refusing line is an error record naming the reason, every other line its right result."""
+    texts = sample_texts()
+    engine = _engine(dirs, "embed", window=len(texts), batch_tokens=400)
+    forward = engine._forward
+    poisoned = engine.tokenizer(texts[3])["input_ids"][1]  # the first word piece of line 4
+    rows_per_call = []
+
+    def picky(ids, mask, types):
+        rows_per_call.append(ids.shape[0])
+        if bool((ids[:, 1] == poisoned).any()):
+            raise ValueError(f"input_ids contains {poisoned}, refused (simulated)")
+        return forward(ids, mask, types)
+
+    monkeypatch.setattr(engine, "_forward", picky)
+    records = list(engine.run(texts))
+    refused = [i for i, text in enumerate(texts) if text and engine.tokenizer(text)["input_ids"][1] == poisoned]
+    assert 3 in refused and max(rows_per_call) > 1 and rows_per_call.count(1) >= 2
+    assert len(records) == len(texts) and engine.stats.errors == len(refused)
+    for i, (text, record) in enumerate(zip(texts, records, strict=True)):
+        assert record["line"] == i + 1
+        if i in refused:
+            assert record["error"] == f"the model refused this line: input_ids contains {poisoned}, refused (simulated)"
+        else:
+            _close(record["embedding"], ref.embedding(text, "cls"))
+
+
+def test_lines_the_model_cannot_take_are_error_records(dirs, ref):
+    """Checked while tokenising: a pair that max_length 2 cannot hold (the tokenizer leaves it whole), ids
+    past the model's vocabulary (a tokenizer that does not match the checkpoint). The job goes on."""
+    engine = _engine(dirs, "embed", max_length=2)
+    records = list(engine.run(['{"text": "une paire", "text_pair": "de textes"}', '{"text": "seul"}'],
+                              jsonl=True))
+    assert "more than max_length 2" in records[0]["error"] and "embedding" in records[1]
+    assert engine.stats.errors == 1
+
+    texts = sample_texts()
+    engine = _engine(dirs, "embed")
+    top = [max(engine.tokenizer(text)["input_ids"]) for text in texts]
+    cut = sorted(set(top))[len(set(top)) // 2]  # half the lines hold an id >= cut
+    engine.config.vocab_size = cut
+    records = list(engine.run(texts))
+    for text, highest, record in zip(texts, top, records, strict=True):
+        if highest >= cut:
+            assert record["error"].startswith(f"token id {highest} (") and f"vocab_size {cut}" in record["error"]
+        else:
+            _close(record["embedding"], ref.embedding(text, "cls"))
+    assert 0 < engine.stats.errors < len(texts)
+
+
 def test_tokenizer_thread_errors_reach_the_caller(dirs):
     def lines():
         yield "fine"
