@@ -267,6 +267,11 @@ def load_pretrained(
                 )
             if tensor.is_floating_point():
                 if target_dtype is None:
+                    if tensor.dtype not in _DTYPE_NAMES.values():
+                        raise ValueError(
+                            f"dtype='auto': {str(path)!r} stores {ckpt_key!r} as {tensor.dtype}, which "
+                            "rembert_fast does not run; pass dtype=torch.float32 (or float16, bfloat16) "
+                            "to convert it while loading")
                     target_dtype = tensor.dtype
                 tensor = tensor.to(device=target_device, dtype=target_dtype)
             else:

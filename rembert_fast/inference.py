@@ -245,6 +245,12 @@ class InferenceEngine:
         self.max_length = max_length
         self.hidden_size = self.config.hidden_size
         self.id2label = {int(k): str(v) for k, v in self.config.id2label.items()}
+        if task in ("classify", "token-classify"):
+            classes = self.model.num_labels
+            missing = sorted(set(range(classes)) - set(self.id2label))
+            if missing:
+                raise ValueError(f"config.json's id2label has no name for label ids {missing} of the "
+                                 f"model's {classes} labels: its keys must be 0..{classes - 1}")
 
         self.tokenizer = _load_tokenizer(self.model_dir)
         from tokenizers import Tokenizer
@@ -665,6 +671,10 @@ def _parse_item(item: Any, jsonl: bool, head: dict[str, Any]) -> tuple[str, str 
     if not isinstance(item, Mapping):
         return f"expected a JSON object with a \"text\" field, got {type(item).__name__}"
     if "id" in item:
+        try:  # NaN and Infinity parse, but a record carrying them would not be valid JSON
+            json.dumps(item["id"], allow_nan=False)
+        except ValueError:
+            return f'"id" {item["id"]!r} is not valid JSON (NaN and Infinity are not allowed)'
         head["id"] = item["id"]
     if "text" not in item:
         return 'missing "text" field'

@@ -815,8 +815,8 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
                     positions = positions.reshape(-1)
                 # Any integer position is allowed: outside [0, L) it is clamped and ignored (transformers).
                 _check_labels(name, positions, (enc.batch,), None, start_logits)
-                if positions.dtype not in (torch.int64, torch.int32):
-                    raise ValueError(f"{name} must be int64 token positions, got {positions.dtype}")
+                if positions.dtype != torch.int64:
+                    raise ValueError(f"{name} must be int64 token positions, got {positions.dtype} (use .long())")
             ignored = start_logits.size(1)
             start = start_positions.reshape(-1).clamp(0, ignored)
             end = end_positions.reshape(-1).clamp(0, ignored)
@@ -1558,8 +1558,8 @@ def _check_labels(
         raise ValueError(f"{name} has shape {tuple(labels.shape)}; expected {shape}")
     if classes is None:
         return
-    if labels.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"{name} must be int64 class ids, got {labels.dtype}")
+    if labels.dtype != torch.int64:  # what cross_entropy takes (it fails obscurely on int32)
+        raise ValueError(f"{name} must be int64 class ids, got {labels.dtype} (use .long())")
     invalid = (labels != -100) & ((labels < 0) | (labels >= classes))
     first = labels.flatten().index_select(0, invalid.flatten().to(torch.uint8).argmax().view(1))[0]
     bad, value = torch.stack([invalid.any().long(), first.long()]).tolist() if labels.numel() else (0, 0)

@@ -138,6 +138,12 @@ def heads_and_labels():
         (RemBertForMaskedLM, {}, torch.zeros(b, seqlen), "must be int64 class ids, got torch.float32"),
         (RemBertForCausalLM, {"is_decoder": True}, torch.full((b, seqlen), -3), "labels contains -3"),
         (RemBertForCausalLM, {"is_decoder": True}, torch.zeros(b, 4, dtype=long), "expected \\(2, 5\\)"),
+        # int32 class ids: cross_entropy would fail with a RuntimeError deep inside (transformers does)
+        (RemBertForSequenceClassification, {}, torch.tensor([0, 1], dtype=torch.int32),
+         "must be int64 class ids, got torch.int32 \\(use .long\\(\\)\\)"),
+        (RemBertForTokenClassification, {}, torch.zeros(b, seqlen, dtype=torch.int32), "got torch.int32"),
+        (RemBertForMaskedLM, {}, torch.zeros(b, seqlen, dtype=torch.int32), "got torch.int32"),
+        (RemBertForCausalLM, {"is_decoder": True}, torch.zeros(b, seqlen, dtype=torch.int32), "got torch.int32"),
     ]
 
 
@@ -173,6 +179,8 @@ def test_multiple_choice_labels_and_input_ranks():
     x = torch.randint(1, 50, (2, 3, 5))
     with pytest.raises(ValueError, match=r"labels contains 3, outside \[0, 3\)"):
         mc(x, labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="labels must be int64 class ids, got torch.int32"):
+        mc(x, labels=torch.tensor([0, 2], dtype=torch.int32))
     with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\); multiple-choice"):
         mc(x, attention_mask=torch.ones(2, 5))
     flat = mc(x, attention_mask=torch.ones(6, 5)).logits  # transformers' flattened form stays accepted
@@ -183,6 +191,8 @@ def test_question_answering_positions_and_num_labels():
     qa = RemBertForQuestionAnswering(tiny()).eval()
     with pytest.raises(ValueError, match="start_positions must be int64 token positions, got torch.float32"):
         qa(ids(), start_positions=torch.tensor([1.0, 2.0]), end_positions=torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match="end_positions must be int64 token positions, got torch.int32"):
+        qa(ids(), start_positions=torch.tensor([1, 2]), end_positions=torch.tensor([2, 3], dtype=torch.int32))
     with pytest.raises(ValueError, match=r"end_positions has shape \(3,\); expected \(2,\)"):
         qa(ids(), start_positions=torch.tensor([1, 2]), end_positions=torch.tensor([2, 3, 4]))
     with pytest.raises(ValueError, match="needs num_labels=2 .* got 3"):

@@ -397,6 +397,21 @@ def test_auto_dtype_with_a_bad_config_dtype(saved):
         _load(path, dtype="auto")
 
 
+def test_auto_dtype_of_a_float64_checkpoint_without_a_config_dtype(tmp_path):
+    """A float64 checkpoint whose config names no dtype: 'auto' would load float64, which the ops do not
+    run, so it is refused at load, naming the tensor; an explicit dtype converts it."""
+    original = _hf_model("RemBertModel").double()
+    original.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("dtype", None)
+    config.pop("torch_dtype", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"dtype='auto': .* as torch\.float64, .*dtype=torch\.float32"):
+        _ours("RemBertModel").from_pretrained(tmp_path, dtype="auto")
+    as_fp32 = _ours("RemBertModel").from_pretrained(tmp_path, dtype=torch.float32)
+    _assert_state_equal(as_fp32.state_dict(), {k: t.float() for k, t in original.state_dict().items()})
+
+
 def test_bad_save_arguments(saved):
     path, _ = saved
     model = _load(path)

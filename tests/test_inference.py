@@ -300,6 +300,27 @@ def test_lines_the_model_cannot_take_are_error_records(dirs, ref):
     assert 0 < engine.stats.errors < len(texts)
 
 
+def test_label_names_with_gaps_and_ids_that_are_not_json(dirs, tmp_path):
+    """id2label must name every label id (transformers accepts gaps; the records could not name the
+    label); an "id" of NaN parses in Python but would make the output invalid JSON: an error record."""
+    gappy = tmp_path / "gappy"
+    shutil.copytree(dirs["cls"], gappy)
+    config = json.loads((gappy / "config.json").read_text())
+    names = list(config["id2label"].values())
+    assert len(names) == 3
+    config["id2label"] = {"0": names[0], "1": names[1], "5": names[2]}
+    config["label2id"] = {names[0]: 0, names[1]: 1, names[2]: 5}
+    (gappy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"no name for label ids \[2\] of the model's 3 labels"):
+        InferenceEngine(gappy, "classify", device="cpu")
+
+    records = list(_engine(dirs, "embed").run(['{"text": "a", "id": NaN}', '{"text": "b", "id": 7}'],
+                                              jsonl=True))
+    assert records[0] == {"line": 1, "error": '"id" nan is not valid JSON (NaN and Infinity are not allowed)'}
+    assert records[1]["id"] == 7 and "embedding" in records[1]
+    assert all(json.loads(inference.encode_record(r)) for r in records)
+
+
 def test_tokenizer_thread_errors_reach_the_caller(dirs):
     def lines():
         yield "fine"

@@ -245,6 +245,18 @@ def test_activation_without_an_op_runs_the_original_forward(spies):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("head", ["RemBertModel", "RemBertForMaskedLM"])
+def test_float64_model_runs_the_original_forward(head, spies):
+    """The ops run float32/float16/bfloat16: a float64 model (and its LM head) keeps transformers' forward."""
+    model = build(head).double()
+    inputs = inputs_for(head, make_mask("right"))
+    with torch.no_grad():
+        ref = model(**inputs)[0]
+        got = rembert_fast.optimize(model)(**inputs)[0]
+    assert got.dtype == torch.float64 and torch.equal(got, ref)
+    assert all(count == 0 for count in spies.values())
+
+
 def test_all_padding_batch_runs_the_original_forward():
     model = build("RemBertModel")
     mask = torch.zeros(2, 6, dtype=torch.long)
