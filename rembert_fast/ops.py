@@ -158,6 +158,17 @@ def _check_same(
         raise ValueError(f"{name} has dtype {tensor.dtype}; expected {' or '.join(map(str, dtypes))}")
 
 
+def _check_eps(eps: Any) -> float:
+    """eps as a Python float (numpy scalars and 0-d tensors too: the kernels take a float), >= 0."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"eps must be a number, got {eps!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return value
+
+
 # ----------------------------------------------------------------------------------------- layer_norm
 def layer_norm_ref(
     x: torch.Tensor,
@@ -194,6 +205,7 @@ def layer_norm(
     _check_same("bias", bias, x, (n,), (weight.dtype,))
     _check_same("x_bias", x_bias, x, (n,))
     _check_same("residual", residual, x, tuple(x.shape))
+    eps = _check_eps(eps)
     if _use_triton(x.device, (x, weight, bias, residual, x_bias)):
         from rembert_fast.kernels import layer_norm as kernel
 
@@ -341,14 +353,17 @@ def attention_per_sequence(
     return torch.cat(pieces, dim=0)
 
 
-def _check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def _check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padded: bool = False) -> None:
+    """q, k, v: one float dtype and device; k and v of one shape; heads and head_dim as q's; (padded)
+    one batch size."""
+    layout = "(batch, seqlen, heads, head_dim)" if padded else "(tokens, heads, head_dim)"
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_float(name, t)
-        if t.dim() != 3:
-            raise ValueError(f"{name} must be (tokens, heads, head_dim), got shape {tuple(t.shape)}")
+        if t.dim() != (4 if padded else 3):
+            raise ValueError(f"{name} must be {layout}, got shape {tuple(t.shape)}")
         if t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"{name} is {t.dtype} on {t.device}; q is {q.dtype} on {q.device}")
-    if k.shape != v.shape or k.shape[1:] != q.shape[1:]:
+    if k.shape != v.shape or k.shape[-2:] != q.shape[-2:] or (padded and k.shape[0] != q.shape[0]):
         raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
 
 
@@ -446,13 +461,13 @@ def attention_padded(
     Rows of padding queries are unspecified. For callers that keep (B, L) tensors; the model's fast
     path uses the packed `attention` instead.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_float(name, t)
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be (batch, seqlen, heads, head_dim), got {tuple(t.shape)}")
-    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
-        raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
-                         f"{(k.shape[0], k.shape[1])}")
+    _check_attention_args(q, k, v, padded=True)
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
+            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
+                             f"{(k.shape[0], k.shape[1])}")
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"key_padding_mask is on {key_padding_mask.device}; q is on {q.device}")
     if _use_triton(q.device, (q, k, v)):
         from rembert_fast.kernels import attention as kernel
 
@@ -532,6 +547,13 @@ def embed(
     for name, ids in (("position_ids", position_ids), ("token_type_ids", token_type_ids)):
         if ids.shape != input_ids.shape:
             raise ValueError(f"{name} has shape {tuple(ids.shape)}; input_ids has {tuple(input_ids.shape)}")
+    for name, ids in (("input_ids", input_ids), ("position_ids", position_ids),
+                      ("token_type_ids", token_type_ids)):
+        if ids.device != word_weight.device:
+            raise ValueError(f"{name} is on {ids.device} but word_weight is on {word_weight.device}")
+    if proj_bias is not None and proj_weight is None:
+        raise ValueError("proj_bias was given without proj_weight")
+    eps = _check_eps(eps)
     _check_float("word_weight", word_weight)
     if word_weight.dim() != 2:
         raise ValueError(f"word_weight must be (vocab, E), got shape {tuple(word_weight.shape)}")

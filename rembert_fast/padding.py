@@ -44,7 +44,7 @@ def unpad_input(
     seqlens = mask.sum(dim=-1, dtype=torch.int32)
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
     total, max_seqlen = 0, 0
-    if seqlens.numel():
+    if attention_mask.numel():  # (B, 0) has no token to read (and argmax of nothing fails)
         # The one host read (a device sync on CUDA): the token count, which sizes `indices` so that
         # nonzero_static needs no sync of its own, the longest sequence and, for a mask that is not
         # bool, the first value that is neither 0 nor 1 (float64 holds every count exactly).
@@ -56,7 +56,7 @@ def unpad_input(
             read += [invalid.any(), value]
         stats = torch.stack([t.to(torch.float64) for t in read]).tolist()
         if len(stats) > 2 and stats[2]:
-            raise ValueError(f"attention_mask contains {stats[3]:g}; expected 1 (real token) or 0 "
+            raise ValueError(f"attention_mask contains {stats[3]:.9g}; expected 1 (real token) or 0 "
                              "(padding). An additive mask (0 / -inf) must be turned into 0/1 first")
         total, max_seqlen = int(stats[0]), int(stats[1])
     indices = torch.nonzero_static(mask.flatten(), size=total).flatten()

@@ -7,6 +7,7 @@ import codecs
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -357,6 +358,55 @@ def test_embed_checks_table_shapes_and_dtypes():
         ops.embed(ids, pos, types, word, position, type_table, ln_w, ln_b, 1e-5, torch.randn(5, 7), None)
     with pytest.raises(ValueError, match="position_weight has dtype torch.float16"):
         ops.embed(ids, pos, types, word, position.half(), type_table, ln_w, ln_b, 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padded_attention_checks_its_inputs_on_every_backend(backend):
+    """What the kernel refuses, the eager path (CPU's default, and CUDA's for other head_dims) refuses
+    too: no silent broadcast of k/v, no v of another head_dim, no mask on another device."""
+    q = torch.randn(2, 5, 2, 16)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    with ops.use_backend(backend):
+        with pytest.raises(ValueError, match="shapes disagree"):
+            ops.attention_padded(q, q[:1], q[:1])
+        with pytest.raises(ValueError, match="shapes disagree"):
+            ops.attention_padded(q, q, torch.randn(2, 5, 2, 32))
+        with pytest.raises(ValueError, match="k is torch.float16 on cpu; q is torch.float32 on cpu"):
+            ops.attention_padded(q, q.half(), q)
+        with pytest.raises(ValueError, match="key_padding_mask is on meta; q is on cpu"):
+            ops.attention_padded(q, q, q, mask.to("meta"))
+        with pytest.raises(ValueError, match=r"must be \(batch, seqlen, heads, head_dim\)"):
+            ops.attention_padded(q[0], q[0], q[0])
+        torch.testing.assert_close(ops.attention_padded(q, q, q, mask), ops.attention_padded_ref(q, q, q),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eps_alike_on_every_backend(backend):
+    """A numpy scalar or 0-d tensor eps works (as a float) on every backend; a negative or non-finite eps
+    is refused, where it would give NaN."""
+    x, w, b = torch.randn(3, 8), torch.randn(8), torch.randn(8)
+    want = ops.layer_norm_ref(x, w, b, 1e-5)
+    with ops.use_backend(backend):
+        for eps in (np.float32(1e-5), torch.tensor(1e-5), 1e-5):
+            torch.testing.assert_close(ops.layer_norm(x, w, b, eps), want, rtol=1e-5, atol=1e-5)
+        for eps in (-1.0, float("nan"), float("inf"), "small"):
+            with pytest.raises(ValueError, match="eps must be a"):
+                ops.layer_norm(x, w, b, eps)
+
+
+def test_embed_checks_devices_eps_and_a_lone_projection_bias():
+    ids = torch.tensor([1, 2, 3])
+    pos, types = torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.long)
+    tables = [torch.randn(10, 8), torch.randn(4, 8), torch.randn(2, 8), torch.ones(8), torch.zeros(8)]
+    with pytest.raises(ValueError, match="input_ids is on cpu but word_weight is on meta"):
+        ops.embed(ids, pos, types, *[t.to("meta") for t in tables], 1e-5)
+    with pytest.raises(ValueError, match="position_ids is on meta but word_weight is on cpu"):
+        ops.embed(ids, pos.to("meta"), types, *tables, 1e-5)
+    with pytest.raises(ValueError, match="proj_bias was given without proj_weight"):
+        ops.embed(ids, pos, types, *tables, 1e-5, None, torch.randn(12))
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0, got -1.0"):
+        ops.embed(ids, pos, types, *tables, -1.0)
 
 
 def test_resume_refuses_the_output_of_another_command(tmp_path):

@@ -51,6 +51,10 @@ def test_unpad_handles_empty_batches_and_all_padding() -> None:
     packed, indices, cu_seqlens, max_seqlen = padding.unpad_input(torch.randn(2, 4, 3), torch.zeros(2, 4))
     assert packed.shape == (0, 3) and indices.numel() == 0 and cu_seqlens.tolist() == [0, 0, 0]
     assert max_seqlen == 0
+    for dtype in (torch.bool, torch.long, torch.float32):  # no token per row: (B, 0), any mask dtype
+        packed, indices, cu_seqlens, max_seqlen = padding.unpad_input(torch.randn(2, 0, 3),
+                                                                       torch.ones(2, 0, dtype=dtype))
+        assert packed.shape == (0, 3) and cu_seqlens.tolist() == [0, 0, 0] and max_seqlen == 0
 
 
 @pytest.mark.parametrize("value", [-float("inf"), 0.5, 2.0])
