@@ -195,13 +195,57 @@ def _parse_device(device: torch.device | str | int | None) -> torch.device:
     return parsed
 
 
+# transformers' loading keywords that concern the Hub, its cache or its loader, with no effect on a
+# local directory here: accepted (so a transformers call works unchanged) and dropped, never stored in
+# the config. `attn_implementation`: rembert_fast's attention is its own on every path.
+_LOADER_ONLY_KEYWORDS = ("local_files_only", "revision", "cache_dir", "trust_remote_code", "force_download",
+                         "token", "proxies", "low_cpu_mem_usage", "attn_implementation", "use_safetensors",
+                         "_fast_init", "resume_download")
+
+
+def _device_from_map(device_map: Any) -> torch.device | str | int | None:
+    """transformers' `device_map` as one device: a device name or index, or "auto" (the GPU when there
+    is one); a per-module dict (model parallelism) is refused."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise ValueError(f"device_map={device_map!r} spreads the model over several devices, which "
+                             "rembert_fast does not do: pass one device (device='cuda')")
+        return next(iter(devices))
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device_map
+
+
+def _loading_keywords(kwargs: dict[str, Any], dtype: Any, device: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Take transformers' loading keywords out of `kwargs` (the rest are config fields): the dtype and
+    device they name, and the loader's own options."""
+    for name in _LOADER_ONLY_KEYWORDS:
+        kwargs.pop(name, None)
+    if "torch_dtype" in kwargs:  # transformers' name before 4.56
+        torch_dtype = kwargs.pop("torch_dtype")
+        if dtype is not None and torch_dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one")
+        dtype = torch_dtype if dtype is None else dtype
+    if "device_map" in kwargs:
+        mapped = _device_from_map(kwargs.pop("device_map"))
+        if device is not None and mapped is not None and torch.device(mapped) != torch.device(device):
+            raise ValueError(f"device={device!r} and device_map={mapped!r} disagree; pass one")
+        device = mapped if device is None else device
+    options = {name: kwargs.pop(name) for name in ("config", "output_loading_info", "ignore_mismatched_sizes")
+               if name in kwargs}
+    return dtype, device, options
+
+
 def load_pretrained(
     model_cls: type[RemBertPreTrainedModel],
     path: str | os.PathLike,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | int | None = None,
     **config_overrides: Any,
-) -> RemBertPreTrainedModel:
+) -> RemBertPreTrainedModel | tuple[RemBertPreTrainedModel, dict[str, list[Any]]]:
     """Build `model_cls` from a checkpoint directory (config.json + weights), ready for inference.
 
     Args:
@@ -214,10 +258,17 @@ def load_pretrained(
         device: where the parameters live (default CPU); tensors are converted one at a time.
         **config_overrides: fields that replace config.json's (e.g. `num_labels=5`); as in transformers,
             a keyword of `model_cls.__init__` (e.g. `add_pooling_layer=False`) goes to the model instead.
+            transformers' loading keywords are understood too: `torch_dtype` (dtype's old name),
+            `device_map` (one device, or "auto"), `config` (a RemBertConfig to use instead of
+            config.json), `output_loading_info`, `ignore_mismatched_sizes` (weights whose shape differs,
+            e.g. a classifier of another num_labels, are initialised anew and listed); the Hub's and
+            loader's own (`local_files_only`, `revision`, `cache_dir`, `low_cpu_mem_usage`,
+            `attn_implementation`, ...) have no effect on a local directory and are dropped.
 
     Returns:
         The model in eval mode; its `newly_initialized_keys` lists the weights the checkpoint lacked
-        (a head or pooler initialised at random, as logged).
+        (a head or pooler initialised at random, as logged). With `output_loading_info=True`,
+        `(model, {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"})` as transformers.
 
     Raises:
         ValueError: a missing directory or weights file, a damaged file, missing or unexpected keys,
@@ -228,10 +279,19 @@ def load_pretrained(
                          f"the weights ({str(Path(path).parent)!r}?)")
     if not Path(path).is_dir():
         raise ValueError(f"model directory {str(path)!r} does not exist")
+    dtype, device, options = _loading_keywords(config_overrides, dtype, device)
     init_parameters = inspect.signature(model_cls.__init__).parameters
     model_kwargs = {key: config_overrides.pop(key) for key in list(config_overrides)
                     if key in init_parameters and key not in ("self", "config")}
-    config = RemBertConfig.from_pretrained(path, **config_overrides)
+    given = options.get("config")
+    if given is None:
+        config = RemBertConfig.from_pretrained(path, **config_overrides)
+    elif hasattr(given, "to_dict"):  # ours, or transformers' RemBertConfig
+        config = RemBertConfig.from_dict(given.to_dict(), **config_overrides)
+    else:
+        raise ValueError(f"config must be a RemBertConfig, got {type(given).__name__}")
+    ignore_mismatched = bool(options.get("ignore_mismatched_sizes"))
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
     target_dtype = _resolve_dtype(dtype, config)
     target_device = _parse_device(device)
     files = _resolve_weight_files(path)
@@ -254,6 +314,9 @@ def load_pretrained(
             if key in loaded:
                 raise ValueError(f"{str(path)!r} holds {key!r} twice (with and without the "
                                  f"{BASE_MODEL_PREFIX!r} prefix)")
+            if tensor.shape != expected[key].shape and ignore_mismatched:
+                mismatched.append((key, tuple(tensor.shape), tuple(expected[key].shape)))
+                continue
             if tensor.shape != expected[key].shape:
                 raise ValueError(
                     f"{str(path)!r}: {ckpt_key!r} has shape {tuple(tensor.shape)} in the checkpoint but "
@@ -283,8 +346,14 @@ def load_pretrained(
         group for group in {_group(key) for key in missing}
         if group not in _REQUIRED_GROUPS and not any(_group(key) == group for key in loaded)
     }
-    fresh = [key for key in missing if _group(key) in absent_groups]
-    missing = [key for key in missing if _group(key) not in absent_groups]
+    renewed = {key for key, _, _ in mismatched}
+    fresh = [key for key in missing if _group(key) in absent_groups or key in renewed]
+    missing = [key for key in missing if key not in fresh]
+    if mismatched:
+        logger.warning("%s: weights of another shape in the checkpoint, initialised anew "
+                       "(ignore_mismatched_sizes=True): %s",
+                       path, [f"{key}: {have} in the checkpoint, {want} here"
+                              for key, have, want in mismatched])
     if missing or unexpected:
         raise ValueError(
             f"{str(path)!r} does not match {model_cls.__name__}:"
@@ -306,14 +375,26 @@ def load_pretrained(
         )
         with torch.no_grad():
             for module_name in dict.fromkeys(key.rpartition(".")[0] for key in fresh):
-                model._init_weights(model.get_submodule(module_name))
+                module = model.get_submodule(module_name)
+                # _init_weights resets the whole module: keep what the checkpoint gave it (a classifier
+                # whose weight was renewed but whose bias was not).
+                kept = {name: loaded[f"{module_name}.{name}"].clone()
+                        for name, _ in module.named_parameters(recurse=False)
+                        if f"{module_name}.{name}" not in fresh}
+                model._init_weights(module)
+                for name, tensor in kept.items():
+                    getattr(module, name).copy_(tensor)
 
     model.newly_initialized_keys = fresh  # what callers must not trust untrained (see inference)
     model._post_load()
     left_on_meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left_on_meta:
         raise RuntimeError(f"{model_cls.__name__}._post_load left tensors on the meta device: {left_on_meta}")
-    return model.eval()
+    model.eval()
+    if options.get("output_loading_info"):
+        return model, {"missing_keys": list(fresh), "unexpected_keys": list(ignored),
+                       "mismatched_keys": mismatched, "error_msgs": []}
+    return model
 
 
 # -------------------------------------------------------------------------------------------- saving

@@ -418,13 +418,14 @@ class CudaGraphRunner:
         # thread_local: CUDA calls other threads make meanwhile (a data loader pinning memory, a
         # tokenizer thread) must not invalidate this capture; this thread's own unsafe calls still fail.
         try:
-            with torch.cuda.graph(cuda_graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
+            with torch.cuda.graph(cuda_graph, pool=self._pool, stream=side,
+                                  capture_error_mode="thread_local"):
                 graph.output = self._body(graph, graph.static)
         except RuntimeError as error:  # torch's CUDA errors (and torch.AcceleratorError) are RuntimeErrors
             self.capture_error = f"{type(error).__name__}: {error}"
             graph.output = None
             warnings.warn(f"rembert_fast: capturing a CUDA graph for bucket (tokens, max_seqlen, batch)="
                           f"{graph.key} failed ({self.capture_error}); batches run eagerly from now on "
-                          "(same answers, without the graph's launch savings)", RuntimeWarning)
+                          "(same answers, without the graph's launch savings)", RuntimeWarning, stacklevel=2)
             return
         graph.graph = cuda_graph

@@ -418,8 +418,9 @@ class InferenceEngine:
         """Why the model cannot take this encoding (the line becomes an error record), or None."""
         ids = encoding.ids
         if len(ids) > self.max_length:  # a pair too long for its 3 special tokens is not truncated
-            return (f"encoded to {len(ids)} tokens, more than max_length {self.max_length}, and the tokenizer "
-                    "could not truncate it (a text pair needs at least 3 tokens for its special tokens)")
+            return (f"encoded to {len(ids)} tokens, more than max_length {self.max_length}, and the "
+                    "tokenizer could not truncate it (a text pair needs at least 3 tokens for its special "
+                    "tokens)")
         vocab = self.config.vocab_size
         if ids and max(ids) >= vocab:
             bad = max(ids)
@@ -563,7 +564,8 @@ class InferenceEngine:
         for start, end, outputs in chunks:
             if isinstance(outputs, ValueError):
                 for row in batch.rows[start:end]:
-                    window.records[row] = {**window.heads[row], "error": f"the model refused this line: {outputs}"}
+                    refused = f"the model refused this line: {outputs}"
+                    window.records[row] = {**window.heads[row], "error": refused}
             else:
                 self._records(window, batch, start, end, outputs)
 

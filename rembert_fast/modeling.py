@@ -816,7 +816,8 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
                 # Any integer position is allowed: outside [0, L) it is clamped and ignored (transformers).
                 _check_labels(name, positions, (enc.batch,), None, start_logits)
                 if positions.dtype != torch.int64:
-                    raise ValueError(f"{name} must be int64 token positions, got {positions.dtype} (use .long())")
+                    raise ValueError(f"{name} must be int64 token positions, got {positions.dtype} "
+                                     "(use .long())")
             ignored = start_logits.size(1)
             start = start_positions.reshape(-1).clamp(0, ignored)
             end = end_positions.reshape(-1).clamp(0, ignored)

@@ -144,7 +144,8 @@ def heads_and_labels():
          "must be int64 class ids, got torch.int32 \\(use .long\\(\\)\\)"),
         (RemBertForTokenClassification, {}, torch.zeros(b, seqlen, dtype=torch.int32), "got torch.int32"),
         (RemBertForMaskedLM, {}, torch.zeros(b, seqlen, dtype=torch.int32), "got torch.int32"),
-        (RemBertForCausalLM, {"is_decoder": True}, torch.zeros(b, seqlen, dtype=torch.int32), "got torch.int32"),
+        (RemBertForCausalLM, {"is_decoder": True}, torch.zeros(b, seqlen, dtype=torch.int32),
+         "got torch.int32"),
     ]
 
 

@@ -419,3 +419,71 @@ def test_bad_save_arguments(saved):
         model.save_pretrained(path / "out", max_shard_size="lots")
     with pytest.raises(ValueError, match="it is a file"):
         model.save_pretrained(path / "config.json")
+
+
+# ------------------------------------------------------------------- transformers' loading keywords
+def test_transformers_loading_keywords_work_and_stay_out_of_the_config(tmp_path):
+    """torch_dtype (dtype's old name), device_map and the Hub's keywords, as a transformers user passes
+    them: the dtype and device are honoured, the rest dropped, and config.json stays clean."""
+    original = _hf_model("RemBertForSequenceClassification")
+    original.save_pretrained(tmp_path / "hf")
+    model = _ours("RemBertForSequenceClassification").from_pretrained(
+        tmp_path / "hf", torch_dtype=torch.float16, device_map="auto", local_files_only=True, revision="main",
+        cache_dir=str(tmp_path / "cache"), low_cpu_mem_usage=True, attn_implementation="eager",
+        trust_remote_code=False)
+    assert model.dtype == torch.float16 and model.device == torch.device("cpu")  # no GPU here
+    model.save_pretrained(tmp_path / "ours")
+    saved = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert saved["dtype"] == "float16"
+    for name in ("torch_dtype", "device_map", "local_files_only", "revision", "cache_dir",
+                 "low_cpu_mem_usage", "attn_implementation", "trust_remote_code"):
+        assert name not in saved and not hasattr(model.config, name), name
+    with pytest.raises(ValueError, match="dtype=torch.float32 and torch_dtype=torch.float16 disagree"):
+        _ours("RemBertModel").from_pretrained(tmp_path / "hf", dtype=torch.float32, torch_dtype=torch.float16)
+    with pytest.raises(ValueError, match="spreads the model over several devices"):
+        _ours("RemBertModel").from_pretrained(tmp_path / "hf", device_map={"embeddings": 0, "encoder": "cpu"})
+
+
+def test_config_object_and_loading_info_as_in_transformers(tmp_path):
+    """config= replaces config.json (ours or transformers' class); output_loading_info returns the same
+    keys as transformers, listing the head a base checkpoint lacks."""
+    _hf_model("RemBertModel").save_pretrained(tmp_path)
+    hf_config = transformers.RemBertConfig.from_pretrained(tmp_path, num_labels=2,
+                                                           id2label={0: "neg", 1: "pos"},
+                                                           problem_type="multi_label_classification")
+    for config in (hf_config, rembert_fast.RemBertConfig.from_dict(hf_config.to_dict())):
+        model, info = _ours("RemBertForSequenceClassification").from_pretrained(
+            tmp_path, config=config, output_loading_info=True)
+        assert model.config.id2label == {0: "neg", 1: "pos"} and model.num_labels == 2
+        assert model.config.problem_type == "multi_label_classification"
+        _, hf_info = transformers.RemBertForSequenceClassification.from_pretrained(
+            tmp_path, config=hf_config, output_loading_info=True)
+        assert set(info) >= {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"}
+        assert sorted(info["missing_keys"]) == sorted(hf_info["missing_keys"])
+        model.save_pretrained(tmp_path / "again")  # the config object is not stored inside the config
+    with pytest.raises(ValueError, match="config must be a RemBertConfig, got dict"):
+        _ours("RemBertModel").from_pretrained(tmp_path, config={"hidden_size": 48})
+
+
+def test_ignore_mismatched_sizes_renews_a_head_of_another_size(tmp_path):
+    """A 3-label classifier loaded as a 5-label one: refused by default; with ignore_mismatched_sizes the
+    classifier is initialised anew (listed in mismatched_keys and newly_initialized_keys) and every other
+    weight is the checkpoint's, as transformers does."""
+    original = _hf_model("RemBertForSequenceClassification")
+    original.save_pretrained(tmp_path)
+    cls = _ours("RemBertForSequenceClassification")
+    refused = r"'classifier\.(weight|bias)' has shape \(3,( 48)?\) in the checkpoint but \(5"
+    with pytest.raises(ValueError, match=refused):
+        cls.from_pretrained(tmp_path, num_labels=5)
+    model, info = cls.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True,
+                                      output_loading_info=True)
+    _, hf_info = transformers.RemBertForSequenceClassification.from_pretrained(
+        tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert sorted(key for key, *_ in info["mismatched_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert sorted(info["mismatched_keys"]) == sorted(hf_info["mismatched_keys"])
+    assert sorted(model.newly_initialized_keys) == ["classifier.bias", "classifier.weight"]
+    assert model.classifier.weight.shape == (5, 48) and torch.isfinite(model.classifier.weight).all()
+    state = model.state_dict()
+    for key, tensor in original.state_dict().items():
+        if not key.startswith("classifier."):
+            assert torch.equal(state[key], tensor), key

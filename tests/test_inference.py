@@ -266,13 +266,15 @@ def test_a_line_the_model_refuses_becomes_an_error_record(dirs, ref, monkeypatch
 
     monkeypatch.setattr(engine, "_forward", picky)
     records = list(engine.run(texts))
-    refused = [i for i, text in enumerate(texts) if text and engine.tokenizer(text)["input_ids"][1] == poisoned]
+    refused = [i for i, text in enumerate(texts)
+               if text and engine.tokenizer(text)["input_ids"][1] == poisoned]
     assert 3 in refused and max(rows_per_call) > 1 and rows_per_call.count(1) >= 2
     assert len(records) == len(texts) and engine.stats.errors == len(refused)
     for i, (text, record) in enumerate(zip(texts, records, strict=True)):
         assert record["line"] == i + 1
         if i in refused:
-            assert record["error"] == f"the model refused this line: input_ids contains {poisoned}, refused (simulated)"
+            want = f"the model refused this line: input_ids contains {poisoned}, refused (simulated)"
+            assert record["error"] == want
         else:
             _close(record["embedding"], ref.embedding(text, "cls"))
 
@@ -294,7 +296,8 @@ def test_lines_the_model_cannot_take_are_error_records(dirs, ref):
     records = list(engine.run(texts))
     for text, highest, record in zip(texts, top, records, strict=True):
         if highest >= cut:
-            assert record["error"].startswith(f"token id {highest} (") and f"vocab_size {cut}" in record["error"]
+            assert record["error"].startswith(f"token id {highest} (")
+            assert f"vocab_size {cut}" in record["error"]
         else:
             _close(record["embedding"], ref.embedding(text, "cls"))
     assert 0 < engine.stats.errors < len(texts)
