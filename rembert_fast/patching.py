@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import types
 from typing import Any
 
 import torch
@@ -61,14 +60,14 @@ def optimize(model: nn.Module, *, cuda_graphs: bool = False) -> nn.Module:
     state = base.__dict__.get(_STATE)
     if state is None:
         state = base.__dict__[_STATE] = {"cuda_graphs": cuda_graphs, "runner": None}
-        base.forward = types.MethodType(_fast_forward, base)
-        base.extra_repr = types.MethodType(_marked_repr(_MARK), base)
+        base.forward = _Patched(_fast_forward, base, "forward")
+        base.extra_repr = _Patched(_marked_extra_repr, base, "extra_repr", _MARK)
         for module in model.modules():
             if type(module).__name__ == "RemBertLMPredictionHead" and _op_activation(base.config):
                 # transformers keeps only the callable ACT2FN[config.hidden_act] on the head.
                 module.__dict__[_STATE] = {"activation": base.config.hidden_act}
-                module.forward = types.MethodType(_lm_head_forward, module)
-                module.extra_repr = types.MethodType(_marked_repr(_HEAD_MARK), module)
+                module.forward = _Patched(_lm_head_forward, module, "forward")
+                module.extra_repr = _Patched(_marked_extra_repr, module, "extra_repr", _HEAD_MARK)
     state["cuda_graphs"] = cuda_graphs
     if not cuda_graphs:
         state["runner"] = None
@@ -107,12 +106,26 @@ def _op_activation(config: Any) -> bool:
     return isinstance(config.hidden_act, str) and config.hidden_act in ops.ACTIVATIONS
 
 
-def _marked_repr(mark: str) -> Any:
-    def extra_repr(self: nn.Module) -> str:
-        original = type(self).extra_repr(self)
-        return f"{original}, {mark}" if original else mark
+class _Patched:
+    """`function` bound to one module in place of its method `name`: what types.MethodType does, but it
+    pickles and deep-copies with its module (a MethodType pickles as getattr(module, function name),
+    which the class lacks), and it shows the original method's signature (transformers' Trainer reads
+    `model.forward`'s parameters to pick the dataset columns to keep)."""
 
-    return extra_repr
+    def __init__(self, function: Any, module: nn.Module, name: str, *extra: Any) -> None:
+        self.__func__, self.__self__, self.name, self.extra = function, module, name, extra
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__(self.__self__, *self.extra, *args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(getattr(type(self.__self__), self.name).__get__(self.__self__))
+
+
+def _marked_extra_repr(self: nn.Module, mark: str) -> str:
+    original = type(self).extra_repr(self)
+    return f"{original}, {mark}" if original else mark
 
 
 # ----------------------------------------------------------------------------------------- forwards

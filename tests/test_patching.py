@@ -7,6 +7,9 @@ sequence's first real token, both documented.
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -119,6 +122,25 @@ def test_forward_swapped_on_instance_only_and_marked():
     assert patching._MARK in text and patching._HEAD_MARK in text
     assert patching._MARK not in repr(other)
     assert patching.is_optimized(model) and not patching.is_optimized(other)
+
+
+def test_optimized_model_pickles_and_shows_the_original_signature(tmp_path, spies):
+    """torch.save of the whole model (pickle) and deepcopy keep it optimized and answering the same;
+    inspect.signature(model.forward) is transformers' (Trainer keeps dataset columns by it)."""
+    model = rembert_fast.optimize(build("RemBertForMaskedLM"))
+    inputs = inputs_for("RemBertForMaskedLM", make_mask("right"))
+    with torch.no_grad():
+        want = model(**inputs).logits
+    torch.save(model, tmp_path / "model.pt")
+    for again in (torch.load(tmp_path / "model.pt", weights_only=False), copy.deepcopy(model)):
+        assert patching.is_optimized(again) and again.rembert.forward.__self__ is again.rembert
+        assert patching._MARK in repr(again)
+        before = dict(spies)
+        with torch.no_grad():
+            assert torch.equal(again(**inputs).logits, want)
+        assert spies["layer_norm"] > before["layer_norm"]  # the packed path ran
+    original = inspect.signature(transformers.RemBertModel.forward)
+    assert list(inspect.signature(model.rembert.forward).parameters) == list(original.parameters)[1:]
 
 
 def test_ops_called_once_per_layer(spies):
