@@ -445,6 +445,10 @@ def save_pretrained(
     path: str | os.PathLike,
     safe_serialization: bool = True,
     max_shard_size: int | str = "5GB",
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    is_main_process: bool = True,
+    push_to_hub: bool = False,
 ) -> None:
     """Write `model` as a transformers-compatible directory: config.json and the weights.
 
@@ -455,14 +459,23 @@ def save_pretrained(
         safe_serialization: safetensors (default) or `pytorch_model.bin`.
         max_shard_size: bytes per file (int, or a string such as "5GB", "500MiB"); a larger state is
             split into `model-00001-of-0000N.safetensors` files listed by `model.safetensors.index.json`.
+        state_dict: the tensors to write instead of `model.state_dict()` (what Trainer and accelerate
+            pass, e.g. gathered from several processes).
+        is_main_process: False writes nothing (the other processes of a distributed run).
+        push_to_hub: not supported here (no Hub access): upload the directory yourself.
     """
+    if push_to_hub:
+        raise ValueError("push_to_hub=True is not supported: save the directory, then upload it (e.g. "
+                         "`huggingface-cli upload`)")
+    if not is_main_process:
+        return
     max_bytes = _parse_size(max_shard_size)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"cannot save into {str(path)!r}: it is a file, not a directory")
     path.mkdir(parents=True, exist_ok=True)
 
-    tensors = _tensors_to_save(model.state_dict())
+    tensors = _tensors_to_save(model.state_dict() if state_dict is None else state_dict)
     floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
     config_dict = model.config.to_dict()
     config_dict["architectures"] = [type(model).__name__]

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from rembert_fast import ops, padding
@@ -153,6 +154,93 @@ class RemBertPreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    # --------------------------------------------------------- transformers' PreTrainedModel methods
+    @property
+    def base_model(self) -> RemBertModel:
+        """The RemBertModel of a head (`.rembert`), or the model itself."""
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.base_model.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The vocabulary projection of a language-model head; None for the others."""
+        return None
+
+    def tie_weights(self) -> None:
+        """Nothing to tie: RemBERT's output embeddings are separate from its input embeddings."""
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters in the model (as transformers counts them; shared ones once)."""
+        embedding_weights = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(p.numel() for p in self.parameters()
+                   if (p.requires_grad or not only_trainable)
+                   and not (exclude_embeddings and id(p) in embedding_weights))
+
+    @torch.no_grad()
+    def resize_token_embeddings(self, new_num_tokens: int | None = None,
+                                pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the vocabulary of the input embeddings (and of an LM head's decoder) to `new_num_tokens`
+        rows (rounded up to `pad_to_multiple_of`), keeping the existing rows; `config.vocab_size` follows.
+
+        New rows are the mean of the old rows with `mean_resizing` (transformers samples them around
+        that mean), else transformers' normal(0, initializer_range) init. Returns the input embedding.
+        """
+        old = self.get_input_embeddings()
+        size = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of is not None:
+            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+        if size < 1:
+            raise ValueError(f"new_num_tokens must be at least 1, got {new_num_tokens}")
+        if size == old.num_embeddings:
+            return old
+
+        def grown(weight: torch.Tensor) -> torch.Tensor:  # (old rows, ...) -> (size, ...)
+            rows = weight.new_empty((size, *weight.shape[1:]))
+            keep = min(size, weight.shape[0])
+            rows[:keep] = weight[:keep]
+            if size > keep:
+                if mean_resizing and weight.dim() > 1:
+                    rows[keep:] = weight.float().mean(0).to(weight.dtype)
+                elif weight.dim() > 1:
+                    rows[keep:].normal_(0.0, self.config.initializer_range)
+                else:
+                    rows[keep:] = weight.float().mean().to(weight.dtype) if mean_resizing else 0
+            return rows
+
+        embedding = nn.Embedding(size, old.embedding_dim, padding_idx=old.padding_idx,
+                                 device=old.weight.device, dtype=old.weight.dtype)
+        embedding.weight.copy_(grown(old.weight))
+        self.set_input_embeddings(embedding)
+        decoder = self.get_output_embeddings()
+        if decoder is not None:
+            new_decoder = nn.Linear(decoder.in_features, size, bias=decoder.bias is not None,
+                                    device=decoder.weight.device, dtype=decoder.weight.dtype)
+            new_decoder.weight.copy_(grown(decoder.weight))
+            if decoder.bias is not None:
+                new_decoder.bias.copy_(grown(decoder.bias))
+            self.set_output_embeddings(new_decoder)
+        self.config.vocab_size = size
+        return embedding
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+                                      ) -> None:
+        """Recompute each layer in the backward pass instead of keeping its activations (in training,
+        with gradients recorded), on the packed and the classic path. `gradient_checkpointing_kwargs`
+        is accepted for transformers' signature; the recomputation is torch's non-reentrant one."""
+        self.base_model.encoder.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_model.encoder.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.base_model.encoder, "gradient_checkpointing", False))
+
 
 # ================================================================================== the model
 @dataclass
@@ -193,12 +281,6 @@ class RemBertModel(RemBertPreTrainedModel):
         self.encoder = RemBertEncoder(config)
         self.pooler = RemBertPooler(config) if add_pooling_layer else None
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings.word_embeddings = value
 
     def forward(
         self,
@@ -844,6 +926,7 @@ class RemBertEncoder(nn.Module):
         self.config = config
         self.embedding_hidden_mapping_in = nn.Linear(config.input_embedding_size, config.hidden_size)
         self.layer = nn.ModuleList([RemBertLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False  # see RemBertPreTrainedModel.gradient_checkpointing_enable
 
     def forward(
         self,
@@ -870,18 +953,18 @@ class RemBertEncoder(nn.Module):
         cross_attentions: list[torch.Tensor] = []
         presents: list[tuple[torch.Tensor, ...]] = []
         cross = self.config.add_cross_attention and encoder_hidden_states is not None
+        recompute = _recomputes(self)
         for i, layer in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
-            hidden_states, probs, cross_probs, present = layer(
-                hidden_states,
-                attention_mask,
-                head_masks[i],
-                encoder_hidden_states,
-                encoder_attention_mask,
-                past_key_values[i] if past_key_values is not None else None,
-                output_attentions,
-            )
+            layer_args = (hidden_states, attention_mask, head_masks[i], encoder_hidden_states,
+                          encoder_attention_mask, past_key_values[i] if past_key_values is not None else None,
+                          output_attentions)
+            if recompute:
+                hidden_states, probs, cross_probs, present = torch.utils.checkpoint.checkpoint(
+                    layer, *layer_args, use_reentrant=False)
+            else:
+                hidden_states, probs, cross_probs, present = layer(*layer_args)
             if use_cache:
                 presents.append(present)
             if output_attentions:
@@ -1384,13 +1467,23 @@ def packed_encoder_forward(
         packed_source if input_ids is None else None,
     )  # (T, hidden)
     all_hidden = [hidden] if output_hidden_states else None
+    recompute = _recomputes(encoder)
     for layer in encoder.layer:
-        hidden = packed_layer_forward(
-            layer, hidden, cu_seqlens, max_seqlen, config.hidden_act, causal=bool(config.is_decoder)
-        )
+        layer_args = (layer, hidden, cu_seqlens, max_seqlen, config.hidden_act, bool(config.is_decoder))
+        if recompute:
+            hidden = torch.utils.checkpoint.checkpoint(packed_layer_forward, *layer_args,
+                                                       use_reentrant=False)
+        else:
+            hidden = packed_layer_forward(*layer_args)
         if all_hidden is not None:
             all_hidden.append(hidden)
     return PackedBatch(hidden, indices, cu_seqlens, max_seqlen, tuple(all_hidden) if all_hidden else None)
+
+
+def _recomputes(encoder: nn.Module) -> bool:
+    """Gradient checkpointing: enabled on the encoder, training, and gradients being recorded."""
+    enabled = bool(getattr(encoder, "gradient_checkpointing", False))
+    return enabled and encoder.training and torch.is_grad_enabled()
 
 
 def _first_rows(out: PackedBatch) -> torch.Tensor:
