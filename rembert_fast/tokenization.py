@@ -111,6 +111,10 @@ _INIT_CONFIG_KEYS = (
 TextPair = tuple[str, "str | None"]
 
 
+_LOADER_ONLY_KEYWORDS = ("local_files_only", "revision", "cache_dir", "trust_remote_code", "force_download",
+                         "token", "proxies", "use_fast", "resume_download")
+
+
 @dataclass(frozen=True)
 class _EncodeOptions:
     """`__call__`'s arguments after validation, as the two encoders take them."""
@@ -887,6 +891,9 @@ class _RemBertTokenizerBase(ABC):
                     f"got a {type(content).__name__}"
                 )
             init.update({key: value for key, value in content.items() if key in _INIT_CONFIG_KEYS})
+        # transformers' Hub and loader keywords: no effect on a local directory (as for the models).
+        for name in _LOADER_ONLY_KEYWORDS:
+            kwargs.pop(name, None)
         init.update(kwargs)
         return init
 

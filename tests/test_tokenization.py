@@ -501,6 +501,16 @@ def test_fast_loads_a_directory_saved_by_slow(model_file, plain_lines, tmp_path)
     assert RemBertTokenizerFast.from_pretrained(tmp_path, do_lower_case=True).do_lower_case is True
 
 
+@pytest.mark.parametrize("cls", [RemBertTokenizer, RemBertTokenizerFast])
+def test_from_pretrained_drops_the_hubs_keywords(model_file, plain_lines, tmp_path, cls):
+    """A transformers call with local_files_only/revision/cache_dir/use_fast loads the same tokenizer."""
+    cls(model_file).save_pretrained(tmp_path)
+    plain = cls.from_pretrained(tmp_path)
+    hub = cls.from_pretrained(tmp_path, local_files_only=True, revision="main", cache_dir=str(tmp_path / "c"),
+                              use_fast=True, trust_remote_code=False)
+    assert dict(hub(plain_lines)) == dict(plain(plain_lines))
+
+
 # ----------------------------------------------------------------------------------------- bad input
 def test_missing_or_unreadable_vocab_file(tmp_path):
     missing = tmp_path / "absent.model"
