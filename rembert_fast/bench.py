@@ -44,6 +44,7 @@ import argparse
 import copy
 import datetime
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -806,6 +807,18 @@ def _resolve(args: argparse.Namespace, device: torch.device, have_hf: bool) -> d
     }
 
 
+def _check_output(output: Path) -> None:
+    """The JSON record's path can be written: not a directory, in a directory that exists or can be made."""
+    if output.is_dir():
+        raise ValueError(f"--output {str(output)!r} is a directory; name a .json file")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output {str(output)!r}: cannot create its directory ({error})") from None
+    if not os.access(output.parent, os.W_OK):
+        raise ValueError(f"--output {str(output)!r}: its directory is not writable")
+
+
 def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
     if args.model is not None:
         return rembert_fast.RemBertConfig.from_pretrained(args.model).to_dict()
@@ -825,17 +838,26 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--threads {args.threads} must be a positive number of threads")
         torch.set_num_threads(args.threads)
     have_hf = _transformers() is not None
-    plan = _resolve(args, device, have_hf)
-    config_dict = _config_dict(args)
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    output = Path(args.output) if args.output else (
+        RESULTS_DIR / f"bench-{_slug(_device_name(device))}-{stamp:%Y%m%d-%H%M%S}.json")
+    # Settings that cannot work are refused before minutes of model building, in one line (exit 2).
+    try:
+        plan = _resolve(args, device, have_hf)
+        config_dict = _config_dict(args)
+        _check_layers(plan["layers"], config_dict["num_hidden_layers"])
+        _check_output(output)
+        if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot needs matplotlib, which is not installed: pip install matplotlib")
+    except ValueError as error:
+        print(f"rembert-fast bench: error: {error}", file=sys.stderr)
+        return 2
     max_len = config_dict["max_position_embeddings"]
     too_long = [s.label for s in plan["shapes"] if s.seq > max_len]
     if too_long:
         raise SystemExit(f"shapes {too_long} exceed max_position_embeddings={max_len}")
     for note in plan["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    stamp = datetime.datetime.now(datetime.timezone.utc)
-    output = Path(args.output) if args.output else (
-        RESULTS_DIR / f"bench-{_slug(_device_name(device))}-{stamp:%Y%m%d-%H%M%S}.json")
 
     torch.manual_seed(args.seed)  # random weights too: separate runs with one seed time the same model
     hf_master, fast_master = build_masters(config_dict, args.model, plan["layers"], have_hf,

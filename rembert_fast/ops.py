@@ -117,12 +117,16 @@ def backend_info() -> dict[str, Any]:
     except Exception:
         triton_version = None
     ext_ok, ext_reason = extension.status()
+    try:
+        requested = requested_backend()
+    except ValueError as error:  # a bad $REMBERT_FAST_BACKEND: what a diagnosis should show, not crash on
+        requested = f"invalid: {error}"
     return {
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "requested_backend": requested_backend(),
+        "requested_backend": requested,
         "triton_interpret": _interpreting(),
         "backends": {
             "eager": {"available": True, "reason": "plain PyTorch, always available"},

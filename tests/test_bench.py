@@ -256,11 +256,21 @@ def test_bench_without_transformers_runs_rembert_fast_alone(tiny_config, tmp_pat
     assert "transformers is not installed" in capsys.readouterr().err
 
 
-def test_bench_plot_without_matplotlib_says_so(tiny_config, tmp_path, monkeypatch, capsys):
+def _bench_usage_error(tiny_config, tmp_path, capsys, *extra: str) -> str:
+    """Run `rembert-fast bench` with settings that cannot work: exit 2, one line, nothing written."""
+    args = cli.build_parser().parse_args(
+        ["bench", "--device", "cpu", "--config", str(tiny_config), "--no-progress", "--iters", "1",
+         "--output", str(tmp_path / "out" / "result.json"), *extra])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rembert-fast bench: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "out" / "result.json").exists()
+    return err
+
+
+def test_bench_plot_without_matplotlib_says_so_before_running(tiny_config, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    code, _ = run_bench(tiny_config, tmp_path, "--impls", "transformers", "--lengths", "fixed", "--plot")
-    assert code == 1
-    assert "pip install matplotlib" in capsys.readouterr().err
+    assert "pip install matplotlib" in _bench_usage_error(tiny_config, tmp_path, capsys, "--plot")
 
 
 def test_bench_argument_errors(tiny_config, tmp_path):
@@ -272,8 +282,20 @@ def test_bench_argument_errors(tiny_config, tmp_path):
             parser.parse_args(["bench", *bad])
     with pytest.raises(SystemExit, match="exceed max_position_embeddings=64"):
         run_bench(tiny_config, tmp_path, "--seq-lens", "128")
-    with pytest.raises(ValueError, match="--layers 5 is outside 1..2"):
-        run_bench(tiny_config, tmp_path, "--layers", "5")
+
+
+
+def test_bench_settings_that_cannot_work_are_usage_errors(tiny_config, tmp_path, capsys):
+    assert "--layers 5 is outside 1..2" in _bench_usage_error(tiny_config, tmp_path, capsys, "--layers", "5")
+    assert "no implementation left" in _bench_usage_error(tiny_config, tmp_path, capsys,
+                                                          "--impls", "rembert_fast+graphs")
+    (tmp_path / "a_dir.json").mkdir()
+    assert "is a directory" in _bench_usage_error(tiny_config, tmp_path, capsys,
+                                                  "--output", str(tmp_path / "a_dir.json"))
+    (tmp_path / "a_file").write_text("")
+    assert "cannot create its directory" in _bench_usage_error(
+        tiny_config, tmp_path, capsys, "--output", str(tmp_path / "a_file" / "x.json"))
+    assert not (tmp_path / "a_dir.json.partial").exists()
 
 
 def test_cpu_defaults_skip_compile_and_graphs():

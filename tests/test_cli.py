@@ -258,6 +258,10 @@ def test_torchrun_with_more_processes_than_gpus_is_a_usage_error(monkeypatch):
     assert calls == []
 
 
-def test_doctor_still_works(capsys):
+def test_doctor_still_works(capsys, monkeypatch):
     assert main(["doctor", "--json"]) == 0
     assert "backends" in json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("REMBERT_FAST_BACKEND", "bogus")  # the diagnosis shows it instead of crashing
+    assert main(["doctor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["requested_backend"].startswith(
+        "invalid: REMBERT_FAST_BACKEND='bogus' is not one of")
