@@ -714,3 +714,48 @@ def test_slow_batch_ids_equal_tokenize_then_convert(model_file, lines):
         tok = RemBertTokenizer(model_file, **options)
         batch = tok(texts, add_special_tokens=False)["input_ids"]
         assert batch == [tok.convert_tokens_to_ids(tok.tokenize(text)) for text in texts]
+
+
+# ------------------------------------------------------------------------------------------- pad()
+@pytest.mark.parametrize("which", ["slow", "fast"])
+def test_pad_and_data_collator_match_transformers(slow, fast_equal, lines, tmp_path, which):
+    """`pad` as transformers' data collators call it: features of unequal length (with labels) padded to
+    the longest, to max_length, to a multiple, on either side, as lists, numpy or torch; the reference is
+    transformers' own pad() of the tokenizer with the same special tokens, saved and loaded there (as a
+    tokenizer.json: 5.24 reads a bare sentencepiece.model only with protobuf; pad reads only the pad ids
+    and side)."""
+    transformers = pytest.importorskip("transformers")
+    ours = slow if which == "slow" else fast_equal
+    fast_equal.save_pretrained(tmp_path)
+    theirs = transformers.RemBertTokenizerFast.from_pretrained(tmp_path)
+    assert theirs.pad_token_id == ours.pad_token_id
+    features = [dict(ours(text), labels=i % 3) for i, text in enumerate(lines[:6])]
+    floats = [{"input_ids": f["input_ids"], "labels": 0.5 * i} for i, f in enumerate(features)]
+    cases = [dict(), dict(padding="max_length", max_length=60), dict(pad_to_multiple_of=8),
+             dict(padding_side="left"), dict(return_tensors="np"), dict(return_tensors="pt"),
+             dict(padding=False)]
+    for kwargs in cases:
+        side = kwargs.pop("padding_side", None)
+        if side:
+            ours.padding_side = theirs.padding_side = side
+        try:
+            for batch in (features, floats):
+                want, got = theirs.pad(batch, **kwargs), ours.pad(batch, **kwargs)
+                assert list(got) == list(want), kwargs
+                for key in want:
+                    a, b = want[key], got[key]
+                    if hasattr(a, "tolist"):
+                        assert type(a) is type(b) and a.dtype == b.dtype, (key, kwargs)
+                        a, b = a.tolist(), b.tolist()
+                    assert a == b, (key, kwargs)
+        finally:
+            ours.padding_side = theirs.padding_side = "right"
+    one = ours(lines[0])
+    assert ours.pad(one, padding="max_length", max_length=50)["input_ids"] == theirs.pad(
+        dict(one), padding="max_length", max_length=50)["input_ids"]
+    collated = transformers.DataCollatorWithPadding(ours)(features)
+    reference = transformers.DataCollatorWithPadding(theirs)(features)
+    assert sorted(collated) == sorted(reference)
+    assert all(torch.equal(collated[key], reference[key]) for key in reference)
+    with pytest.raises(ValueError, match="pad needs input_ids"):
+        ours.pad([{"labels": 1}])
