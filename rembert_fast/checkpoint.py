@@ -219,6 +219,25 @@ def _device_from_map(device_map: Any) -> torch.device | str | int | None:
     return device_map
 
 
+def _dtype_name(dtype: Any) -> Any:
+    """torch.float16 and "float16" alike (anything else as it is), to compare two ways of naming one."""
+    return str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+
+
+def _device_key(device: Any) -> tuple[str, int | None]:
+    """"cpu" and "cpu:0" alike, "cuda" and "cuda:<current>" alike, to compare two ways of naming one."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        return (str(device), None)
+    if parsed.type == "cpu":
+        return ("cpu", None)
+    index = parsed.index
+    if index is None and parsed.type == "cuda":
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (parsed.type, index)
+
+
 def _loading_keywords(kwargs: dict[str, Any], dtype: Any, device: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Take transformers' loading keywords out of `kwargs` (the rest are config fields): the dtype and
     device they name, and the loader's own options."""
@@ -226,12 +245,12 @@ def _loading_keywords(kwargs: dict[str, Any], dtype: Any, device: Any) -> tuple[
         kwargs.pop(name, None)
     if "torch_dtype" in kwargs:  # transformers' name before 4.56
         torch_dtype = kwargs.pop("torch_dtype")
-        if dtype is not None and torch_dtype is not None and torch_dtype != dtype:
+        if dtype is not None and torch_dtype is not None and _dtype_name(torch_dtype) != _dtype_name(dtype):
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one")
         dtype = torch_dtype if dtype is None else dtype
     if "device_map" in kwargs:
         mapped = _device_from_map(kwargs.pop("device_map"))
-        if device is not None and mapped is not None and torch.device(mapped) != torch.device(device):
+        if device is not None and mapped is not None and _device_key(mapped) != _device_key(device):
             raise ValueError(f"device={device!r} and device_map={mapped!r} disagree; pass one")
         device = mapped if device is None else device
     options = {name: kwargs.pop(name) for name in ("config", "output_loading_info", "ignore_mismatched_sizes")
@@ -392,7 +411,8 @@ def load_pretrained(
         raise RuntimeError(f"{model_cls.__name__}._post_load left tensors on the meta device: {left_on_meta}")
     model.eval()
     if options.get("output_loading_info"):
-        return model, {"missing_keys": list(fresh), "unexpected_keys": list(ignored),
+        return model, {"missing_keys": [key for key in fresh if key not in renewed],
+                       "unexpected_keys": list(ignored),
                        "mismatched_keys": mismatched, "error_msgs": []}
     return model
 

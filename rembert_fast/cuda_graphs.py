@@ -417,11 +417,15 @@ class CudaGraphRunner:
         cuda_graph = torch.cuda.CUDAGraph()
         # thread_local: CUDA calls other threads make meanwhile (a data loader pinning memory, a
         # tokenizer thread) must not invalidate this capture; this thread's own unsafe calls still fail.
+        caller_stream = torch.cuda.current_stream(device)
         try:
             with torch.cuda.graph(cuda_graph, pool=self._pool, stream=side,
                                   capture_error_mode="thread_local"):
                 graph.output = self._body(graph, graph.static)
         except RuntimeError as error:  # torch's CUDA errors (and torch.AcceleratorError) are RuntimeErrors
+            # torch.cuda.graph's exit ends the capture before it leaves the side stream: when ending the
+            # capture raises too, this thread is left on the side stream. Back to the caller's.
+            torch.cuda.set_stream(caller_stream)
             self.capture_error = f"{type(error).__name__}: {error}"
             graph.output = None
             warnings.warn(f"rembert_fast: capturing a CUDA graph for bucket (tokens, max_seqlen, batch)="

@@ -195,6 +195,9 @@ class InferenceEngine:
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task {task!r} is not one of {TASKS}")
+        from rembert_fast import ops
+
+        ops.requested_backend()  # a bad $REMBERT_FAST_BACKEND fails here, not in every batch
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
         if aggregate not in AGGREGATIONS:
@@ -484,6 +487,7 @@ class InferenceEngine:
         reruns the batch a row at a time, so only the refused lines become error records.
         """
         chunks: list[_Chunk] = []
+        retrying: list[tuple[int, int]] = []  # row ranges whose forward raised ValueError, rerun by row
         rows = len(batch.rows)
         width = batch.input_ids.shape[1]  # the longest row's length: rows are longest first
         step = rows if self._token_cap is None else max(1, min(rows, self._token_cap // width))
@@ -496,9 +500,12 @@ class InferenceEngine:
                 # The model refused an input the checks in _prepare let through: find its line (one row
                 # at a time), which becomes an error record; the other lines still get their results.
                 if end - start > 1:
+                    retrying.append((start, end))
                     pending = [(row, row + 1) for row in range(start, end)] + pending
                     continue
                 chunks.append((start, end, error))
+                if _refused_alike(chunks, retrying):
+                    raise error
                 continue
             except torch.cuda.OutOfMemoryError:
                 if end - start == 1:
@@ -657,6 +664,18 @@ class InferenceEngine:
                 "start": start, "end": end,
             })
         return {"words": result}
+
+
+def _refused_alike(chunks: list[_Chunk], ranges: list[tuple[int, int]]) -> bool:
+    """Whether every row of a range rerun row by row was refused with one message: then a setting is at
+    fault (a bad backend, say), not the input, and the run stops rather than turn every line into an
+    error record that `--resume` would then skip."""
+    refused = {start: str(out) for start, _, out in chunks if isinstance(out, ValueError)}
+    for first, last in ranges:
+        messages = {refused.get(row) for row in range(first, last)}
+        if None not in messages and len(messages) == 1:
+            return True
+    return False
 
 
 def _parse_item(item: Any, jsonl: bool, head: dict[str, Any]) -> tuple[str, str | None] | str:

@@ -212,17 +212,21 @@ class RemBertPreTrainedModel(nn.Module):
                     rows[keep:] = weight.float().mean().to(weight.dtype) if mean_resizing else 0
             return rows
 
-        embedding = nn.Embedding(size, old.embedding_dim, padding_idx=old.padding_idx,
+        padding_idx = old.padding_idx if old.padding_idx is not None and old.padding_idx < size else None
+        embedding = nn.Embedding(size, old.embedding_dim, padding_idx=padding_idx,
                                  device=old.weight.device, dtype=old.weight.dtype)
         embedding.weight.copy_(grown(old.weight))
+        embedding.weight.requires_grad_(old.weight.requires_grad)  # a frozen embedding stays frozen
         self.set_input_embeddings(embedding)
         decoder = self.get_output_embeddings()
         if decoder is not None:
             new_decoder = nn.Linear(decoder.in_features, size, bias=decoder.bias is not None,
                                     device=decoder.weight.device, dtype=decoder.weight.dtype)
             new_decoder.weight.copy_(grown(decoder.weight))
+            new_decoder.weight.requires_grad_(decoder.weight.requires_grad)
             if decoder.bias is not None:
                 new_decoder.bias.copy_(grown(decoder.bias))
+                new_decoder.bias.requires_grad_(decoder.bias.requires_grad)
             self.set_output_embeddings(new_decoder)
         self.config.vocab_size = size
         return embedding

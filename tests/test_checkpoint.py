@@ -440,6 +440,9 @@ def test_transformers_loading_keywords_work_and_stay_out_of_the_config(tmp_path)
         assert name not in saved and not hasattr(model.config, name), name
     with pytest.raises(ValueError, match="dtype=torch.float32 and torch_dtype=torch.float16 disagree"):
         _ours("RemBertModel").from_pretrained(tmp_path / "hf", dtype=torch.float32, torch_dtype=torch.float16)
+    same = _ours("RemBertModel").from_pretrained(tmp_path / "hf", dtype="float16", torch_dtype=torch.float16,
+                                                 device="cpu:0", device_map="cpu")  # one thing, two names
+    assert same.dtype == torch.float16 and same.device == torch.device("cpu")
     with pytest.raises(ValueError, match="spreads the model over several devices"):
         _ours("RemBertModel").from_pretrained(tmp_path / "hf", device_map={"embeddings": 0, "encoder": "cpu"})
 
@@ -481,6 +484,7 @@ def test_ignore_mismatched_sizes_renews_a_head_of_another_size(tmp_path):
         tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
     assert sorted(key for key, *_ in info["mismatched_keys"]) == ["classifier.bias", "classifier.weight"]
     assert sorted(info["mismatched_keys"]) == sorted(hf_info["mismatched_keys"])
+    assert sorted(info["missing_keys"]) == sorted(hf_info["missing_keys"]) == []  # renewed, not missing
     assert sorted(model.newly_initialized_keys) == ["classifier.bias", "classifier.weight"]
     assert model.classifier.weight.shape == (5, 48) and torch.isfinite(model.classifier.weight).all()
     state = model.state_dict()

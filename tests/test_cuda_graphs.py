@@ -232,6 +232,11 @@ def test_failed_capture_warns_once_and_runs_eagerly(monkeypatch):
     attempts = []
     capture = runner._capture
     monkeypatch.setattr(runner, "_capture", lambda *a: (attempts.append(a), capture(*a)))
+    # torch.cuda.graph's exit can leave the thread on the capture's side stream when ending the capture
+    # raises too: the runner puts the caller's stream back.
+    caller, restored = _FakeStream(), []
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: caller)
+    monkeypatch.setattr(torch.cuda, "set_stream", restored.append)
     cases = [batch([9, 3, 12], 12), batch([16, 16, 16], 16), batch([2, 7, 4], 8)]
     with torch.no_grad():
         with pytest.warns(RuntimeWarning, match=r"bucket .*\(32, 16, 4\) failed .*operation not permitted"):
@@ -243,6 +248,7 @@ def test_failed_capture_warns_once_and_runs_eagerly(monkeypatch):
             ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
             assert max_error(out, ref, mask) <= 1e-5
     assert len(attempts) == 1 and runner.captured == [] and runner._graphs == {}
+    assert restored == [caller]
     assert "operation not permitted when stream is capturing" in runner.capture_error
     runner.reset()  # e.g. after the model is re-cast: capturing is tried again
     assert runner.capture_error is None
@@ -348,6 +354,32 @@ def test_graphs_of_a_model_on_a_device_that_is_not_current():
             assert out.hidden.device == torch.device("cuda:1")
             assert max_error(out, ref, mask) <= 1e-4
     assert len(runner.captured) == 1
+
+
+@pytest.mark.gpu
+def test_a_real_capture_failure_falls_back_on_the_callers_stream(monkeypatch):
+    """A host sync inside the captured forward (what CUDA refuses during capture): one warning, the
+    caller's stream is current again, and the batch (and the next) are answered eagerly and right."""
+    hf, fast = models("cuda")
+    runner = CudaGraphRunner(fast)
+    body = runner._body
+
+    def syncing_body(graph, static):
+        out = body(graph, static)
+        out.sum().item()  # a device-to-host read: allowed in the warm-up, refused under capture
+        return out
+
+    monkeypatch.setattr(runner, "_body", syncing_body)
+    ids, mask = batch([5, 3], 8)
+    stream = torch.cuda.current_stream()
+    with torch.inference_mode(), ops.use_backend("auto"):
+        with pytest.warns(RuntimeWarning, match="capturing a CUDA graph .* failed"):
+            first = runner(ids, mask)
+        assert torch.cuda.current_stream() == stream
+        second = runner(ids, mask)
+        ref = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+    assert runner.captured == [] and runner.capture_error is not None
+    assert max_error(first, ref, mask) <= 1e-4 and max_error(second, ref, mask) <= 1e-4
 
 
 @pytest.mark.gpu

@@ -255,28 +255,44 @@ def test_a_line_the_model_refuses_becomes_an_error_record(dirs, ref, monkeypatch
     texts = sample_texts()
     engine = _engine(dirs, "embed", window=len(texts), batch_tokens=400)
     forward = engine._forward
-    poisoned = engine.tokenizer(texts[3])["input_ids"][1]  # the first word piece of line 4
+    poisoned = engine.tokenizer(texts[3])["input_ids"]  # line 4
     rows_per_call = []
 
     def picky(ids, mask, types):
         rows_per_call.append(ids.shape[0])
-        if bool((ids[:, 1] == poisoned).any()):
-            raise ValueError(f"input_ids contains {poisoned}, refused (simulated)")
+        for row, real in zip(ids.tolist(), mask.tolist(), strict=True):
+            if row[:sum(real)] == poisoned:
+                raise ValueError(f"input_ids holds line 4's {len(poisoned)} ids, refused (simulated)")
         return forward(ids, mask, types)
 
     monkeypatch.setattr(engine, "_forward", picky)
     records = list(engine.run(texts))
-    refused = [i for i, text in enumerate(texts)
-               if text and engine.tokenizer(text)["input_ids"][1] == poisoned]
-    assert 3 in refused and max(rows_per_call) > 1 and rows_per_call.count(1) >= 2
-    assert len(records) == len(texts) and engine.stats.errors == len(refused)
+    assert max(rows_per_call) > 1 and rows_per_call.count(1) >= 2
+    assert len(records) == len(texts) and engine.stats.errors == 1
     for i, (text, record) in enumerate(zip(texts, records, strict=True)):
         assert record["line"] == i + 1
-        if i in refused:
-            want = f"the model refused this line: input_ids contains {poisoned}, refused (simulated)"
-            assert record["error"] == want
+        if i == 3:
+            reason = f"input_ids holds line 4's {len(poisoned)} ids, refused (simulated)"
+            assert record["error"] == f"the model refused this line: {reason}"
         else:
             _close(record["embedding"], ref.embedding(text, "cls"))
+
+
+def test_a_setting_every_line_fails_on_stops_the_run(dirs, monkeypatch):
+    """Every line of a batch refused with one message is a setting at fault, not the input: the run
+    raises it instead of writing the whole input as error records (which --resume would then skip). A
+    bad REMBERT_FAST_BACKEND is refused when the engine is made."""
+    engine = _engine(dirs, "embed", window=8, batch_tokens=400)
+
+    def misconfigured(ids, mask, types):
+        raise ValueError("backend 'cuda' runs on CUDA tensors only (simulated)")
+
+    monkeypatch.setattr(engine, "_forward", misconfigured)
+    with pytest.raises(ValueError, match="backend 'cuda' runs on CUDA tensors only"):
+        list(engine.run(sample_texts()))
+    monkeypatch.setenv("REMBERT_FAST_BACKEND", "tritn")
+    with pytest.raises(ValueError, match="REMBERT_FAST_BACKEND='tritn' is not one of"):
+        _engine(dirs, "embed")
 
 
 def test_lines_the_model_cannot_take_are_error_records(dirs, ref):

@@ -9,6 +9,7 @@ import torch
 from hf_pairs import batch_inputs, make_pair
 
 import rembert_fast
+import rembert_fast.modeling as modeling
 from rembert_fast.checkpoint import load_pretrained
 
 HEADS = ["RemBertModel", "RemBertForMaskedLM", "RemBertForSequenceClassification",
@@ -58,7 +59,12 @@ def test_resize_token_embeddings_keeps_old_rows_and_answers(name):
         decoder = ours.get_output_embeddings()
         assert decoder.weight.shape[0] == size and decoder.bias.shape == (size,)
         assert after.shape[-1] == size and torch.equal(after[..., :old_vocab][real], before[real])
-    assert ours.resize_token_embeddings(10).weight.shape[0] == 10 and ours.config.vocab_size == 10
+    ours.get_input_embeddings().weight.requires_grad_(False)  # frozen embeddings stay frozen
+    small = ours.resize_token_embeddings(10)
+    assert small.weight.shape[0] == 10 and ours.config.vocab_size == 10 and not small.weight.requires_grad
+    padded = torch.nn.Embedding(ours.config.vocab_size, small.embedding_dim, padding_idx=8)
+    ours.set_input_embeddings(padded)
+    assert ours.resize_token_embeddings(5).padding_idx is None  # the padding row is gone (transformers)
     with pytest.raises(ValueError, match="new_num_tokens must be at least 1, got 0"):
         ours.resize_token_embeddings(0)
 
@@ -66,13 +72,18 @@ def test_resize_token_embeddings_keeps_old_rows_and_answers(name):
 @pytest.mark.parametrize("path", ["packed", "classic"])
 def test_gradient_checkpointing_gives_the_same_gradients(path, monkeypatch):
     """With dropout on (its random state is replayed in the recomputation): the same loss and gradients
-    as without checkpointing, and every layer goes through torch.utils.checkpoint."""
+    as without checkpointing, and every layer goes through torch.utils.checkpoint. Attention dropout
+    sends training to the classic path, so the packed case has hidden dropout only."""
     _, ours = make_pair("RemBertForSequenceClassification", "h60", num_labels=2, hidden_dropout_prob=0.1,
-                        attention_probs_dropout_prob=0.1)
+                        attention_probs_dropout_prob=0.1 if path == "classic" else 0.0)
     batch = batch_inputs("h60")
     labels = torch.tensor([0, 1, 1])
     extra = {"output_attentions": True} if path == "classic" else {}
     ours.train()
+    packed_calls = []
+    packed = modeling.packed_encoder_forward
+    monkeypatch.setattr(modeling, "packed_encoder_forward",
+                        lambda *a, **k: packed_calls.append(1) or packed(*a, **k))
 
     def loss_and_grads():
         ours.zero_grad()
@@ -90,6 +101,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(path, monkeypatch):
     assert ours.is_gradient_checkpointing
     loss_again, grads_again = loss_and_grads()
     assert len(calls) == ours.config.num_hidden_layers
+    assert bool(packed_calls) == (path == "packed")  # the path the case is named after ran
     assert torch.equal(loss, loss_again) and grads.keys() == grads_again.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grads_again[name], grad, rtol=1e-5, atol=1e-6, msg=name)
