@@ -130,6 +130,15 @@ def _part(path: Path, rank: int, world: int) -> Path:
     return path.with_name(f"{path.name}.rank{rank}-of-{world}") if world > 1 else path
 
 
+def _result_key(args: argparse.Namespace) -> str:
+    """The field every record of this command holds (how --resume knows its own output)."""
+    from rembert_fast import inference
+
+    if args.command == "token-classify" and getattr(args, "aggregate", "none") != "none":
+        return "words"
+    return inference.RESULT_KEYS[args.command]
+
+
 def _make_writer(args: argparse.Namespace, output: Path, errors: Path | None, width: int,
                  rank: int, world: int) -> Any:
     from rembert_fast import inference
@@ -140,7 +149,7 @@ def _make_writer(args: argparse.Namespace, output: Path, errors: Path | None, wi
     try:
         if errors is None:
             return inference.JsonlWriter(part(output), resume=args.resume,
-                                         result_key=inference.RESULT_KEYS[args.command])
+                                         result_key=_result_key(args))
         return inference.NpyWriter(
             part(output), part(errors), width, dtype=args.npy_dtype, resume=args.resume,
             line_of_row=lambda row: inference.shard_line(row, rank, world, args.window),

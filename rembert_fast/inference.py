@@ -29,8 +29,8 @@ numbered from 1. Results per task:
 - embed: `"embedding"`: float32 array (hidden,), pooled by `cls` (first token), `mean` (all real
   tokens, [CLS] and [SEP] included) or `pooler` (the model's tanh pooler).
 - classify: `"label"`, `"score"` and with `all_scores` `"scores"`: {label: probability}. Softmax over
-  labels, or a sigmoid for one label or `problem_type == "multi_label_classification"` (as the
-  transformers text-classification pipeline does).
+  labels, or a sigmoid for one label or `problem_type == "multi_label_classification"`, or the raw
+  outputs for `problem_type == "regression"` (as the transformers text-classification pipeline does).
 - fill-mask: `"masks"`: one entry per [MASK], `{"index": token index, "predictions": [{"token": id,
   "token_str": decoded, "score": probability}, ...]}`, the `top_k` best first. A text without a
   [MASK] (or whose every [MASK] was truncated away) is an error record.
@@ -546,6 +546,8 @@ class InferenceEngine:
             return {"embedding": (hidden * weights).sum(1) / weights.sum(1)}
         if self.task == "classify":
             logits = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.float()
+            if self.config.problem_type == "regression":  # scores are the raw outputs (the pipeline's rule)
+                return {"probs": logits}
             sigmoid = logits.shape[-1] == 1 or self.config.problem_type == "multi_label_classification"
             return {"probs": logits.sigmoid() if sigmoid else logits.softmax(-1)}
         if self.task == "token-classify":
@@ -625,10 +627,14 @@ class InferenceEngine:
             best_scores, best = probs.max(-1)
             best_scores, best = best_scores.tolist(), best.tolist()
             tokens = []
+            unk = self.tokenizer.unk_token_id
             for i in keep:
                 start, end = encoding.offsets[i]
+                # An unknown piece shows the text it stands for (the pipeline's rule), not "[UNK]".
+                piece = encoding.ids[i]
+                word = text[start:end] if piece == unk else self._backend.id_to_token(piece)
                 tokens.append({
-                    "index": i, "word": self._backend.id_to_token(encoding.ids[i]),
+                    "index": i, "word": word,
                     "entity": self.id2label[best[i]], "score": best_scores[i], "start": start, "end": end,
                 })
             return {"tokens": tokens}
@@ -636,12 +642,15 @@ class InferenceEngine:
         previous_end = None
         for i in keep:
             start, end = encoding.offsets[i]
-            # Offsets of a token that starts a word include the space before it; a lone "▁" token's
-            # offsets overlap the next token's, which continues the same word.
+            # A word is a run of tokens with no whitespace between them. Offsets of a token that starts a
+            # word include the space before it; a lone "▁" token's offsets overlap the next token's,
+            # which continues the same word; a gap without whitespace (characters the normaliser dropped
+            # or merged: combining marks, quote pairs) does not end a word.
+            gap = text[previous_end:start] if previous_end is not None else ""
             new_word = (
                 previous_end is None
-                or start > previous_end
-                or (start == previous_end and text[start : start + 1].isspace())
+                or any(c.isspace() for c in gap)
+                or (start >= previous_end and text[start : start + 1].isspace())
             )
             if new_word:
                 words.append([i])
@@ -659,6 +668,8 @@ class InferenceEngine:
             end = encoding.offsets[tokens_of_word[-1]][1]
             while start < end and text[start].isspace():
                 start += 1
+            if not text[start:end].strip():  # only whitespace tokens (a tab, a trailing space): no word
+                continue
             result.append({
                 "word": text[start:end], "entity": self.id2label[int(label)], "score": float(score),
                 "start": start, "end": end,
@@ -692,10 +703,11 @@ def _parse_item(item: Any, jsonl: bool, head: dict[str, Any]) -> tuple[str, str 
     if not isinstance(item, Mapping):
         return f"expected a JSON object with a \"text\" field, got {type(item).__name__}"
     if "id" in item:
-        try:  # NaN and Infinity parse, but a record carrying them would not be valid JSON
-            json.dumps(item["id"], allow_nan=False)
-        except ValueError:
-            return f'"id" {item["id"]!r} is not valid JSON (NaN and Infinity are not allowed)'
+        try:  # NaN, Infinity and lone surrogates parse, but a record carrying them is not valid JSON
+            json.dumps(item["id"], allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except (ValueError, UnicodeEncodeError):
+            return (f'"id" {item["id"]!r} cannot be written as JSON (NaN, Infinity and lone surrogates '
+                    "are not allowed)")
         head["id"] = item["id"]
     if "text" not in item:
         return 'missing "text" field'
@@ -929,6 +941,8 @@ class NpyWriter:
             os.replace(self.path, self.partial)
             if self.errors_path.exists():
                 os.replace(self.errors_path, self.errors_partial)
+        if resume and self.partial.exists() and self.partial.stat().st_size == 0:
+            self.partial.unlink()  # killed before its header reached the disk: nothing was done
         if resume and self.partial.exists():
             self.prior_records = _npy_rows(self.partial, width, self.dtype)
             self.done_through = line_of_row(self.prior_records)
@@ -940,6 +954,9 @@ class NpyWriter:
         else:
             self._file = open(self.partial, "wb")
             self._file.write(_npy_header(0, width, self.dtype))
+            # On disk at once: a run killed before its first flush must still be a .npy to resume.
+            self._file.flush()
+            os.fsync(self._file.fileno())
             self._errors = open(self.errors_partial, "wb")
         self.rows = self.prior_records
         self._rows: list[np.ndarray] = []

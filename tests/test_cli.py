@@ -193,6 +193,51 @@ def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffi
     assert out.read_bytes() == complete
 
 
+@pytest.mark.parametrize("aggregate", ["first", "average"])
+def test_resume_of_aggregated_token_classify(dirs, capsys, tmp_path, aggregate):
+    """Aggregated records hold "words", not "tokens": --resume must still know its own output."""
+    texts = sample_texts()
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    extra = ("--aggregate", aggregate)
+    assert _run(capsys, "token-classify", dirs["tok"], tmp_path / "in.txt", out, *extra)[0] == 0
+    complete = out.read_bytes()
+    partial = tmp_path / "out.jsonl.partial"
+    partial.write_bytes(complete[:complete.index(b'{"line": 6,') + 20])
+    out.unlink()
+    code, err = _run(capsys, "token-classify", dirs["tok"], tmp_path / "in.txt", out, *extra, "--resume")
+    assert code == 0 and "continued after 5 lines" in err and out.read_bytes() == complete
+
+
+def test_npy_run_killed_before_its_first_flush_resumes(dirs, capsys, tmp_path):
+    """The .npy header is on disk when the run starts; an empty .partial (a run killed before even
+    that) starts over instead of refusing to resume."""
+    texts = sample_texts()
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "out.npy"
+    assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", out)[0] == 0
+    complete = out.read_bytes()
+    from rembert_fast.inference import NpyWriter
+
+    writer = NpyWriter(tmp_path / "early.npy", tmp_path / "early.errors.jsonl", 8)
+    assert (tmp_path / "early.npy.partial").stat().st_size == 128  # the header, before any write
+    writer.close()
+    out.unlink()
+    (tmp_path / "out.npy.partial").write_bytes(b"")
+    (tmp_path / "out.errors.jsonl.partial").write_bytes(b"")
+    code, err = _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", out, "--resume")
+    assert code == 0 and out.read_bytes() == complete
+
+
+def test_an_id_that_cannot_be_written_is_an_error_record(dirs, capsys, tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"text": "hi", "id": "\\ud800"}\n{"text": "ok", "id": 2}\n',
+                                       encoding="utf-8")
+    code, _ = _run(capsys, "classify", dirs["cls"], tmp_path / "in.jsonl", tmp_path / "o.jsonl")
+    records = _lines(tmp_path / "o.jsonl")
+    assert code == 1 and "cannot be written as JSON" in records[0]["error"] and "id" not in records[0]
+    assert records[1]["id"] == 2 and "label" in records[1]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".npy"])
 def test_torchrun_two_processes_match_one(dirs, capsys, tmp_path, suffix):
     """Two ranks give the bytes one process gives, with a line that is an error record among them: the

@@ -166,6 +166,52 @@ def test_token_classify_aggregates_words(dirs, ref, aggregate):
             _close(out["score"], word_probs.max())
 
 
+def test_token_classify_words_and_unknown_pieces_as_the_pipeline(dirs, monkeypatch):
+    """Words are runs of tokens with no whitespace between them, also where the normaliser dropped or
+    merged characters (a combining accent, the quote pairs ``/''), and whitespace-only tokens (tabs, a
+    trailing space) are no word. An unknown piece's `word` is the text it stands for (the pipeline's)."""
+    texts = ["ne\u0301ed it", "say ``hi'' now", "a\t\tb", "x ", " "]
+    engine = _engine(dirs, "token-classify", aggregate="first")
+    records = list(engine.run(texts))
+    assert [[w["word"] for w in r["words"]] for r in records] == [
+        ["ne\u0301ed", "it"], ["say", "``hi''", "now"], ["a", "b"], ["x"], []]
+    for text, record in zip(texts, records, strict=True):
+        assert all(text[w["start"]:w["end"]] == w["word"] for w in record["words"])
+
+    engine = _engine(dirs, "token-classify")
+    # The fixture's fast tokenizer names "<unk>" (an added id) while its model emits "[UNK]" for unknown
+    # text; a real RemBERT checkpoint's tokenizer_config names "[UNK]": make this one do so too.
+    unk = engine._backend.token_to_id("[UNK]")
+    monkeypatch.setattr(type(engine.tokenizer), "unk_token_id", property(lambda self: unk))
+    text = "smile \U0001F642 ok"
+    (record,) = engine.run([text])
+    unknown = [t for t in record["tokens"] if engine.tokenizer(text)["input_ids"][t["index"]] == unk]
+    assert unknown and all(t["word"] == text[t["start"]:t["end"]] for t in unknown)
+    assert "\U0001F642" in [t["word"].strip() for t in unknown]
+
+
+def test_regression_scores_are_raw_outputs(dirs, tmp_path):
+    """problem_type "regression" (what Trainer saves for float labels): scores are the model's raw
+    outputs, as transformers' text-classification pipeline gives them, not squashed."""
+    import transformers
+
+    regression = tmp_path / "regression"
+    shutil.copytree(dirs["cls"], regression)
+    config = json.loads((regression / "config.json").read_text())
+    (regression / "config.json").write_text(json.dumps({**config, "problem_type": "regression"}))
+    engine = InferenceEngine(regression, "classify", device="cpu", all_scores=True)
+    texts = ["Hello world", "Une autre phrase."]
+    records = list(engine.run(texts))
+    model = transformers.RemBertForSequenceClassification.from_pretrained(regression).eval()
+    for text, record in zip(texts, records, strict=True):
+        with torch.no_grad():
+            logits = model(**engine.tokenizer(text, return_tensors="pt")).logits[0]
+        best = int(logits.argmax())
+        assert record["label"] == engine.id2label[best]
+        _close(record["score"], logits[best])
+        _close(list(record["scores"].values()), logits)
+
+
 def test_errors_ids_pairs_and_order(dirs, ref):
     lines = [
         '{"text": "hello world", "id": "a"}', "not json", '{"id": 2}', '{"text": 3, "id": [1]}', "[1, 2]",
@@ -335,7 +381,8 @@ def test_label_names_with_gaps_and_ids_that_are_not_json(dirs, tmp_path):
 
     records = list(_engine(dirs, "embed").run(['{"text": "a", "id": NaN}', '{"text": "b", "id": 7}'],
                                               jsonl=True))
-    assert records[0] == {"line": 1, "error": '"id" nan is not valid JSON (NaN and Infinity are not allowed)'}
+    assert records[0] == {"line": 1, "error": '"id" nan cannot be written as JSON (NaN, Infinity and lone '
+                                      'surrogates are not allowed)'}
     assert records[1]["id"] == 7 and "embedding" in records[1]
     assert all(json.loads(inference.encode_record(r)) for r in records)
 
