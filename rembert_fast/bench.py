@@ -833,29 +833,29 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--device cuda was asked for but torch sees no CUDA device")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and
                                                               torch.cuda.is_available()) else "cpu")
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise SystemExit(f"--threads {args.threads} must be a positive number of threads")
-        torch.set_num_threads(args.threads)
     have_hf = _transformers() is not None
     stamp = datetime.datetime.now(datetime.timezone.utc)
     output = Path(args.output) if args.output else (
         RESULTS_DIR / f"bench-{_slug(_device_name(device))}-{stamp:%Y%m%d-%H%M%S}.json")
     # Settings that cannot work are refused before minutes of model building, in one line (exit 2).
     try:
+        if args.threads is not None and args.threads <= 0:
+            raise ValueError(f"--threads {args.threads} must be a positive number of threads")
         plan = _resolve(args, device, have_hf)
         config_dict = _config_dict(args)
         _check_layers(plan["layers"], config_dict["num_hidden_layers"])
+        max_len = config_dict["max_position_embeddings"]
+        too_long = [s.label for s in plan["shapes"] if s.seq > max_len]
+        if too_long:
+            raise ValueError(f"shapes {too_long} exceed max_position_embeddings={max_len}")
         _check_output(output)
         if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
             raise ValueError("--plot needs matplotlib, which is not installed: pip install matplotlib")
     except ValueError as error:
         print(f"rembert-fast bench: error: {error}", file=sys.stderr)
         return 2
-    max_len = config_dict["max_position_embeddings"]
-    too_long = [s.label for s in plan["shapes"] if s.seq > max_len]
-    if too_long:
-        raise SystemExit(f"shapes {too_long} exceed max_position_embeddings={max_len}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     for note in plan["notes"]:
         print(f"note: {note}", file=sys.stderr)
 

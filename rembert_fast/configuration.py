@@ -79,8 +79,13 @@ class RemBertConfig:
                 )
         else:
             self.id2label = {i: f"LABEL_{i}" for i in range(2 if num_labels is None else num_labels)}
+        try:
+            label2id = {k: int(v) for k, v in label2id.items()} if label2id is not None else None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"label2id values must be label indices (0, 1, ...), got "
+                             f"{list(label2id.values())!r}") from err
         self.label2id = (
-            {k: int(v) for k, v in label2id.items()}
+            label2id
             if label2id is not None
             else {v: k for k, v in self.id2label.items()}
         )
@@ -152,6 +157,9 @@ class RemBertConfig:
         out["label2id"] = dict(self.label2id)
         for key in self._extra_keys:
             out[key] = getattr(self, key)
+        for key, value in out.items():  # RemBertConfig(dtype=torch.float16): written as "float16"
+            if type(value).__name__ == "dtype" and type(value).__module__ == "torch":
+                out[key] = str(value).removeprefix("torch.")
         return copy.deepcopy(out)
 
     @classmethod

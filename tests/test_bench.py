@@ -260,7 +260,7 @@ def _bench_usage_error(tiny_config, tmp_path, capsys, *extra: str) -> str:
     """Run `rembert-fast bench` with settings that cannot work: exit 2, one line, nothing written."""
     args = cli.build_parser().parse_args(
         ["bench", "--device", "cpu", "--config", str(tiny_config), "--no-progress", "--iters", "1",
-         "--output", str(tmp_path / "out" / "result.json"), *extra])
+         "--batch-sizes", "2", "--seq-lens", "16", "--output", str(tmp_path / "out" / "result.json"), *extra])
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("rembert-fast bench: error: ") and err.count("\n") == 1
@@ -280,13 +280,15 @@ def test_bench_argument_errors(tiny_config, tmp_path):
     for bad in (["--shapes", "64by512"], ["--impls", "onnx"], ["--dtypes", "fp8"], ["--batch-sizes", "0"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["bench", *bad])
-    with pytest.raises(SystemExit, match="exceed max_position_embeddings=64"):
-        run_bench(tiny_config, tmp_path, "--seq-lens", "128")
 
 
 
 def test_bench_settings_that_cannot_work_are_usage_errors(tiny_config, tmp_path, capsys):
     assert "--layers 5 is outside 1..2" in _bench_usage_error(tiny_config, tmp_path, capsys, "--layers", "5")
+    assert "exceed max_position_embeddings=64" in _bench_usage_error(tiny_config, tmp_path, capsys,
+                                                                     "--seq-lens", "128")
+    assert "--threads 0 must be a positive" in _bench_usage_error(tiny_config, tmp_path, capsys,
+                                                                  "--threads", "0")
     assert "no implementation left" in _bench_usage_error(tiny_config, tmp_path, capsys,
                                                           "--impls", "rembert_fast+graphs")
     (tmp_path / "a_dir.json").mkdir()

@@ -119,6 +119,8 @@ def test_problem_types(problem_type):
         ({"problem_type": "single_label_classification", "num_labels": 1}, "num_labels >= 2, got 1"),
         ({"add_cross_attention": True}, "add_cross_attention"),
         ({"num_labels": 3, "id2label": {0: "a", 1: "b"}}, "num_labels=3"),
+        ({"label2id": {"a": "x"}}, "label2id values must be label indices"),
+        ({"label2id": {"a": None}}, "label2id values must be label indices"),
     ],
 )
 def test_bad_values_raise(kwargs, message):
@@ -137,3 +139,14 @@ def test_bad_files_raise(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="model_type='bert'"):
         RemBertConfig.from_pretrained(tmp_path)
+
+
+def test_a_torch_dtype_field_is_written_by_name(tmp_path):
+    """RemBertConfig(dtype=torch.float16) serialises as "float16", as transformers writes it."""
+    import torch
+
+    config = RemBertConfig(dtype=torch.float16, torch_dtype=torch.bfloat16)
+    assert json.loads(config.to_json_string())["dtype"] == "float16"
+    config.save_pretrained(tmp_path)
+    again = RemBertConfig.from_pretrained(tmp_path)
+    assert again.dtype == "float16" and again.torch_dtype == "bfloat16"

@@ -279,6 +279,64 @@ def test_float64_model_runs_the_original_forward(head, spies):
     assert all(count == 0 for count in spies.values())
 
 
+class _LoRA(nn.Module):
+    """A PEFT-LoRA-shaped wrapper: exposes its base layer's weight and bias, adds its own term."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.lora_A = nn.Parameter(torch.randn(2, base.in_features) * 0.1)
+        self.lora_B = nn.Parameter(torch.randn(base.out_features, 2) * 0.1)
+
+    weight = property(lambda self: self.base_layer.weight)
+    bias = property(lambda self: self.base_layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + x @ self.lora_A.T @ self.lora_B.T
+
+
+@pytest.mark.parametrize("where", ["layer hook", "query pre-hook", "embeddings hook", "LM head dense hook",
+                                   "LoRA intermediate", "LoRA query", "LoRA LM head dense"])
+def test_hooks_and_wrapped_layers_are_honoured(where, spies):
+    """The packed path reads weights instead of calling modules: a forward hook on one of them, or a
+    layer replaced by a wrapper with its own forward (PEFT LoRA), makes the call take transformers'
+    forward, so hooks fire and adapters apply (and get gradients), as without optimize()."""
+    reference = build("RemBertForMaskedLM")
+    optimized = rembert_fast.optimize(copy.deepcopy(reference))
+    inputs = inputs_for("RemBertForMaskedLM", make_mask("right"))
+    fired = []
+    for model in (reference, optimized):
+        layer = model.rembert.encoder.layer[0]
+        if where == "layer hook":
+            layer.register_forward_hook(lambda m, i, o: (fired.append(1), (o[0] * 2, *o[1:]))[1])
+        elif where == "query pre-hook":
+            query = layer.attention.self.query
+            query.register_forward_pre_hook(lambda m, i: (fired.append(1), (i[0] + 1,))[1])
+        elif where == "embeddings hook":
+            model.rembert.embeddings.register_forward_hook(lambda m, i, o: (fired.append(1), o * 0.5)[1])
+        elif where == "LM head dense hook":
+            model.cls.predictions.dense.register_forward_hook(lambda m, i, o: (fired.append(1), o + 1)[1])
+        else:
+            torch.manual_seed(0)
+            parent, name = {"LoRA intermediate": (layer.intermediate, "dense"),
+                            "LoRA query": (layer.attention.self, "query"),
+                            "LoRA LM head dense": (model.cls.predictions, "dense")}[where]
+            setattr(parent, name, _LoRA(getattr(parent, name)))
+    labels = torch.randint(0, 101, inputs["input_ids"].shape).masked_fill(inputs["attention_mask"] == 0, -100)
+    want = reference(**inputs, labels=labels)
+    got = optimized(**inputs, labels=labels)
+    compare("RemBertForMaskedLM", got, want, inputs["attention_mask"])
+    assert abs(got.loss.item() - want.loss.item()) <= TOL
+    if "LoRA" in where:
+        got.loss.backward()
+        want.loss.backward()
+        adapters = [m for m in (reference, optimized) for m in m.modules() if isinstance(m, _LoRA)]
+        assert all(a.lora_A.grad is not None for a in adapters)
+        torch.testing.assert_close(adapters[1].lora_A.grad, adapters[0].lora_A.grad, rtol=1e-4, atol=1e-6)
+    else:
+        assert len(fired) == 2  # once per model
+
+
 def test_all_padding_batch_runs_the_original_forward():
     model = build("RemBertModel")
     mask = torch.zeros(2, 6, dtype=torch.long)
