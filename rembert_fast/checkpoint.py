@@ -38,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from rembert_fast.configuration import RemBertConfig
+from rembert_fast.configuration import LOADER_ONLY_KEYWORDS, RemBertConfig
 
 if TYPE_CHECKING:
     from rembert_fast.modeling import RemBertPreTrainedModel
@@ -195,14 +195,6 @@ def _parse_device(device: torch.device | str | int | None) -> torch.device:
     return parsed
 
 
-# transformers' loading keywords that concern the Hub, its cache or its loader, with no effect on a
-# local directory here: accepted (so a transformers call works unchanged) and dropped, never stored in
-# the config. `attn_implementation`: rembert_fast's attention is its own on every path.
-_LOADER_ONLY_KEYWORDS = ("local_files_only", "revision", "cache_dir", "trust_remote_code", "force_download",
-                         "token", "proxies", "low_cpu_mem_usage", "attn_implementation", "use_safetensors",
-                         "_fast_init", "resume_download")
-
-
 def _device_from_map(device_map: Any) -> torch.device | str | int | None:
     """transformers' `device_map` as one device: a device name or index, or "auto" (the GPU when there
     is one); a per-module dict (model parallelism) is refused."""
@@ -241,7 +233,7 @@ def _device_key(device: Any) -> tuple[str, int | None]:
 def _loading_keywords(kwargs: dict[str, Any], dtype: Any, device: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Take transformers' loading keywords out of `kwargs` (the rest are config fields): the dtype and
     device they name, and the loader's own options."""
-    for name in _LOADER_ONLY_KEYWORDS:
+    for name in LOADER_ONLY_KEYWORDS:
         kwargs.pop(name, None)
     if "torch_dtype" in kwargs:  # transformers' name before 4.56
         torch_dtype = kwargs.pop("torch_dtype")

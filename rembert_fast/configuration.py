@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_NAME = "config.json"
+# transformers' from_pretrained keywords that concern the Hub, its cache or its loader, with no effect on a
+# local directory: the models' and tokenizers' from_pretrained accept them (so a transformers call works
+# unchanged) and drop them, never storing them in a config. `attn_implementation`: rembert_fast's
+# attention is its own on every path; `use_fast`: each tokenizer class is what it is.
+LOADER_ONLY_KEYWORDS = ("local_files_only", "revision", "cache_dir", "trust_remote_code", "force_download",
+                        "token", "proxies", "low_cpu_mem_usage", "attn_implementation", "use_safetensors",
+                        "_fast_init", "resume_download", "use_fast")
 
 _DEFAULTS: dict[str, Any] = {
     "vocab_size": 250300,

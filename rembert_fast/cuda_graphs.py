@@ -191,7 +191,6 @@ class _Graph:
 
     def __init__(self, tokens: int, max_seqlen: int, batch: int) -> None:
         self.tokens, self.max_seqlen, self.batch = tokens, max_seqlen, batch
-        self.key = (tokens, max_seqlen, batch)
         # Dummy sequences fill tokens past T in chunks of at most max_seqlen.
         self.slots = batch + math.ceil(tokens / max_seqlen)
         # One int32 layout for ids | positions | types | cu_seqlens | indices, so a batch is one copy.
@@ -201,6 +200,10 @@ class _Graph:
         self.staging: torch.Tensor | None = None
         self.copied: torch.cuda.Event | None = None
         self.output: torch.Tensor | None = None
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.tokens, self.max_seqlen, self.batch)
 
     def views(self, buffer: torch.Tensor) -> tuple[torch.Tensor, ...]:
         t = self.tokens

@@ -424,14 +424,13 @@ class InferenceEngine:
             return (f"encoded to {len(ids)} tokens, more than max_length {self.max_length}, and the "
                     "tokenizer could not truncate it (a text pair needs at least 3 tokens for its special "
                     "tokens)")
-        vocab = self.config.vocab_size
-        if ids and max(ids) >= vocab:
-            bad = max(ids)
-            return (f"token id {bad} ({self.tokenizer.convert_ids_to_tokens(bad)!r}) is outside the model's "
-                    f"vocab_size {vocab}: the tokenizer does not match the checkpoint")
-        types = self.config.type_vocab_size
-        if encoding.type_ids and max(encoding.type_ids) >= types:
-            return (f"token type {max(encoding.type_ids)} is outside the model's type_vocab_size {types} "
+        vocab, highest = self.config.vocab_size, max(ids, default=-1)
+        if highest >= vocab:
+            return (f"token id {highest} ({self.tokenizer.convert_ids_to_tokens(highest)!r}) is outside the "
+                    f"model's vocab_size {vocab}: the tokenizer does not match the checkpoint")
+        types, highest_type = self.config.type_vocab_size, max(encoding.type_ids, default=-1)
+        if highest_type >= types:
+            return (f"token type {highest_type} is outside the model's type_vocab_size {types} "
                     "(a text pair needs type_vocab_size >= 2)")
         return None
 

@@ -243,7 +243,7 @@ class RemBertPreTrainedModel(nn.Module):
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.base_model.encoder, "gradient_checkpointing", False))
+        return self.base_model.encoder.gradient_checkpointing
 
 
 # ================================================================================== the model

@@ -38,7 +38,6 @@ _STATE = "_rembert_fast"  # instance attribute holding the patch state; its pres
 _MARK = "rembert_fast: packed fast path"
 _HEAD_MARK = "rembert_fast: fused bias+activation and LayerNorm"
 # Arguments that leave the fast path when they are set (transformers 4.x and 5.x names).
-_OP_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CLASSIC_ONLY = ("head_mask", "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "cache")
 
 
@@ -181,8 +180,8 @@ def _packable(self: nn.Module, args: dict[str, Any], extra: dict[str, Any]) -> b
         and all(value is None for value in extra.values())  # an argument this version does not name
         and _op_activation(config)
         # The ops run float32/float16/bfloat16; a float64 model keeps transformers' forward.
-        and self.embeddings.word_embeddings.weight.dtype in _OP_DTYPES
-        and (embeds is None or embeds.dtype in _OP_DTYPES)
+        and self.embeddings.word_embeddings.weight.dtype in ops.FLOAT_DTYPES
+        and (embeds is None or embeds.dtype in ops.FLOAT_DTYPES)
         and not (self.training and (dropout or getattr(self, "gradient_checkpointing", False)
                                     or getattr(self.encoder, "gradient_checkpointing", False)))
         and _reads_what_it_would_call(self._modules["embeddings"], self._modules["encoder"])
@@ -271,7 +270,7 @@ def _lm_head_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tens
     """transformers' RemBertLMPredictionHead: decoder(LN(act(dense(x)))), with the ops fusing bias+act."""
     from rembert_fast.modeling import _dense
 
-    if hidden_states.dtype not in _OP_DTYPES or not _reads_what_it_would_call(  # transformers' own head
+    if hidden_states.dtype not in ops.FLOAT_DTYPES or not _reads_what_it_would_call(  # transformers' own head
             self._modules["dense"], self._modules["LayerNorm"]):  # for float64, hooks, wrapped layers
         return type(self).forward(self, hidden_states)
     x = ops.bias_act(*_dense(hidden_states, self.dense), self.__dict__[_STATE]["activation"])

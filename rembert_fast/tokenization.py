@@ -50,6 +50,8 @@ from tokenizers import AddedToken as _TkAddedToken
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
+from rembert_fast.configuration import LOADER_ONLY_KEYWORDS
+
 if TYPE_CHECKING:
     import torch
 
@@ -109,10 +111,6 @@ _INIT_CONFIG_KEYS = (
 )
 
 TextPair = tuple[str, "str | None"]
-
-
-_LOADER_ONLY_KEYWORDS = ("local_files_only", "revision", "cache_dir", "trust_remote_code", "force_download",
-                         "token", "proxies", "use_fast", "resume_download")
 
 
 @dataclass(frozen=True)
@@ -977,7 +975,7 @@ class _RemBertTokenizerBase(ABC):
                 )
             init.update({key: value for key, value in content.items() if key in _INIT_CONFIG_KEYS})
         # transformers' Hub and loader keywords: no effect on a local directory (as for the models).
-        for name in _LOADER_ONLY_KEYWORDS:
+        for name in LOADER_ONLY_KEYWORDS:
             kwargs.pop(name, None)
         init.update(kwargs)
         return init
