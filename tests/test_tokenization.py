@@ -9,6 +9,7 @@ points at that venv's python (benches/compare_tokenizers_437.py does the work).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import pytest
 import sentencepiece as spm
 import torch
 from tokenizer_fixtures import SPECIAL_PIECES, read_multilingual_lines, train_tiny_sentencepiece
+from tokenizer_jobs import MODEL_FILE, RECORD_FILE, run_jobs
 
 from rembert_fast import RemBertTokenizer, RemBertTokenizerFast
 from rembert_fast.tokenization import REMBERT_MAX_POSITIONS
@@ -759,3 +761,60 @@ def test_pad_and_data_collator_match_transformers(slow, fast_equal, lines, tmp_p
     assert all(torch.equal(collated[key], reference[key]) for key in reference)
     with pytest.raises(ValueError, match="pad needs input_ids"):
         ours.pad([{"labels": 1}])
+
+
+# ------------------------------------------------- issue 15's features against recorded 4.37.2 answers
+def _recorded() -> dict:
+    return json.loads(RECORD_FILE.read_text(encoding="utf-8"))
+
+
+RECORDED = _recorded()
+
+
+def _group(job_id: str) -> str:
+    parts = job_id.split("/")
+    return "/".join(parts[:3] if parts[1] in ("setup", "guide") else parts[:2])
+
+
+RECORDED_GROUPS = sorted({_group(job["id"]) for job in RECORDED["jobs"]})
+
+
+def test_recording_came_from_transformers_4_37_2():
+    assert sum(len([j for j in RECORDED["jobs"] if _group(j["id"]) == g]) for g in RECORDED_GROUPS) == len(
+        RECORDED["jobs"]
+    )
+    assert (RECORDED["transformers"], RECORDED["tokenizers"]) == ("4.37.2", "0.15.2")
+    assert RECORDED["model_sha256"] == hashlib.sha256(MODEL_FILE.read_bytes()).hexdigest()
+    assert len(RECORDED["jobs"]) == len(RECORDED["answers"]) > 250
+
+
+def _first_difference(ours, theirs, path: str = "") -> str:
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        if sorted(ours) != sorted(theirs):
+            return f"{path}: keys {sorted(ours)} | 4.37.2 {sorted(theirs)}"
+        key = next(k for k in theirs if ours[k] != theirs[k])
+        return _first_difference(ours[key], theirs[key], f"{path}/{key}")
+    if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        i = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+        return _first_difference(ours[i], theirs[i], f"{path}[{i}]")
+    return f"{path}: ours {json.dumps(ours)[:200]} | 4.37.2 {json.dumps(theirs)[:200]}"
+
+
+@pytest.mark.parametrize("group", RECORDED_GROUPS)
+def test_matches_recorded_transformers_4_37_2(group, tmp_path):
+    """is_split_into_words, return_length, settable and added special tokens, sides, the fast
+    BatchEncoding's alignment, overflow with stride and the guides' functions, job by job (ids, masks,
+    word/sequence ids, offsets, sample mapping, saved files) against 4.37.2's recorded answers; where
+    4.37.2 raises, rembert_fast raises too."""
+    jobs = [job for job in RECORDED["jobs"] if _group(job["id"]) == group]
+    assert jobs
+    ours = run_jobs("rembert_fast", jobs, model=str(MODEL_FILE), save=str(tmp_path))
+    differences = []
+    for job in jobs:
+        want, got = RECORDED["answers"][job["id"]], ours[job["id"]]
+        if "error" in want:
+            if "error" not in got:
+                differences.append(f"{job['id']}: 4.37.2 raises {want['error'][:80]}; ours returned")
+        elif got != want:
+            differences.append(f"{job['id']}: {_first_difference(got, want)}")
+    assert not differences, f"{len(differences)}/{len(jobs)} differ:\n" + "\n".join(differences[:8])

@@ -29,7 +29,11 @@ from rembert_fast.tokenization.options import (
     resolve_strategies,
 )
 from rembert_fast.tokenization.pad import pad_encodings
-from rembert_fast.tokenization.special_tokens import SPECIAL_TOKEN_ATTRIBUTES, SpecialToken
+from rembert_fast.tokenization.special_tokens import (
+    SPECIAL_TOKEN_ATTRIBUTES,
+    SpecialToken,
+    SpecialTokensMixin,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,6 +51,7 @@ _INIT_CONFIG_KEYS = (
     "padding_side",
     "truncation_side",
     "clean_up_tokenization_spaces",
+    "additional_special_tokens",
     *SPECIAL_TOKEN_ATTRIBUTES,
 )
 
@@ -86,11 +91,12 @@ def _as_id_list(token_ids: Any) -> list[int]:
     return ids
 
 
-class RemBertTokenizerBase(ABC):
+class RemBertTokenizerBase(SpecialTokensMixin, ABC):
     """What both tokenizers share: special tokens, argument handling, RemBERT's special-token layout,
     padding/truncation strategy resolution, decoding clean-up and save/load."""
 
     model_input_names = ("input_ids", "token_type_ids", "attention_mask")
+    is_fast = False
     pad_token_type_id = 0
 
     def __init__(
@@ -100,22 +106,29 @@ class RemBertTokenizerBase(ABC):
         keep_accents: bool,
         special_tokens: dict[str, str | dict | SpecialToken],
         model_max_length: int = VERY_LARGE_INTEGER,
-        padding_side: str = "right",
-        truncation_side: str = "right",
+        padding_side: str | None = None,
+        truncation_side: str | None = None,
         clean_up_tokenization_spaces: bool = True,
+        additional_special_tokens: Sequence[str | dict | SpecialToken] | None = None,
     ) -> None:
-        for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
-            if side not in ("right", "left"):
-                raise ValueError(f"{name} must be 'right' or 'left'; got {side!r}")
         check_positive_int("model_max_length", model_max_length, optional=False)
         self.do_lower_case = do_lower_case
         self.remove_space = remove_space
         self.keep_accents = keep_accents
         self.model_max_length = model_max_length
-        self.padding_side = padding_side
-        self.truncation_side = truncation_side
+        # tokenizer_config.json keeps a side given here (as 4.37.2 keeps its init arguments), with the
+        # value it has when saved; a side only set later is not saved.
+        sides = {"padding_side": padding_side, "truncation_side": truncation_side}
+        self._sides_given = [name for name, side in sides.items() if side is not None]
+        self.padding_side = padding_side or "right"
+        self.truncation_side = truncation_side or "right"
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self._special = {name: SpecialToken.coerce(name, value) for name, value in special_tokens.items()}
+        self._token_objects: set[str] = set()
+        self._additional = [
+            SpecialToken.coerce("additional_special_tokens", token)
+            for token in additional_special_tokens or []
+        ]
         # [MASK] behaves like a word: it takes the space before it (4.37.2 wraps a plain string this way).
         if isinstance(special_tokens["mask_token"], str):
             self._special["mask_token"] = SpecialToken(
@@ -123,43 +136,27 @@ class RemBertTokenizerBase(ABC):
             )
         self._warned: set[str] = set()
 
-    # ----------------------------------------------------------------------------------- special tokens
-    def _special_token(self, name: str) -> str:
-        return self._special[name].content
+    @property
+    def padding_side(self) -> str:
+        """"right" or "left" (settable): where padding goes."""
+        return self._padding_side
 
-    bos_token = property(lambda self: self._special_token("bos_token"))
-    eos_token = property(lambda self: self._special_token("eos_token"))
-    unk_token = property(lambda self: self._special_token("unk_token"))
-    sep_token = property(lambda self: self._special_token("sep_token"))
-    pad_token = property(lambda self: self._special_token("pad_token"))
-    cls_token = property(lambda self: self._special_token("cls_token"))
-    mask_token = property(lambda self: self._special_token("mask_token"))
-    bos_token_id = property(lambda self: self.convert_tokens_to_ids(self.bos_token))
-    eos_token_id = property(lambda self: self.convert_tokens_to_ids(self.eos_token))
-    unk_token_id = property(lambda self: self.convert_tokens_to_ids(self.unk_token))
-    sep_token_id = property(lambda self: self.convert_tokens_to_ids(self.sep_token))
-    pad_token_id = property(lambda self: self.convert_tokens_to_ids(self.pad_token))
-    cls_token_id = property(lambda self: self.convert_tokens_to_ids(self.cls_token))
-    mask_token_id = property(lambda self: self.convert_tokens_to_ids(self.mask_token))
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left'; got {side!r}")
+        self._padding_side = side
 
     @property
-    def special_tokens_map(self) -> dict[str, str]:
-        return {name: token.content for name, token in self._special.items()}
+    def truncation_side(self) -> str:
+        """"right" or "left" (settable): which end truncation cuts."""
+        return self._truncation_side
 
-    @property
-    def all_special_tokens(self) -> list[str]:
-        """Unique special tokens in transformers' attribute order (bos, eos, unk, sep, pad, cls, mask)."""
-        return list(dict.fromkeys(self._special[name].content for name in SPECIAL_TOKEN_ATTRIBUTES))
-
-    def _all_special_tokens_extended(self) -> list[SpecialToken]:
-        seen: dict[str, SpecialToken] = {}
-        for name in SPECIAL_TOKEN_ATTRIBUTES:
-            seen.setdefault(self._special[name].content, self._special[name])
-        return list(seen.values())
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        return [self.convert_tokens_to_ids(token) for token in self.all_special_tokens]
+    @truncation_side.setter
+    def truncation_side(self, side: str) -> None:
+        if side not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left'; got {side!r}")
+        self._truncation_side = side
 
     # ----------------------------------------------------------------------- RemBERT's sequence layout
     def build_inputs_with_special_tokens(
@@ -212,17 +209,27 @@ class RemBertTokenizerBase(ABC):
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
+        stride: int = 0,
+        is_split_into_words: bool = False,
         pad_to_multiple_of: int | None = None,
         return_tensors: str | None = None,
         return_token_type_ids: bool | None = None,
         return_attention_mask: bool | None = None,
+        return_overflowing_tokens: bool = False,
         return_special_tokens_mask: bool = False,
         return_offsets_mapping: bool = False,
+        return_length: bool = False,
         verbose: bool = True,
     ) -> BatchEncoding:
         """Encode a string, a pair, or a batch of either (a list of strings, a list of (str, str)
-        tuples, or two lists). Arguments as transformers' `PreTrainedTokenizerBase.__call__`."""
-        pairs, batched = normalize_inputs(text, text_pair)
+        tuples, or two lists); with `is_split_into_words`, each text is a list of words (a batch: a
+        list of such lists). Arguments as transformers' `PreTrainedTokenizerBase.__call__`:
+        `return_length` adds `length` (tokens per row); `return_overflowing_tokens` (fast tokenizer)
+        returns the tokens truncation cut as further rows of `max_length` tokens that repeat `stride`
+        tokens of the row before, with `overflow_to_sample_mapping` (the input each row came from)."""
+        pairs, batched = normalize_inputs(text, text_pair, is_split_into_words)
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 0:
+            raise ValueError(f"stride must be an int >= 0; got {stride!r}")
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(
                 f"return_tensors must be 'pt' (torch), 'np' (numpy) or None (lists); got {return_tensors!r}"
@@ -262,11 +269,22 @@ class RemBertTokenizerBase(ABC):
             return_special_tokens_mask=return_special_tokens_mask,
             return_offsets_mapping=return_offsets_mapping,
             verbose=verbose,
+            stride=stride,
+            is_split_into_words=is_split_into_words,
+            return_overflowing_tokens=return_overflowing_tokens,
+            return_length=return_length,
+            batched=batched,
         )
-        features = self._encode_batch(pairs, options)
-        if not batched:
-            features = {key: value[0] for key, value in features.items()}
-        return to_tensors(features, return_tensors, prepend_batch_axis=not batched)
+        features, encodings = self._encode_batch(pairs, options)
+        # Overflowing rows stay a batch even for one input, as in 4.37.2.
+        squeeze = not batched and not return_overflowing_tokens
+        if squeeze:
+            # 4.37.2's fast tokenizer leaves `length` a one-entry list for one text.
+            features = {
+                key: value if key == "length" and self.is_fast else value[0]
+                for key, value in features.items()
+            }
+        return to_tensors(features, return_tensors, prepend_batch_axis=squeeze, encodings=encodings)
 
     def pad(
         self,
@@ -346,8 +364,11 @@ class RemBertTokenizerBase(ABC):
             )
 
     @abstractmethod
-    def _encode_batch(self, pairs: list[TextPair], options: EncodeOptions) -> dict[str, list]:
-        """One list per output key (`input_ids`, ...), one entry per pair, padded as `options` asks."""
+    def _encode_batch(
+        self, pairs: list[TextPair], options: EncodeOptions
+    ) -> tuple[dict[str, list], list[Any] | None]:
+        """(one list per output key (`input_ids`, ...), one entry per row, padded as `options` asks;
+        the rows' `tokenizers` encodings, or None when the tokenizer has none)."""
 
     # ------------------------------------------------------------------------------------------ decode
     def decode(
@@ -427,7 +448,8 @@ class RemBertTokenizerBase(ABC):
     def _tokenizer_config(self) -> dict[str, Any]:
         """tokenizer_config.json as 4.37.2 writes it (keys sorted on write)."""
         added = {
-            str(index): {**token.to_dict(), "special": True} for index, token in self._added_tokens().items()
+            str(index): {**token.to_dict(), "special": token.special}
+            for index, token in self._added_tokens().items()
         }
         config: dict[str, Any] = {
             "added_tokens_decoder": dict(sorted(added.items(), key=lambda item: int(item[0]))),
@@ -438,10 +460,8 @@ class RemBertTokenizerBase(ABC):
             "remove_space": self.remove_space,
             "tokenizer_class": "RemBertTokenizer",
         }
-        if self.padding_side != "right":
-            config["padding_side"] = self.padding_side
-        if self.truncation_side != "right":
-            config["truncation_side"] = self.truncation_side
+        for name in self._sides_given:
+            config[name] = getattr(self, name)
         config.update(self.special_tokens_map)
         return config
 
@@ -449,15 +469,15 @@ class RemBertTokenizerBase(ABC):
         """Plain strings, except tokens whose matching flags differ from the default (here [MASK])."""
         out: dict[str, Any] = {}
         for name, token in self._special.items():
-            out[name] = token.to_dict() if token != SpecialToken(token.content) else token.content
+            flagged = token != SpecialToken(token.content) or name in self._token_objects
+            out[name] = token.to_dict() if flagged else token.content
+        if self._additional:
+            out["additional_special_tokens"] = [token.to_dict() for token in self._additional]
         return out
 
+    @abstractmethod
     def _added_tokens(self) -> dict[int, SpecialToken]:
-        """id -> special token, for every special token (transformers' added_tokens_decoder)."""
-        out: dict[int, SpecialToken] = {}
-        for token in self._all_special_tokens_extended():
-            out.setdefault(self._token_to_id(token.content), token)
-        return dict(sorted(out.items()))
+        """id -> token, for every special or added token (transformers' added_tokens_decoder)."""
 
     def save_vocabulary(
         self, save_directory: str | os.PathLike, filename_prefix: str | None = None

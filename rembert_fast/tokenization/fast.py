@@ -10,7 +10,7 @@ import shutil
 from typing import Any
 
 from tokenizers import AddedToken as _TkAddedToken
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers import Encoding, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
 from rembert_fast.tokenization.base import RemBertTokenizerBase
@@ -27,6 +27,9 @@ SPIECE_UNDERLINE = "▁"
 class RemBertTokenizerFast(RemBertTokenizerBase):
     """RemBERT's fast tokenizer on the `tokenizers` library (transformers 4.37.2's `RemBertTokenizerFast`).
 
+    Its BatchEncodings carry the `tokenizers` encodings: `word_ids(i)`, `sequence_ids(i)`, `tokens(i)`,
+    `char_to_token`, `word_to_tokens`, ... and `return_overflowing_tokens` with `stride`.
+
     Args:
         vocab_file: the sentencepiece `.model`, from which the Unigram pipeline is built.
         tokenizer_file: a `tokenizer.json` to load instead (takes precedence over `vocab_file`).
@@ -37,6 +40,8 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
             configuration names `[UNK]` / `[PAD]`).
         model_max_length, padding_side, truncation_side, clean_up_tokenization_spaces: as for the slow one.
     """
+
+    is_fast = True
 
     def __init__(
         self,
@@ -83,8 +88,8 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
                 "RemBertTokenizerFast needs vocab_file (a sentencepiece .model) or tokenizer_file "
                 "(a tokenizer.json); got neither"
             )
-        self._add_special_tokens()
         self._state: tuple | None = None
+        self._add_special_tokens()
 
     def _build_from_sentencepiece(self, path: str) -> Tokenizer:
         data = read_model_bytes(path, "RemBertTokenizerFast")
@@ -138,25 +143,40 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
 
     def _add_special_tokens(self) -> None:
         present = {token.content for token in self._tokenizer.get_added_tokens_decoder().values()}
-        missing = [
-            _TkAddedToken(
-                token.content,
-                single_word=token.single_word,
-                lstrip=token.lstrip,
-                rstrip=token.rstrip,
-                normalized=token.normalized,
-                special=True,
-            )
-            for token in self._all_special_tokens_extended()
-            if token.content not in present
-        ]
+        missing = [token for token in self._all_special_tokens_extended() if token.content not in present]
         if missing:
-            self._tokenizer.add_special_tokens(missing)
-        self._added_contents = {
-            index: token.content for index, token in self._tokenizer.get_added_tokens_decoder().items()
-        }
-        self._special_ids = {
-            index for index, token in self._tokenizer.get_added_tokens_decoder().items() if token.special
+            self._tokenizer.add_special_tokens([_backend_token(token, special=True) for token in missing])
+        self._index_added_tokens()
+
+    def _index_added_tokens(self) -> None:
+        decoder = self._tokenizer.get_added_tokens_decoder()
+        self._added_contents = {index: token.content for index, token in decoder.items()}
+        # Once special, always skipped by decode: tokenizers 0.15 (4.37.2's) keeps a token in its set of
+        # special tokens when add_tokens later adds it again as a plain token.
+        self._special_ids = getattr(self, "_special_ids", set())
+        self._special_ids |= {index for index, token in decoder.items() if token.special}
+
+    def _add_tokens(self, tokens: list[str | SpecialToken], special_tokens: bool) -> int:
+        """The backend's add_tokens / add_special_tokens (4.37.2's fast _add_tokens)."""
+        backend = [
+            token if isinstance(token, str) else _backend_token(token, special_tokens) for token in tokens
+        ]
+        if special_tokens:
+            added = self._tokenizer.add_special_tokens(backend)
+        else:
+            added = self._tokenizer.add_tokens(backend)
+        self._index_added_tokens()
+        return added
+
+    def _special_tokens_changed(self) -> None:
+        """Nothing to rebuild: as in 4.37.2, setting a special-token attribute leaves the backend alone."""
+
+    def _added_tokens(self) -> dict[int, SpecialToken]:
+        return {
+            index: SpecialToken(
+                token.content, token.lstrip, token.rstrip, token.single_word, token.normalized, token.special
+            )
+            for index, token in sorted(self._tokenizer.get_added_tokens_decoder().items())
         }
 
     @property
@@ -228,16 +248,26 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
 
     # -------------------------------------------------------------------------------------- tokenize
     def _configure(self, truncation: tuple | None, padding: tuple | None) -> None:
-        """Set the backend's truncation and padding (only when they change: setting them costs)."""
-        if self._state == (truncation, padding):
+        """Set the backend's truncation `(max_length, strategy, stride)` and padding `(length,
+        pad_to_multiple_of)` (only when they, the sides or the pad token change: setting them costs)."""
+        sides = (self.truncation_side, self.padding_side)
+        state = (truncation, padding, sides, self.pad_token, self.pad_token_id)
+        if self._state == state:
             return
+        self._state = None
         if truncation is None:
             self._tokenizer.no_truncation()
         else:
-            max_length, strategy = truncation
-            self._tokenizer.enable_truncation(
-                max_length, stride=0, strategy=strategy, direction=self.truncation_side
-            )
+            max_length, strategy, stride = truncation
+            try:
+                self._tokenizer.enable_truncation(
+                    max_length, stride=stride, strategy=strategy, direction=self.truncation_side
+                )
+            except Exception as err:  # tokenizers raises plain Exception (e.g. stride >= max_length)
+                raise ValueError(
+                    f"RemBertTokenizerFast: cannot truncate to max_length={max_length} with stride={stride}: "
+                    f"{err}"
+                ) from err
         if padding is None:
             self._tokenizer.no_padding()
         else:
@@ -250,7 +280,7 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
                 length=length,
                 pad_to_multiple_of=pad_to_multiple_of,
             )
-        self._state = (truncation, padding)
+        self._state = state
 
     def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
         """Token strings of `text` (and `pair`)."""
@@ -277,38 +307,93 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
         return self._tokenizer.decoder.decode(tokens)
 
     # -------------------------------------------------------------------------------------- encode
-    def _encode_batch(self, pairs: list[TextPair], options: EncodeOptions) -> dict[str, list]:
+    def _encode_batch(
+        self, pairs: list[TextPair], options: EncodeOptions
+    ) -> tuple[dict[str, list], list[Encoding]]:
+        encodings = self._encode(pairs, options, with_offsets=options.return_offsets_mapping)
+        rows_of = [[encoding, *encoding.overflowing] if options.return_overflowing_tokens else [encoding]
+                   for encoding in encodings]
+        rows = [row for group in rows_of for row in group]
+        # 4.37.2's fast key order (its _convert_encoding).
+        features: dict[str, list] = {"input_ids": [row.ids for row in rows]}
+        if options.return_token_type_ids:
+            features["token_type_ids"] = [row.type_ids for row in rows]
+        if options.return_attention_mask:
+            features["attention_mask"] = [row.attention_mask for row in rows]
+        if options.return_special_tokens_mask:
+            features["special_tokens_mask"] = [row.special_tokens_mask for row in rows]
+        if options.return_offsets_mapping:
+            features["offset_mapping"] = [row.offsets for row in rows]
+        if options.return_length:
+            features["length"] = [len(row.ids) for row in rows]
+        if options.return_overflowing_tokens:
+            features["overflow_to_sample_mapping"] = [i for i, group in enumerate(rows_of) for _ in group]
+        for ids in features["input_ids"]:  # after padding, where 4.37.2's fast tokenizer checks
+            self._warn_if_too_long(ids, options.max_length, options.verbose)
+        if options.return_offsets_mapping:
+            return features, rows
+        return features, _EncodingsWithOffsets(rows, lambda: self._encode(pairs, options, with_offsets=True),
+                                               options.return_overflowing_tokens)
+
+    def _encode(self, pairs: list[TextPair], options: EncodeOptions, with_offsets: bool) -> list[Encoding]:
+        """The backend's encodings of `pairs` under `options` (truncated and padded)."""
         truncation = options.truncation
         padding = options.padding
         self._configure(
-            None if truncation == "do_not_truncate" else (options.max_length, truncation),
+            None if truncation == "do_not_truncate" else (options.max_length, truncation, options.stride),
             None
             if padding == "do_not_pad"
             else (options.max_length if padding == "max_length" else None, options.pad_to_multiple_of),
         )
         inputs = [text if pair is None else (text, pair) for text, pair in pairs]
         # tokenizers >= 0.20 offers encode_batch_fast, which skips offset tracking (~20% faster); the
-        # ids, masks and type ids are the same.
+        # ids, masks and type ids are the same, and a BatchEncoding's alignment methods encode again.
         encode_batch = self._tokenizer.encode_batch
-        if not options.return_offsets_mapping:
+        if not with_offsets:
             encode_batch = getattr(self._tokenizer, "encode_batch_fast", encode_batch)
         try:
-            encodings = encode_batch(inputs, add_special_tokens=options.add_special_tokens)
-        except Exception as err:  # tokenizers raises plain Exception (e.g. a truncation that cannot fit)
+            return encode_batch(
+                inputs,
+                add_special_tokens=options.add_special_tokens,
+                is_pretokenized=options.is_split_into_words,
+            )
+        except BaseException as err:
+            # tokenizers raises plain Exception (a truncation that cannot fit) or panics (a stride not
+            # shorter than the room truncation leaves).
+            if not isinstance(err, Exception) and type(err).__name__ != "PanicException":
+                raise
             raise ValueError(
                 f"RemBertTokenizerFast could not encode the batch "
-                f"(truncation={truncation!r}, max_length={options.max_length}): {err}"
+                f"(truncation={truncation!r}, max_length={options.max_length}, stride={options.stride}): "
+                f"{err}"
             ) from err
-        # 4.37.2's fast key order (its _convert_encoding).
-        features: dict[str, list] = {"input_ids": [encoding.ids for encoding in encodings]}
-        if options.return_token_type_ids:
-            features["token_type_ids"] = [encoding.type_ids for encoding in encodings]
-        if options.return_attention_mask:
-            features["attention_mask"] = [encoding.attention_mask for encoding in encodings]
-        if options.return_special_tokens_mask:
-            features["special_tokens_mask"] = [encoding.special_tokens_mask for encoding in encodings]
-        if options.return_offsets_mapping:
-            features["offset_mapping"] = [encoding.offsets for encoding in encodings]
-        for ids in features["input_ids"]:  # after padding, where 4.37.2's fast tokenizer checks
-            self._warn_if_too_long(ids, options.max_length, options.verbose)
-        return features
+
+
+def _backend_token(token: SpecialToken, special: bool) -> _TkAddedToken:
+    return _TkAddedToken(
+        token.content,
+        single_word=token.single_word,
+        lstrip=token.lstrip,
+        rstrip=token.rstrip,
+        normalized=token.normalized,
+        special=special or token.special,
+    )
+
+
+class _EncodingsWithOffsets(list):
+    """The rows' encodings from `encode_batch_fast`, which keeps no character offsets, word ids or token
+    strings; `with_offsets()` encodes the batch again in full, once, for the alignment methods."""
+
+    def __init__(self, rows: list[Encoding], encode: Any, overflowing: bool) -> None:
+        super().__init__(rows)
+        self._encode = encode
+        self._overflowing = overflowing
+        self._full: list[Encoding] | None = None
+
+    def with_offsets(self) -> list[Encoding]:
+        if self._full is None:
+            encodings = self._encode()
+            if self._overflowing:
+                encodings = [row for encoding in encodings for row in (encoding, *encoding.overflowing)]
+            self._full = encodings
+        return self._full

@@ -33,7 +33,8 @@ TRUNCATION_STRATEGIES = {
     "only_second": "only_second",
 }
 
-TextPair = tuple[str, "str | None"]
+# (text, pair or None); with is_split_into_words each is a list of words.
+TextPair = tuple["str | list[str]", "str | list[str] | None"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class EncodeOptions:
     return_special_tokens_mask: bool
     return_offsets_mapping: bool
     verbose: bool
+    stride: int = 0
+    is_split_into_words: bool = False
+    return_overflowing_tokens: bool = False
+    return_length: bool = False
+    batched: bool = True  # the input was a batch (not one text or pair)
 
 
 def check_positive_int(name: str, value: Any, optional: bool) -> None:
@@ -65,9 +71,14 @@ def check_positive_int(name: str, value: Any, optional: bool) -> None:
         raise ValueError(f"{name} must be positive; got {value}")
 
 
-def normalize_inputs(text: Any, text_pair: Any) -> tuple[list[TextPair], bool]:
+def normalize_inputs(
+    text: Any, text_pair: Any, is_split_into_words: bool = False
+) -> tuple[list[TextPair], bool]:
     """(the inputs as (text, pair-or-None) tuples, whether they were a batch); TypeError naming a
-    value that is not a str, ValueError when two lists differ in length."""
+    value that is not a str (a list of str with `is_split_into_words`), ValueError when two lists
+    differ in length."""
+    if is_split_into_words:
+        return _normalize_words(text, text_pair)
 
     def check(value: Any, what: str) -> str:
         if not isinstance(value, str):
@@ -100,6 +111,33 @@ def normalize_inputs(text: Any, text_pair: Any) -> tuple[list[TextPair], bool]:
         else:
             pairs.append((check(item, f"text[{i}]"), None))
     return pairs, True
+
+
+def _normalize_words(text: Any, text_pair: Any) -> tuple[list[TextPair], bool]:
+    """`normalize_inputs` for `is_split_into_words`: a list of words is one text, a list of such lists
+    a batch (4.37.2's rule: a batch when the first entry is itself a list)."""
+
+    def words(value: Any, what: str) -> list[str]:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(word, str) for word in value):
+            raise TypeError(
+                f"{what} must be a list of str (its words) with is_split_into_words=True (a batch: a list "
+                f"of such lists); got {type(value).__name__}: {value!r:.80}"
+            )
+        return list(value)
+
+    batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
+    if not batched:
+        return [(words(text, "text"), None if text_pair is None else words(text_pair, "text_pair"))], False
+    if text_pair is not None:
+        if not isinstance(text_pair, (list, tuple)):
+            raise TypeError(f"text_pair must be a list of word lists; got {type(text_pair).__name__}")
+        if len(text_pair) != len(text):
+            raise ValueError(f"text_pair has {len(text_pair)} entries but text has {len(text)}")
+        return [
+            (words(a, f"text[{i}]"), words(b, f"text_pair[{i}]"))
+            for i, (a, b) in enumerate(zip(text, text_pair, strict=True))
+        ], True
+    return [(words(item, f"text[{i}]"), None) for i, item in enumerate(text)], True
 
 
 def resolve_strategies(

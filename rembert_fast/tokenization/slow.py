@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import replace
 from typing import Any
 
 import sentencepiece as spm
@@ -67,24 +68,56 @@ class RemBertTokenizer(RemBertTokenizerBase):
         self._index_special_tokens()
 
     def _index_special_tokens(self) -> None:
-        """Give every special token an id: its piece id when it is a piece, else the next id past the
-        vocabulary (4.37.2's add-tokens order), and build the splitter that cuts them out of text."""
+        """Give every special token an id (4.37.2's __init__ adds them as tokens): its piece id when it is
+        a piece, else the next id past the vocabulary."""
         self._added_encoder: dict[str, int] = {}
         self._added_decoder: dict[int, SpecialToken] = {}
-        next_id = self.vocab_size
-        for token in self._all_special_tokens_extended():
-            piece_id = self.sp_model.piece_to_id(token.content)
-            if piece_id == self.sp_model.unk_id() and token.content != self.sp_model.id_to_piece(piece_id):
-                piece_id, next_id = next_id, next_id + 1
-            self._added_encoder[token.content] = piece_id
-            self._added_decoder[piece_id] = token
-        # Longest first, so that at one position the longest special token wins (transformers' Trie).
+        self._add_tokens(self._all_special_tokens_extended(), special_tokens=True)
+
+    def _add_tokens(self, tokens: list[str | SpecialToken], special_tokens: bool) -> int:
+        """transformers 4.37.2's PreTrainedTokenizer._add_tokens: a new token gets the next id, a known
+        one (a piece or an added token) keeps its id; special ones join additional_special_tokens."""
+        added = 0
+        next_id = len(self)
+        for token in tokens:
+            if not token:
+                continue
+            if isinstance(token, str):
+                if token in self._added_encoder:
+                    continue
+                special = special_tokens or token in self.all_special_tokens
+                token = SpecialToken(token, normalized=not special, special=special)
+            elif special_tokens:
+                token = replace(token, special=True)
+            if not token.special and token.normalized and self.do_lower_case:
+                token = replace(token, content=token.content.lower())
+            index = self._added_encoder.get(token.content)
+            if index is None:
+                piece_id = self.sp_model.piece_to_id(token.content)
+                if piece_id != self.sp_model.unk_id() or token.content == self.sp_model.id_to_piece(piece_id):
+                    index = piece_id
+            if index is None:
+                index, next_id, added = next_id, next_id + 1, added + 1
+            if token.special and token.content not in self.all_special_tokens:
+                self._additional.append(token)
+            self._added_decoder[index] = token
+            self._added_encoder[token.content] = index
+        # Longest first, so that at one position the longest added token wins (transformers' Trie).
         alternatives = sorted(self._added_encoder, key=len, reverse=True)
         self._special_split = re.compile("(" + "|".join(re.escape(token) for token in alternatives) + ")")
-        self._lowercase_split = re.compile(
-            "(" + "|".join(re.escape(token) for token in self.all_special_tokens) + ")"
-        )
+        self._special_tokens_changed()
+        return added
+
+    def _special_tokens_changed(self) -> None:
+        # do_lower_case leaves alone the special tokens and the normalized non-special added tokens
+        # (4.37.2's rule; those were lowercased when added).
+        kept = [*self.all_special_tokens]
+        kept += [t.content for t in self._added_decoder.values() if not t.special and t.normalized]
+        self._lowercase_split = re.compile("(" + "|".join(re.escape(token) for token in kept) + ")")
         self._special_ids = set(self.all_special_ids)
+
+    def _added_tokens(self) -> dict[int, SpecialToken]:
+        return dict(sorted(self._added_decoder.items()))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -101,7 +134,7 @@ class RemBertTokenizer(RemBertTokenizerBase):
         return self.sp_model.get_piece_size()
 
     def __len__(self) -> int:
-        """Pieces plus special tokens appended past them."""
+        """Pieces plus tokens added past them."""
         return self.vocab_size + sum(1 for index in self._added_decoder if index >= self.vocab_size)
 
     def get_vocab(self) -> dict[str, int]:
@@ -209,6 +242,30 @@ class RemBertTokenizer(RemBertTokenizerBase):
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return self.sp_model.decode_pieces(tokens)
 
+    def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        """4.37.2's slow decode: pieces through sentencepiece, with the added tokens that are not
+        special (and the special ones past the vocabulary) kept whole and joined by spaces."""
+        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+        whole = {token for token in self._added_encoder if token not in self.all_special_tokens}
+        whole |= {
+            token for token in self.additional_special_tokens if self._token_to_id(token) >= self.vocab_size
+        }
+        if not whole:
+            return self.convert_tokens_to_string(tokens) if tokens else ""
+        texts: list[str] = []
+        pieces: list[str] = []
+        for token in tokens:
+            if token in whole:
+                if pieces and (text := self.convert_tokens_to_string(pieces)):
+                    texts.append(text)
+                pieces = []
+                texts.append(token)
+            else:
+                pieces.append(token)
+        if pieces:
+            texts.append(self.convert_tokens_to_string(pieces))
+        return " ".join(texts)
+
     # -------------------------------------------------------------------------------------- encode
     def _truncate(
         self, ids: list[int], pair_ids: list[int] | None, remove: int, strategy: str
@@ -244,15 +301,33 @@ class RemBertTokenizer(RemBertTokenizerBase):
             )
         return ids, pair_ids
 
-    def _encode_batch(self, pairs: list[TextPair], options: EncodeOptions) -> dict[str, list]:
+    def _words_to_ids(self, texts: list[list[str]]) -> list[list[int]]:
+        """Per text given as words: the ids of each word tokenized on its own, joined (4.37.2's
+        is_split_into_words)."""
+        per_word = iter(self._texts_to_ids([word for words in texts for word in words]))
+        return [[index for _ in words for index in next(per_word)] for words in texts]
+
+    def _encode_batch(self, pairs: list[TextPair], options: EncodeOptions) -> tuple[dict[str, list], None]:
         if options.return_offsets_mapping:
             raise NotImplementedError(
                 "return_offsets_mapping needs RemBertTokenizerFast; the sentencepiece "
                 "tokenizer does not track character offsets."
             )
+        if options.return_overflowing_tokens:
+            raise NotImplementedError(
+                "return_overflowing_tokens (with stride and overflow_to_sample_mapping) needs "
+                "RemBertTokenizerFast; use it instead of RemBertTokenizer."
+            )
+        texts = [words for pair in pairs for words in pair if words is not None]
+        if options.is_split_into_words and not all(texts):
+            raise ValueError(
+                "RemBertTokenizer with is_split_into_words=True needs at least one word per text (as in "
+                "4.37.2); got an empty list"
+            )
         max_length = options.max_length
-        firsts = self._texts_to_ids([text for text, _ in pairs])
-        seconds = iter(self._texts_to_ids([pair for _, pair in pairs if pair is not None]))
+        to_ids = self._words_to_ids if options.is_split_into_words else self._texts_to_ids
+        firsts = to_ids([text for text, _ in pairs])
+        seconds = iter(to_ids([pair for _, pair in pairs if pair is not None]))
         rows = []
         for ids, (_, pair) in zip(firsts, pairs, strict=True):
             pair_ids = next(seconds) if pair is not None else None
@@ -276,6 +351,7 @@ class RemBertTokenizer(RemBertTokenizerBase):
                 }
             self._warn_if_too_long(row["input_ids"], max_length, options.verbose)
             row["attention_mask"] = [1] * len(row["input_ids"])
+            row["length"] = len(row["input_ids"])
             rows.append(row)
         target = None
         if options.padding == "longest":
@@ -307,4 +383,10 @@ class RemBertTokenizer(RemBertTokenizerBase):
                     fill = [pad_values[key]] * missing
                     value = fill + value if self.padding_side == "left" else value + fill
                 features[key].append(value)
-        return features
+        if options.return_length:
+            # 4.37.2 counts a batch's rows before padding them, one text after.
+            features["length"] = [
+                len(padded) if not options.batched else row["length"]
+                for row, padded in zip(rows, features["input_ids"], strict=True)
+            ]
+        return features, None
