@@ -52,6 +52,7 @@ _INIT_CONFIG_KEYS = (
     "truncation_side",
     "clean_up_tokenization_spaces",
     "additional_special_tokens",
+    "added_tokens_decoder",
     *SPECIAL_TOKEN_ATTRIBUTES,
 )
 
@@ -110,6 +111,7 @@ class RemBertTokenizerBase(SpecialTokensMixin, ABC):
         truncation_side: str | None = None,
         clean_up_tokenization_spaces: bool = True,
         additional_special_tokens: Sequence[str | dict | SpecialToken] | None = None,
+        added_tokens_decoder: dict[Any, dict | SpecialToken] | None = None,
     ) -> None:
         check_positive_int("model_max_length", model_max_length, optional=False)
         self.do_lower_case = do_lower_case
@@ -125,6 +127,11 @@ class RemBertTokenizerBase(SpecialTokensMixin, ABC):
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self._special = {name: SpecialToken.coerce(name, value) for name, value in special_tokens.items()}
         self._token_objects: set[str] = set()
+        # tokenizer_config.json's added tokens (id -> token), restored by the subclass.
+        self._saved_added_tokens = {
+            int(index): SpecialToken.coerce("added_tokens_decoder", token)
+            for index, token in (added_tokens_decoder or {}).items()
+        }
         self._additional = [
             SpecialToken.coerce("additional_special_tokens", token)
             for token in additional_special_tokens or []

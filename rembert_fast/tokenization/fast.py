@@ -142,10 +142,27 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
         return tokenizer
 
     def _add_special_tokens(self) -> None:
+        """Add to the backend, as 4.37.2's __init__ does, the saved added tokens (tokenizer_config.json's,
+        in id order) and then the special tokens that it does not hold yet, in runs of the same kind."""
         present = {token.content for token in self._tokenizer.get_added_tokens_decoder().values()}
-        missing = [token for token in self._all_special_tokens_extended() if token.content not in present]
-        if missing:
-            self._tokenizer.add_special_tokens([_backend_token(token, special=True) for token in missing])
+        missing: list[SpecialToken] = []
+        saved = [token for _, token in sorted(self._saved_added_tokens.items())]
+        for token in [*saved, *self._all_special_tokens_extended()]:
+            if token.content not in present:
+                present.add(token.content)
+                missing.append(token)
+        specials = set(self.all_special_tokens)
+        kinds = [token.special or token.content in specials for token in missing]
+        while missing:
+            run = next((i for i, kind in enumerate(kinds) if kind != kinds[0]), len(kinds))
+            special = kinds[0]
+            kinds = kinds[run:]
+            tokens = [_backend_token(token, special) for token in missing[:run]]
+            if special:
+                self._tokenizer.add_special_tokens(tokens)
+            else:
+                self._tokenizer.add_tokens(tokens)
+            missing = missing[run:]
         self._index_added_tokens()
 
     def _index_added_tokens(self) -> None:

@@ -72,6 +72,9 @@ class RemBertTokenizer(RemBertTokenizerBase):
         a piece, else the next id past the vocabulary."""
         self._added_encoder: dict[str, int] = {}
         self._added_decoder: dict[int, SpecialToken] = {}
+        for index, token in sorted(self._saved_added_tokens.items()):  # from_pretrained: ids as saved
+            self._added_encoder[token.content] = index
+            self._added_decoder[index] = token
         self._add_tokens(self._all_special_tokens_extended(), special_tokens=True)
 
     def _add_tokens(self, tokens: list[str | SpecialToken], special_tokens: bool) -> int:
