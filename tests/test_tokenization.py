@@ -898,9 +898,11 @@ def test_slow_alignment_and_overflow_name_the_fast_tokenizer(slow, lines):
     with pytest.raises(ValueError, match="RemBertTokenizerFast"):
         encoding.char_to_token(0, 3)
     for kwargs in (dict(return_overflowing_tokens=True, truncation=True, max_length=8, stride=2),
-                   dict(return_offsets_mapping=True)):
+                   dict()):
         with pytest.raises(NotImplementedError, match="RemBertTokenizerFast"):
-            slow(lines[:2], **kwargs)
+            slow(lines[:2], return_offsets_mapping=True, **kwargs)
+    with pytest.raises(ValueError, match="only_second"):
+        slow(lines[:2], lines[2:4], truncation=True, max_length=8, return_overflowing_tokens=True)
 
 
 def test_fast_alignment_without_offsets_matches_with_offsets(fast_equal, lines):

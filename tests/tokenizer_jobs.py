@@ -601,6 +601,26 @@ def feature_jobs(lines: list[str]) -> list[dict[str, Any]]:
                 return_overflowing_tokens=True,
                 return_offsets_mapping=True,
             )
+            # the slow tokenizer's own overflow: overflowing_tokens / num_truncated_tokens per row
+            for name, args, kwargs in (
+                ("single", [" ".join(texts[:3])], dict(truncation=True, max_length=12, stride=3)),
+                ("batch", [texts], dict(truncation=True, max_length=10, stride=2, padding=True)),
+                ("short", [texts[:3]], dict(truncation=True, max_length=200)),
+                ("pairs-longest", [pair_a, pair_b], dict(truncation=True, max_length=16, stride=2)),
+                ("only_second", [pair_a, pair_b], dict(truncation="only_second", max_length=24, stride=4)),
+                ("only_first-left", [pair_a, pair_b], dict(truncation="only_first", max_length=24, stride=4)),
+                ("no-max-length", [texts[:2]], {}),
+            ):
+                add(
+                    f"{config}/slow-overflow/{name}",
+                    "call",
+                    cls,
+                    init,
+                    *args,
+                    return_overflowing_tokens=True,
+                    setup=SETUPS["sides-left"] if name.endswith("left") else None,
+                    **kwargs,
+                )
             add(
                 f"{config}/slow-guide-ner",
                 "guide",

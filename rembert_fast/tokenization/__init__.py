@@ -21,13 +21,27 @@ keep_accents=False, unk_token="<unk>", pad_token="<pad>"`. With the fast default
 `vocab_size + 1`) exactly as 4.37.2 does; a checkpoint's `tokenizer_config.json` /
 `special_tokens_map.json` normally sets them, which `from_pretrained` reads.
 
+What the task guides use works as in 4.37.2 on both classes: `is_split_into_words` (a text given as
+its words), `return_length`, settable special tokens (`pad_token = eos_token`, `pad_token_id = 3`,
+`additional_special_tokens`), `add_tokens` / `add_special_tokens` (new ids from `len(tokenizer)` on,
+matched in text before sentencepiece, saved and read back by transformers), `get_vocab()`,
+`is_fast`, settable `padding_side` / `truncation_side`. The fast tokenizer's `BatchEncoding` keeps
+the `tokenizers` encodings (`word_ids(i)`, `sequence_ids(i)`, `tokens(i)`, `char_to_token`,
+`word_to_tokens`, ...) and `return_overflowing_tokens` returns the windows `stride` apart as further
+rows with `overflow_to_sample_mapping`; the slow one's alignment methods and offsets raise, naming
+`RemBertTokenizerFast`, and its `return_overflowing_tokens` gives 4.37.2's `overflowing_tokens` and
+`num_truncated_tokens` per row.
+
 Deliberate differences from 4.37.2 (errors where it logged or misbehaved): text that is not a string
 raises `TypeError` naming the type; a missing or unreadable vocabulary file raises naming the path;
 `save_vocabulary` / `save_pretrained` into a path that is not a directory raise; `max_length=0`, a
 truncation `max_length` shorter than the special tokens, `padding="max_length"` with no length,
 `truncation="only_second"` on a text without a pair, an empty special token, and negative or
 non-integer ids raise (`ValueError`, `TypeError`, `IndexError`); `from_pretrained` reads local
-directories only (no Hub download); overflowing tokens / `stride` are not supported.
+directories only (no Hub download); a special token cannot be set to None; the slow tokenizer's
+`return_overflowing_tokens` without a max_length raises ValueError (4.37.2: TypeError); a negative index into
+a BatchEncoding's alignment methods counts from the end (4.37.2 raised AttributeError); a stride
+that leaves no room raises ValueError (tokenizers panics).
 
 The package's files: `base` (what both classes share), `slow` and `fast` (the two classes),
 `options` (argument and strategy resolution), `batch_encoding` / `pad` (the output and padding of
@@ -35,7 +49,7 @@ tokenized inputs), `special_tokens`, `files` and `sentencepiece_model` (reading 
 """
 
 from rembert_fast.tokenization.base import RemBertTokenizerBase
-from rembert_fast.tokenization.batch_encoding import BatchEncoding
+from rembert_fast.tokenization.batch_encoding import BatchEncoding, CharSpan, TokenSpan
 from rembert_fast.tokenization.fast import SPIECE_UNDERLINE, RemBertTokenizerFast
 from rembert_fast.tokenization.files import (
     ADDED_TOKENS_FILE,
@@ -60,8 +74,10 @@ __all__ = [
     "VERY_LARGE_INTEGER",
     "VOCAB_FILE",
     "BatchEncoding",
+    "CharSpan",
     "RemBertTokenizer",
     "RemBertTokenizerBase",
     "RemBertTokenizerFast",
     "SpecialToken",
+    "TokenSpan",
 ]

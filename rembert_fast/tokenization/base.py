@@ -231,9 +231,10 @@ class RemBertTokenizerBase(SpecialTokensMixin, ABC):
         """Encode a string, a pair, or a batch of either (a list of strings, a list of (str, str)
         tuples, or two lists); with `is_split_into_words`, each text is a list of words (a batch: a
         list of such lists). Arguments as transformers' `PreTrainedTokenizerBase.__call__`:
-        `return_length` adds `length` (tokens per row); `return_overflowing_tokens` (fast tokenizer)
-        returns the tokens truncation cut as further rows of `max_length` tokens that repeat `stride`
-        tokens of the row before, with `overflow_to_sample_mapping` (the input each row came from)."""
+        `return_length` adds `length` (tokens per row); `return_overflowing_tokens` returns the tokens
+        truncation cut, with `stride` tokens of the row before: the fast tokenizer as further rows of
+        at most `max_length` tokens with `overflow_to_sample_mapping` (the input each row came from),
+        the slow one as `overflowing_tokens` / `num_truncated_tokens` per row (4.37.2's forms)."""
         pairs, batched = normalize_inputs(text, text_pair, is_split_into_words)
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 0:
             raise ValueError(f"stride must be an int >= 0; got {stride!r}")
@@ -283,8 +284,8 @@ class RemBertTokenizerBase(SpecialTokensMixin, ABC):
             batched=batched,
         )
         features, encodings = self._encode_batch(pairs, options)
-        # Overflowing rows stay a batch even for one input, as in 4.37.2.
-        squeeze = not batched and not return_overflowing_tokens
+        # The fast tokenizer's overflowing rows stay a batch even for one input, as in 4.37.2.
+        squeeze = not batched and not (return_overflowing_tokens and self.is_fast)
         if squeeze:
             # 4.37.2's fast tokenizer leaves `length` a one-entry list for one text.
             features = {

@@ -271,13 +271,20 @@ class RemBertTokenizer(RemBertTokenizerBase):
 
     # -------------------------------------------------------------------------------------- encode
     def _truncate(
-        self, ids: list[int], pair_ids: list[int] | None, remove: int, strategy: str
-    ) -> tuple[list[int], list[int] | None]:
-        """transformers' truncate_sequences (without overflow): an impossible cut is logged and skipped."""
+        self, ids: list[int], pair_ids: list[int] | None, remove: int, strategy: str, stride: int
+    ) -> tuple[list[int], list[int] | None, list[int]]:
+        """transformers' truncate_sequences: (ids, pair_ids, overflowing tokens: the cut tokens plus
+        `stride` kept ones); an impossible cut is logged and skipped."""
         left = self.truncation_side == "left"
+
+        def cut(seq: list[int]) -> tuple[list[int], list[int]]:
+            window = min(len(seq), stride + remove)
+            return (seq[remove:], seq[:window]) if left else (seq[:-remove], seq[-window:])
+
         if strategy == "only_first" or (strategy == "longest_first" and pair_ids is None):
             if len(ids) > remove:
-                return (ids[remove:] if left else ids[:-remove]), pair_ids
+                ids, overflow = cut(ids)
+                return ids, pair_ids, overflow
             logger.error(
                 f"We need to remove {remove} to truncate the input but the first sequence has a length "
                 f"{len(ids)}. Please select another truncation strategy."
@@ -290,19 +297,21 @@ class RemBertTokenizer(RemBertTokenizerBase):
                 ids_cut, pair_cut = first_remove + second_remove // 2, second_remove - second_remove // 2
             else:
                 ids_cut, pair_cut = second_remove // 2, first_remove + second_remove - second_remove // 2
+            # 4.37.2 returns no overflowing tokens for pairs cut 'longest_first' (and warns so).
             if left:
-                return ids[ids_cut:], pair_ids[pair_cut:]
+                return ids[ids_cut:], pair_ids[pair_cut:], []
             return (ids[:-ids_cut] if ids_cut > 0 else ids), (
                 pair_ids[:-pair_cut] if pair_cut > 0 else pair_ids
-            )
+            ), []
         elif strategy == "only_second" and pair_ids is not None:
             if len(pair_ids) > remove:
-                return ids, (pair_ids[remove:] if left else pair_ids[:-remove])
+                pair_ids, overflow = cut(pair_ids)
+                return ids, pair_ids, overflow
             logger.error(
                 f"We need to remove {remove} to truncate the input but the second sequence has a length "
                 f"{len(pair_ids)}. Please select another truncation strategy."
             )
-        return ids, pair_ids
+        return ids, pair_ids, []
 
     def _words_to_ids(self, texts: list[list[str]]) -> list[list[int]]:
         """Per text given as words: the ids of each word tokenized on its own, joined (4.37.2's
@@ -316,10 +325,17 @@ class RemBertTokenizer(RemBertTokenizerBase):
                 "return_offsets_mapping needs RemBertTokenizerFast; the sentencepiece "
                 "tokenizer does not track character offsets."
             )
-        if options.return_overflowing_tokens:
-            raise NotImplementedError(
-                "return_overflowing_tokens (with stride and overflow_to_sample_mapping) needs "
-                "RemBertTokenizerFast; use it instead of RemBertTokenizer."
+        if options.return_overflowing_tokens and options.truncation == "longest_first" and any(
+            pair is not None for _, pair in pairs
+        ):
+            raise ValueError(
+                "return_overflowing_tokens cannot return the tokens truncation='longest_first' cuts from a "
+                "pair of texts (as in 4.37.2); use truncation='only_second' or 'only_first'"
+            )
+        if options.return_overflowing_tokens and options.max_length is None:
+            raise ValueError(
+                "return_overflowing_tokens needs truncation with a max_length (RemBertTokenizerFast also "
+                "gives overflow_to_sample_mapping)"
             )
         texts = [words for pair in pairs for words in pair if words is not None]
         if options.is_split_into_words and not all(texts):
@@ -337,8 +353,11 @@ class RemBertTokenizer(RemBertTokenizerBase):
             total = len(ids) + (len(pair_ids) if pair_ids is not None else 0)
             total += self.num_special_tokens_to_add(pair_ids is not None) if options.add_special_tokens else 0
             # 4.37.2 skips truncation when max_length is 0 (`if ... and max_length and ...`).
+            overflow: list[int] = []
             if options.truncation != "do_not_truncate" and max_length and total > max_length:
-                ids, pair_ids = self._truncate(ids, pair_ids, total - max_length, options.truncation)
+                ids, pair_ids, overflow = self._truncate(
+                    ids, pair_ids, total - max_length, options.truncation, options.stride
+                )
             if options.add_special_tokens:
                 row = {
                     "input_ids": self.build_inputs_with_special_tokens(ids, pair_ids),
@@ -355,6 +374,9 @@ class RemBertTokenizer(RemBertTokenizerBase):
             self._warn_if_too_long(row["input_ids"], max_length, options.verbose)
             row["attention_mask"] = [1] * len(row["input_ids"])
             row["length"] = len(row["input_ids"])
+            # 4.37.2's slow overflow: the cut tokens of each row and how many (negative when none were).
+            row["overflowing_tokens"] = overflow
+            row["num_truncated_tokens"] = total - max_length if max_length is not None else 0
             rows.append(row)
         target = None
         if options.padding == "longest":
@@ -368,6 +390,7 @@ class RemBertTokenizer(RemBertTokenizerBase):
         keys = (
             ["input_ids"]
             + (["token_type_ids"] if options.return_token_type_ids else [])
+            + (["overflowing_tokens", "num_truncated_tokens"] if options.return_overflowing_tokens else [])
             + (["special_tokens_mask"] if options.return_special_tokens_mask else [])
             + (["attention_mask"] if options.return_attention_mask else [])
         )
@@ -382,7 +405,7 @@ class RemBertTokenizer(RemBertTokenizerBase):
             missing = target - len(row["input_ids"]) if target is not None else 0
             for key in keys:
                 value = row[key]
-                if missing > 0:
+                if missing > 0 and key in pad_values:
                     fill = [pad_values[key]] * missing
                     value = fill + value if self.padding_side == "left" else value + fill
                 features[key].append(value)
