@@ -94,16 +94,7 @@ def normalize_inputs(
             check(text_pair, "text_pair")
         return [(text, text_pair)], False
     if text_pair is not None:
-        if not isinstance(text_pair, (list, tuple)):
-            raise TypeError(
-                f"text_pair must be a list of str when text is a list; got {type(text_pair).__name__}"
-            )
-        if len(text_pair) != len(text):
-            raise ValueError(f"text_pair has {len(text_pair)} entries but text has {len(text)}")
-        return [
-            (check(a, f"text[{i}]"), check(b, f"text_pair[{i}]"))
-            for i, (a, b) in enumerate(zip(text, text_pair, strict=True))
-        ], True
+        return _zip_batch(text, text_pair, check, "a list of str"), True
     pairs: list[TextPair] = []
     for i, item in enumerate(text):
         if isinstance(item, (list, tuple)) and len(item) == 2:
@@ -129,15 +120,20 @@ def _normalize_words(text: Any, text_pair: Any) -> tuple[list[TextPair], bool]:
     if not batched:
         return [(words(text, "text"), None if text_pair is None else words(text_pair, "text_pair"))], False
     if text_pair is not None:
-        if not isinstance(text_pair, (list, tuple)):
-            raise TypeError(f"text_pair must be a list of word lists; got {type(text_pair).__name__}")
-        if len(text_pair) != len(text):
-            raise ValueError(f"text_pair has {len(text_pair)} entries but text has {len(text)}")
-        return [
-            (words(a, f"text[{i}]"), words(b, f"text_pair[{i}]"))
-            for i, (a, b) in enumerate(zip(text, text_pair, strict=True))
-        ], True
+        return _zip_batch(text, text_pair, words, "a list of word lists"), True
     return [(words(item, f"text[{i}]"), None) for i, item in enumerate(text)], True
+
+
+def _zip_batch(text: list, text_pair: Any, check: Callable[[Any, str], Any], kind: str) -> list[TextPair]:
+    """A batch given as two lists, each entry through `check`."""
+    if not isinstance(text_pair, (list, tuple)):
+        raise TypeError(f"text_pair must be {kind} when text is a batch; got {type(text_pair).__name__}")
+    if len(text_pair) != len(text):
+        raise ValueError(f"text_pair has {len(text_pair)} entries but text has {len(text)}")
+    return [
+        (check(a, f"text[{i}]"), check(b, f"text_pair[{i}]"))
+        for i, (a, b) in enumerate(zip(text, text_pair, strict=True))
+    ]
 
 
 def resolve_strategies(
