@@ -2,9 +2,13 @@
 expectations (truncation, padding, masks, offsets, decode, save/load, errors).
 
 A tiny Unigram sentencepiece model with RemBERT's special pieces is trained once per session on the
-multilingual sentences in tests/data (tests/tokenizer_fixtures.py). The comparison with transformers
-4.37.2 itself needs that version in a separate virtualenv: it runs when REMBERT_FAST_TF437_PYTHON
-points at that venv's python (benches/compare_tokenizers_437.py does the work).
+multilingual sentences in tests/data (tests/tokenizer_fixtures.py). The features the task guides use
+(is_split_into_words, added and settable special tokens, the fast BatchEncoding's alignment, overflow
+with stride, the guides' own functions) are checked against transformers 4.37.2's answers recorded in
+tests/data/tokenizers_437.json on the committed tests/data/tiny_sentencepiece.model (jobs in
+tests/tokenizer_jobs.py). The live comparison with transformers 4.37.2 needs that version in a separate
+virtualenv: it runs when REMBERT_FAST_TF437_PYTHON points at that venv's python
+(benches/compare_tokenizers_437.py does the work).
 """
 
 from __future__ import annotations
