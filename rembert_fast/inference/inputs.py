@@ -30,12 +30,16 @@ def parse_item(item: Any, jsonl: bool, head: dict[str, Any]) -> tuple[str, str |
             item = json.loads(item)
         except ValueError as error:
             return f"malformed JSON: {error}"
+        except RecursionError:
+            return "malformed JSON: nested too deeply to parse"
+        except MemoryError:
+            return f"JSON line of {len(item)} characters does not fit in memory"
     if not isinstance(item, Mapping):
         return f"expected a JSON object with a \"text\" field, got {type(item).__name__}"
     if "id" in item:
         try:  # NaN, Infinity and lone surrogates parse, but a record carrying them is not valid JSON
             json.dumps(item["id"], allow_nan=False, ensure_ascii=False).encode("utf-8")
-        except (ValueError, UnicodeEncodeError):
+        except (ValueError, UnicodeEncodeError, RecursionError):
             return (f'"id" {item["id"]!r} cannot be written as JSON (NaN, Infinity and lone surrogates '
                     "are not allowed)")
         head["id"] = item["id"]
