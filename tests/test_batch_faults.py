@@ -9,13 +9,21 @@ real SIGKILLs of a subprocess check that the simulation is faithful.
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from batch_fixtures import tiny_model_dirs
+from batch_fixtures import sample_texts, tiny_model_dirs
 
 from rembert_fast import inference
+from rembert_fast.cli import main
 from rembert_fast.inference import InferenceEngine
 
 
@@ -61,3 +69,228 @@ def test_lines_that_break_the_parser_are_error_records(dirs, monkeypatch):
     plain = list(_engine(dirs).run(["hello", "bye"]))
     for got, want in zip((records[0], records[5]), plain, strict=True):
         np.testing.assert_allclose(got["embedding"], want["embedding"], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+class _Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing catches it, and nothing more is written."""
+
+
+def _run(capsys, task, model, inp, out, *extra):
+    code = main([task, "--model", str(model), "--input", str(inp), "--output", str(out), "--window", "4",
+                 "--batch-tokens", "80", "--device", "cpu", *extra])
+    return code, capsys.readouterr().err
+
+
+def _texts(tmp_path, copies=2) -> Path:
+    """An input of multilingual lines, one of them not UTF-8 (an error record)."""
+    path = tmp_path / "in.txt"
+    path.write_bytes(("\n".join(sample_texts() * copies) + "\n").encode() + b"\xff bad\nlast line\n")
+    return path
+
+
+def _started(monkeypatch, capsys, *args):
+    """Run the command and kill it at its first record: the settings record and an empty .partial."""
+    def die(self, record):
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(inference.JsonlWriter, "write", die)
+        patch.setattr(inference.NpyWriter, "write", die)
+        with pytest.raises(_Killed):
+            _run(capsys, *args)
+
+
+def _complete(capsys, dirs, inp, out, *extra) -> dict[str, bytes]:
+    """The files of an uninterrupted run, by name."""
+    assert _run(capsys, "embed", dirs["cls"], inp, out, *extra)[0] == 1
+    errors = out.with_name(out.stem + ".errors.jsonl")
+    return {p.name: p.read_bytes() for p in (out, errors) if p.exists()}
+
+
+def _assert_files(tmp_path, expected: dict[str, bytes]) -> None:
+    names = {p.name for p in tmp_path.iterdir()} - {"in.txt", "in.jsonl"}
+    assert names == set(expected)  # no .partial, .lock or settings record left
+    for name, data in expected.items():
+        assert (tmp_path / name).read_bytes() == data, name
+
+
+# ----------------------------------------------------------------------------------- kill, resume
+@pytest.mark.parametrize("suffix", [".jsonl", ".npy"])
+def test_resume_after_kills_at_random_points_gives_the_same_bytes(dirs, capsys, tmp_path, monkeypatch,
+                                                                 suffix):
+    """What a kill leaves once data reached the disk is a prefix of the uninterrupted output (for a
+    .npy: rows after the header, and the errors file at least as far as the rows); from each of many
+    such states --resume must give the uninterrupted bytes, error records and exit status included."""
+    inp, out = _texts(tmp_path), tmp_path / f"out{suffix}"
+    expected = _complete(capsys, dirs, inp, out)
+    for path in list(tmp_path.iterdir()):
+        if path.name != "in.txt":
+            path.unlink()
+    rng = random.Random(16)
+    data = expected[out.name]
+    errors = expected.get("out.errors.jsonl", b"")
+    start = 128 if suffix == ".npy" else 0
+    for cut in sorted(rng.sample(range(start, len(data)), 7)) + [len(data)]:
+        _started(monkeypatch, capsys, "embed", dirs["cls"], inp, out)
+        if suffix == ".npy":
+            # The header as written at the start (no rows), then `cut` bytes of rows; errors are flushed
+            # before rows, so the errors file holds at least the error records of the rows on disk.
+            header = inference.writers.npy_header(0, 32, np.dtype(np.float32))
+            (tmp_path / "out.npy.partial").write_bytes(header + data[128:cut])
+            (tmp_path / "out.errors.jsonl.partial").write_bytes(errors[: rng.randrange(len(errors) + 1)]
+                                                               if cut < len(data) - 64 else errors)
+        else:
+            (tmp_path / "out.jsonl.partial").write_bytes(data[:cut])
+        code, err = _run(capsys, "embed", dirs["cls"], inp, out, "--resume")
+        assert code == 1, err
+        _assert_files(tmp_path, expected)
+        out.unlink()
+
+
+def test_npy_commit_killed_between_its_renames_keeps_the_error_records(dirs, capsys, tmp_path, monkeypatch):
+    """commit renames the errors file, then the .npy: a kill after the first rename (or after both,
+    before the settings record goes) must still resume to the whole output, and exit 1."""
+    inp, out = _texts(tmp_path, copies=1), tmp_path / "out.npy"
+    expected = _complete(capsys, dirs, inp, out)
+    out.unlink()
+    (tmp_path / "out.errors.jsonl").unlink()
+    replace = os.replace
+    for renames in (1, 2):
+        done = []
+
+        def replace_then_die(src, dst, renames=renames, done=done):
+            replace(src, dst)
+            if not str(dst).endswith(".tmp") and "settings" not in str(dst):
+                done.append(dst)
+                if len(done) == renames:
+                    raise _Killed
+
+        with monkeypatch.context() as patch:
+            patch.setattr(inference.writers.os, "replace", replace_then_die)
+            with pytest.raises(_Killed):
+                _run(capsys, "embed", dirs["cls"], inp, out)
+        code, err = _run(capsys, "embed", dirs["cls"], inp, out, "--resume")
+        assert code == 1, err
+        _assert_files(tmp_path, expected)
+        out.unlink()
+        (tmp_path / "out.errors.jsonl").unlink()
+
+
+def _subprocess(dirs, inp, out, *extra) -> subprocess.Popen:
+    """The command in a subprocess whose writers flush every few records, so a kill finds data on disk."""
+    code = ("import sys; from rembert_fast.inference import writers as w\n"
+            "for c in (w.JsonlWriter, w.NpyWriter): c.__init__.__kwdefaults__['flush_bytes'] = 1500\n"
+            "from rembert_fast.cli import main; sys.exit(main(sys.argv[1:]))")
+    command = [sys.executable, "-c", code, "embed", "--model", str(dirs["cls"]), "--input", str(inp),
+               "--output", str(out), "--device", "cpu", "--window", "64", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _when_written(partial: Path, process: subprocess.Popen, least: int) -> None:
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.stat().st_size > least):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("suffix, sig", [(".jsonl", signal.SIGINT), (".npy", signal.SIGKILL)])
+def test_a_real_signal_mid_run_then_resume(dirs, capsys, tmp_path, suffix, sig):
+    """Ctrl-C stops the run within seconds with exit 130, keeps the .partial and says how to resume;
+    SIGKILL leaves what it leaves. Either way --resume gives the uninterrupted bytes."""
+    inp = _texts(tmp_path, copies=150)
+    out = tmp_path / f"out{suffix}"
+    process = _subprocess(dirs, inp, out)
+    _when_written(tmp_path / f"out{suffix}.partial", process, 128 + random.randrange(20_000))
+    sent = time.monotonic()
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert time.monotonic() - sent < 10 and process.returncode == 130, err
+        message = err.strip().splitlines()[-1]
+        assert "interrupted" in message and "--resume" in message and "Traceback" not in err
+    else:
+        assert process.returncode == -signal.SIGKILL
+    assert (tmp_path / f"out{suffix}.partial").exists() and not out.exists()
+    torch.set_num_threads(1)
+    extra = ("--window", "64", "--batch-tokens", "4096")
+    assert main(["embed", "--model", str(dirs["cls"]), "--input", str(inp), "--output", str(out),
+                 "--device", "cpu", "--resume", *extra]) == 1
+    resumed = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "in.txt"}
+    for path in tmp_path.iterdir():
+        if path.name != "in.txt":
+            path.unlink()
+    assert main(["embed", "--model", str(dirs["cls"]), "--input", str(inp), "--output", str(out),
+                 "--device", "cpu", *extra]) == 1
+    capsys.readouterr()
+    _assert_files(tmp_path, resumed)
+
+
+# ------------------------------------------------------------------------- settings, lock, status
+@pytest.mark.parametrize("change", ["pooling", "model", "max length", "npy dtype", "no record"])
+def test_resume_with_other_settings_is_refused_naming_the_difference(dirs, capsys, tmp_path, monkeypatch,
+                                                                     change):
+    inp = _texts(tmp_path, copies=1)
+    suffix = ".npy" if change == "npy dtype" else ".jsonl"
+    out = tmp_path / f"out{suffix}"
+    _started(monkeypatch, capsys, "embed", dirs["cls"], inp, out, "--pooling", "cls")
+    model, extra, named = dirs["cls"], ["--pooling", "cls"], ""
+    if change == "pooling":
+        extra, named = ["--pooling", "mean"], "pooling was 'cls', now 'mean'"
+    elif change == "model":
+        model, named = dirs["mlm"], "model was "
+    elif change == "max length":
+        extra, named = [*extra, "--max-length", "20"], "max_length was 64, now 20"
+    elif change == "npy dtype":
+        extra, named = [*extra, "--npy-dtype", "float16"], "npy_dtype was 'float32', now 'float16'"
+    else:
+        (tmp_path / f"out{suffix}.settings.json").unlink()
+        named = "has no record of the settings"
+    partial = (tmp_path / f"out{suffix}.partial").read_bytes()
+    code, err = _run(capsys, "embed", model, inp, out, *extra, "--resume")
+    assert code == 2 and named in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (tmp_path / f"out{suffix}.partial").read_bytes() == partial and not out.exists()
+
+
+def test_a_second_run_on_a_locked_output_exits_2_naming_the_holder(dirs, capsys, tmp_path):
+    inp, out = _texts(tmp_path, copies=1), tmp_path / "out.jsonl"
+    lock = inference.OutputLock(out)
+    try:
+        code, err = _run(capsys, "embed", dirs["cls"], inp, out, "--resume")
+    finally:
+        lock.release()
+    assert code == 2 and f"pid {os.getpid()}" in err and err.count("\n") == 1, err
+    assert not out.exists() and not (tmp_path / "out.jsonl.partial").exists()
+    assert _run(capsys, "embed", dirs["cls"], inp, out)[0] == 1  # released: the next run proceeds
+    assert not (tmp_path / "out.jsonl.lock").exists()
+
+
+@pytest.mark.parametrize("fault", ["disk full", "unwritable output", "crash", "interrupt"])
+def test_failures_exit_3_and_interrupts_130_with_one_line(dirs, capsys, tmp_path, monkeypatch, fault):
+    """Exit 1 means "output complete, some error records": a failed run must not exit 1 too."""
+    inp, out = _texts(tmp_path, copies=1), tmp_path / "out.jsonl"
+    if fault == "disk full":
+        def full(self):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(inference.JsonlWriter, "flush", full)
+    elif fault == "unwritable output":
+        out = Path("/proc/out.jsonl")  # a directory no one can create files in, root included
+    elif fault == "crash":
+        def broken(self, *args):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        monkeypatch.setattr(InferenceEngine, "_forward", broken)
+    else:
+        def interrupt(self, *args):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(InferenceEngine, "_forward", interrupt)
+    code, err = _run(capsys, "embed", dirs["cls"], inp, out)
+    assert code == (130 if fault == "interrupt" else 3), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert {"disk full": "No space left", "unwritable output": "/proc/out.jsonl", "crash": "illegal memory",
+            "interrupt": "--resume"}[fault] in err
+    if fault in ("crash", "interrupt"):
+        assert (tmp_path / "out.jsonl.partial").exists() and "out.jsonl.partial" in err
+    if fault == "crash":
+        code, err = _run(capsys, "embed", dirs["cls"], inp, out, "--debug")
+        assert code == 3 and "Traceback" in err and "illegal memory" in err

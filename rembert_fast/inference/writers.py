@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from rembert_fast.inference.guards import ResumeError, check_settings, settings_path, write_settings
+
 
 def nan_row(width: int) -> np.ndarray:
     """The `.npy` row written for an error line."""
@@ -21,10 +23,6 @@ def nan_row(width: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- output
-class ResumeError(ValueError):
-    """A partial output that cannot be continued (not written by this command, or other settings)."""
-
-
 _LINE_PREFIX = re.compile(rb'^\{"line": (\d+)[,}]')
 _NPY_HEADER_BYTES = 128  # fixed, so the row count can be written in place when the run ends
 
@@ -94,6 +92,26 @@ def _recover_jsonl(
     return kept, last, errors
 
 
+def _start(path: Path, partial: Path, resume: bool, settings: Mapping[str, Any] | None) -> bool:
+    """Check or record the run's settings; whether to continue `partial`.
+
+    With `settings`, a `resume` continues only a `.partial` (a finished output is written again), and
+    only when its recorded settings are these; a new output records them before `partial` exists.
+    """
+    if settings is None:
+        return resume
+    if resume and partial.exists():
+        check_settings(path, partial, settings)
+        return True
+    write_settings(path, settings)
+    return False
+
+
+def _finished(path: Path) -> None:
+    """The output at `path` is complete: its settings record goes."""
+    settings_path(path).unlink(missing_ok=True)
+
+
 class JsonlWriter:
     """Writes records as JSON lines to `path`, through `path.partial`, flushed and fsynced in chunks.
 
@@ -102,13 +120,17 @@ class JsonlWriter:
     With `resume=True`, an existing `path.partial` (or a finished `path`) is continued: `done_through`
     is the last line already written and `prior_errors` the error records among them; `result_key`
     (the command's field, see RESULT_KEYS) refuses to continue another command's output.
+    With `settings` (JSON-able), they are recorded beside the output and a resume with others is
+    refused (ResumeError naming the differences); see `guards`.
     """
 
     def __init__(self, path: str | Path, *, resume: bool = False, flush_bytes: int = 1 << 22,
-                 flush_seconds: float = 5.0, result_key: str | None = None) -> None:
+                 flush_seconds: float = 5.0, result_key: str | None = None,
+                 settings: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.done_through = self.prior_errors = self.prior_records = 0
+        resume = _start(self.path, self.partial, resume, settings)
         if resume and not self.partial.exists() and self.path.exists():
             os.replace(self.path, self.partial)
         if resume and self.partial.exists():
@@ -146,6 +168,7 @@ class JsonlWriter:
         """Flush, close and rename `path.partial` to `path`: the output is complete."""
         self.close()
         os.replace(self.partial, self.path)
+        _finished(self.path)
 
 
 def npy_header(rows: int, width: int, dtype: np.dtype) -> bytes:
@@ -184,16 +207,22 @@ class NpyWriter:
 
     `line_of_row(k)` is the input line of the k-th row (1-based; identity unless the rows are one
     rank's share of a multi-process run); it turns the rows found on `resume` into `done_through`.
+    `settings` as for `JsonlWriter`. `commit` renames the errors file, then the `.npy`: a resume after a
+    kill between the two takes the renamed errors file back.
     """
 
     def __init__(self, path: str | Path, errors_path: str | Path, width: int, *, dtype: Any = np.float32,
                  resume: bool = False, line_of_row: Any = None, flush_bytes: int = 1 << 22,
-                 flush_seconds: float = 5.0) -> None:
+                 flush_seconds: float = 5.0, settings: Mapping[str, Any] | None = None) -> None:
         self.path, self.errors_path = Path(path), Path(errors_path)
         self.partial, self.errors_partial = partial_path(self.path), partial_path(self.errors_path)
         self.width, self.dtype = width, np.dtype(dtype)
         self.done_through = self.prior_errors = self.prior_records = 0
         line_of_row = line_of_row or (lambda row: row)
+        resume = _start(self.path, self.partial, resume, settings)
+        between_renames = self.partial.exists() and not self.errors_partial.exists()
+        if resume and between_renames and self.errors_path.exists():
+            os.replace(self.errors_path, self.errors_partial)  # killed between the two renames of commit
         if resume and not self.partial.exists() and self.path.exists():
             os.replace(self.path, self.partial)
             if self.errors_path.exists():
@@ -256,3 +285,4 @@ class NpyWriter:
         self.close()
         os.replace(self.errors_partial, self.errors_path)
         os.replace(self.partial, self.path)
+        _finished(self.path)
