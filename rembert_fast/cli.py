@@ -23,8 +23,10 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -322,6 +324,10 @@ def _infer(args: argparse.Namespace) -> int:
     """Run a batch subcommand; every failure is one line on stderr and its exit status."""
     name = f"rembert-fast {args.command}"
     args.written = None
+    if threading.current_thread() is threading.main_thread():
+        # A shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it: `kill
+        # -INT` would not stop the run. Ctrl-C always stops a batch run (keeping its .partial).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_task(args)
     except UsageError as error:
