@@ -300,3 +300,50 @@ def test_failures_exit_3_and_interrupts_130_with_one_line(dirs, capsys, tmp_path
     if fault == "crash":
         code, err = _run(capsys, "embed", dirs["cls"], inp, out, "--debug")
         assert code == 3 and "Traceback" in err and "illegal memory" in err
+
+
+def _rank_process(launcher: int, rank: int) -> int | None:
+    """The pid of torchrun's worker `rank` among the descendants of `launcher`, or None (not yet)."""
+    pending, seen = [launcher], []
+    while pending:
+        pid = pending.pop()
+        seen.append(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+                pending += [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+    for pid in seen[1:]:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def test_torchrun_with_one_rank_killed_resumes_to_the_bytes_of_one_process(dirs, capsys, tmp_path):
+    inp = _texts(tmp_path, copies=12)
+    extra = ["--window", "16", "--batch-tokens", "256", "--device", "cpu"]
+    base = ["embed", "--model", str(dirs["cls"]), "--input", str(inp)]
+    assert main([*base, "--output", str(tmp_path / "one.jsonl"), *extra]) == 1  # one thread, as torchrun
+    capsys.readouterr()
+    script = tmp_path / "flush_often.py"
+    script.write_text("import sys\nfrom rembert_fast.inference import writers as w\n"
+                      "w.JsonlWriter.__init__.__kwdefaults__['flush_bytes'] = 1500\n"
+                      "from rembert_fast.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(script), *base, "--output", str(tmp_path / "two.jsonl"), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    _when_written(tmp_path / "two.jsonl.rank1-of-2.partial", launcher, random.randrange(1000, 6000))
+    victim = _rank_process(launcher.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and not (tmp_path / "two.jsonl").exists(), err[-2000:]
+    done = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert {p.name for p in tmp_path.iterdir()} == {"in.txt", "flush_often.py", "one.jsonl", "two.jsonl"}
