@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from batch_fixtures import sample_texts, tiny_model_dirs
+from batch_fixtures import Reference, sample_texts, tiny_model_dirs
 
 from rembert_fast import inference
 from rembert_fast.cli import main
@@ -38,6 +38,11 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ref(dirs):
+    return Reference(dirs)
 
 
 def _engine(dirs, task="embed", **kwargs):
@@ -347,3 +352,101 @@ def test_torchrun_with_one_rank_killed_resumes_to_the_bytes_of_one_process(dirs,
     assert done.returncode == 1, done.stderr[-3000:]
     assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     assert {p.name for p in tmp_path.iterdir()} == {"in.txt", "flush_often.py", "one.jsonl", "two.jsonl"}
+
+
+# ------------------------------------------------------------------------------------- long lines
+def _hostile_line(rng: random.Random, words: list[str], length: int) -> str:
+    """About `length` characters of multilingual words joined by the separators that could break a
+    cut: runs of spaces, tabs, no-break and ideographic spaces, a zero-width space, combining marks,
+    an Arabic Prepend sign before a space, quote pairs the normaliser replaces, capital sigmas, [MASK]."""
+    odd = ["  ", "   ", "\t", "\u00a0", "\u3000", " \u200b ", "\u0301 ", " \u0301", "\u0600 ", "'' ", "``",
+           " ΣΑΣ ", "Σ ", " [MASK] ", "[MASK] ", " \n ", "\r\n"]
+    parts: list[str] = []
+    while sum(map(len, parts)) < length:
+        parts.append(rng.choice(words))
+        parts.append(rng.choice(odd) if rng.random() < 0.3 else " ")
+    return "".join(parts)[:length]
+
+
+def test_long_lines_cut_before_tokenising_give_the_ids_of_the_whole_line(dirs):
+    """encode_prefix against tokenising the whole line then truncating, on random multilingual lines
+    cut with every window size, for several max lengths: ids, type ids, offsets,
+    special-token masks and the truncated flag all equal, and most lines really took the prefix."""
+    from tokenizer_fixtures import read_multilingual_lines
+
+    words = " ".join(read_multilingual_lines()).split(" ")
+    rng = random.Random(9)
+    engine = _engine(dirs)
+    backend = engine._backend
+    assert inference.truncation.prefix_safe(backend)
+    prefixed = 0
+    for max_length in (8, 23, 64):
+        backend.enable_truncation(max_length)
+        for _ in range(25):
+            text = _hostile_line(rng, words, rng.randrange(8 * max_length))
+            whole = backend.encode(text, add_special_tokens=True)
+            # Every window size (in steps of a few characters), so that some prefixes end just past
+            # the max_length-th token, where a cut that changed the last word would show.
+            for window in range(1, len(text) + 2, rng.randrange(1, 4)):
+                cut = inference.truncation.encode_prefix(backend, text, window)
+                assert cut.ids == whole.ids, (text, window)
+                assert cut.offsets == whole.offsets and cut.type_ids == whole.type_ids, (text, window)
+                assert cut.special_tokens_mask == whole.special_tokens_mask, (text, window)
+                assert bool(cut.overflowing) == bool(whole.overflowing), (text, window)
+                prefixed += len(cut.overflowing) < len(whole.overflowing)
+    assert prefixed > 600
+
+
+class _Recording:
+    """A tokenizers.Tokenizer that records the inputs it is asked to encode."""
+
+    def __init__(self, backend):
+        self._backend, self.seen = backend, []
+
+    def encode(self, text, **kwargs):
+        self.seen.append(text)
+        return self._backend.encode(text, **kwargs)
+
+    def encode_batch(self, inputs, **kwargs):
+        self.seen.extend(inputs)
+        return self._backend.encode_batch(inputs, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def test_a_long_line_is_not_tokenised_whole(dirs, ref):
+    """A 1 MB line costs what its first window costs (it took 120 s for 5 MB tokenised whole)."""
+    engine = _engine(dirs)
+    engine._backend = recording = _Recording(engine._backend)
+    line = " ".join(sample_texts()) * 100
+    line = (line * (1_000_000 // len(line) + 1))[:1_000_000]
+    [record] = engine.run([line])
+    assert max(map(len, recording.seen)) < 10_000 and engine.stats.truncated == 1
+    # The reference tokenises a 20000-character prefix whole: far more than 64 tokens either way.
+    np.testing.assert_allclose(record["embedding"], ref.embedding(line[:20_000], "cls"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("change", ["no split", "strip", "collapse after nfkd", "rstrip token", "pair"])
+def test_tokenizer_settings_no_cut_is_proven_for_are_tokenised_whole(dirs, change):
+    from tokenizers import Tokenizer
+
+    engine = _engine(dirs)
+    spec = json.loads(engine._backend.to_str())
+    steps = spec["normalizer"]["normalizers"]
+    if change == "no split":
+        spec["pre_tokenizer"]["split"] = False
+    elif change == "strip":
+        steps.append({"type": "Strip", "strip_left": True, "strip_right": True})
+    elif change == "collapse after nfkd":
+        steps.append(steps.pop(2))
+    elif change == "rstrip token":
+        spec["added_tokens"][2]["rstrip"] = True
+    if change != "pair":
+        assert inference.truncation.prefix_safe(engine._backend)
+        assert not inference.truncation.prefix_safe(Tokenizer.from_str(json.dumps(spec)))
+        return
+    engine._backend = recording = _Recording(engine._backend)
+    long = "word " * 5000
+    [record] = engine.run([{"text": long, "text_pair": "pair"}])
+    assert recording.seen == [(long, "pair")] and "embedding" in record

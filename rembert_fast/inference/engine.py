@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rembert_fast.inference import truncation
 from rembert_fast.inference.inputs import LineError, parse_item
 from rembert_fast.inference.tasks import (
     AGGREGATIONS,
@@ -202,6 +203,9 @@ class InferenceEngine(TaskOutputs):
         self._backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
         self._backend.no_padding()
         self._backend.enable_truncation(max_length)
+        # Texts longer than this many characters are cut before tokenising (same ids, see truncation),
+        # when the tokenizer allows it; 0: always tokenise the whole text.
+        self._char_window = 16 * max_length if truncation.prefix_safe(self._backend) else 0
         self.mask_token_id = self.tokenizer.mask_token_id
         self.pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         self._token_strs: dict[int, str] = {}
@@ -336,16 +340,7 @@ class InferenceEngine(TaskOutputs):
             window.texts[index] = text
             todo.append(index)
             inputs.append(text if pair is None else (text, pair))
-        try:
-            encodings = self._backend.encode_batch(inputs, add_special_tokens=True)
-        except Exception:
-            # One bad input fails the whole Rust batch call: encode one by one to find it.
-            encodings = []
-            for one in inputs:
-                try:
-                    encodings.append(self._backend.encode_batch([one], add_special_tokens=True)[0])
-                except Exception as error:
-                    encodings.append(f"tokenizer failed: {error}")
+        encodings = self._encode(inputs)
         for index, encoding in zip(todo, encodings, strict=True):
             if not isinstance(encoding, str):
                 encoding = self._unusable(encoding) or encoding
@@ -356,6 +351,31 @@ class InferenceEngine(TaskOutputs):
             window.truncated[index] = bool(encoding.overflowing)
         window.batches = self._batches([i for i in todo if window.encodings[i] is not None], window.encodings)
         return window
+
+    def _encode(self, inputs: list[str | tuple[str, str]]) -> list[Any]:
+        """Per input its truncated encoding, or the tokenizer's error message (a str)."""
+        window = self._char_window
+        long = [i for i, one in enumerate(inputs) if window and isinstance(one, str) and len(one) > window]
+        cut = set(long)
+        short = [one for i, one in enumerate(inputs) if i not in cut]
+        try:
+            encodings = self._backend.encode_batch(short, add_special_tokens=True)
+        except Exception:
+            # One bad input fails the whole Rust batch call: encode one by one to find it.
+            encodings = []
+            for one in short:
+                try:
+                    encodings.append(self._backend.encode_batch([one], add_special_tokens=True)[0])
+                except Exception as error:
+                    encodings.append(f"tokenizer failed: {error}")
+        if not long:
+            return encodings
+        for i in long:
+            try:
+                encodings.insert(i, truncation.encode_prefix(self._backend, inputs[i], window))
+            except Exception as error:
+                encodings.insert(i, f"tokenizer failed: {error}")
+        return encodings
 
     def _unusable(self, encoding: Any) -> str | None:
         """Why the model cannot take this encoding (the line becomes an error record), or None."""
