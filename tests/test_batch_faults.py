@@ -450,3 +450,36 @@ def test_tokenizer_settings_no_cut_is_proven_for_are_tokenised_whole(dirs, chang
     long = "word " * 5000
     [record] = engine.run([{"text": long, "text_pair": "pair"}])
     assert recording.seen == [(long, "pair")] and "embedding" in record
+
+
+# ---------------------------------------------------------------------------------- linked shards
+@pytest.mark.parametrize("layout", ["shard outside", "single file outside", "link inside", "hub cache"])
+def test_weights_linked_from_outside_the_model_directory_are_refused(dirs, capsys, tmp_path, layout):
+    """A checkpoint directory (or its shard index) whose weights are links to files elsewhere would make
+    loading read any file on the disk: refused, except the Hub cache's snapshot -> blobs links."""
+    import shutil
+
+    import rembert_fast
+
+    model = rembert_fast.RemBertModel.from_pretrained(str(dirs["cls"]))
+    directory = tmp_path / "model"
+    if layout == "hub cache":
+        directory = tmp_path / "models--org--tiny" / "snapshots" / "0123abc"
+    directory.mkdir(parents=True)
+    model.save_pretrained(directory, max_shard_size="20KB" if layout == "shard outside" else "1GB")
+    shutil.copy(dirs["cls"] / "sentencepiece.model", directory)
+    weights = sorted(p for p in directory.iterdir() if p.suffix == ".safetensors")
+    victim = weights[-1]
+    elsewhere = {"link inside": directory / "stored" / victim.name,
+                 "hub cache": directory.parent.parent / "blobs" / "4f2e9a"}.get(layout, tmp_path / "secret")
+    elsewhere.parent.mkdir(parents=True, exist_ok=True)
+    victim.rename(elsewhere)
+    victim.symlink_to(os.path.relpath(elsewhere, directory))
+    if layout in ("link inside", "hub cache"):
+        loaded = rembert_fast.RemBertModel.from_pretrained(str(directory))
+        torch.testing.assert_close(loaded.state_dict(), model.state_dict(), atol=0, rtol=0)
+        return
+    with pytest.raises(ValueError, match="outside the model directory"):
+        rembert_fast.RemBertModel.from_pretrained(str(directory))
+    code, err = _run(capsys, "embed", directory, _texts(tmp_path, copies=1), tmp_path / "o.jsonl")
+    assert code == 2 and "outside the model directory" in err and err.count("\n") == 1
