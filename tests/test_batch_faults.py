@@ -20,29 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from batch_fixtures import Reference, sample_texts, tiny_model_dirs
+from batch_fixtures import sample_texts
 
 from rembert_fast import inference
 from rembert_fast.cli import main
 from rembert_fast.inference import InferenceEngine
 
-
-@pytest.fixture(scope="module")
-def dirs():
-    return tiny_model_dirs()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ref(dirs):
-    return Reference(dirs)
+pytest_plugins = ["batch_fixtures"]  # the fixtures dirs, ref and one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _engine(dirs, task="embed", **kwargs):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from batch_fixtures import Reference, sample_texts, tiny_model_dirs
+from batch_fixtures import Reference, sample_texts
 
 from rembert_fast import inference
 from rembert_fast.cli import main
@@ -26,19 +26,8 @@ MIXED = Path(__file__).parent / "data" / "batch_mixed.jsonl"  # good, malformed 
 MIXED_ERRORS = {3, 4, 5, 10}  # not JSON, no "text", non-string "text", empty line
 TASK_DIR = {"embed": "cls", "classify": "cls", "fill-mask": "mlm", "token-classify": "tok"}
 
-
-@pytest.fixture(scope="module")
-def dirs():
-    return tiny_model_dirs()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared CPU they only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytest_plugins = ["batch_fixtures"]  # the fixtures dirs, ref and one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(capsys, task, model, inp, out, *extra):
