@@ -373,7 +373,7 @@ def _add_task(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--device",
                    help="cpu, cuda or cuda:N (default: cuda when available); under torchrun cuda:LOCAL_RANK")
     p.add_argument("--resume", action="store_true",
-                   help="continue a partial output (same arguments); lines already written are not redone")
+                   help="continue a partial output; refused (exit 2) unless written with the same settings")
     p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     p.add_argument("--progress", action="store_true",
                    help="show the progress bar even when stderr is not a TTY")

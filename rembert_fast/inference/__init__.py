@@ -21,8 +21,14 @@ How a run flows:
 
 Output (`JsonlWriter`, `NpyWriter`): records go to `<output>.partial`, written as whole records and
 fsynced in chunks; the finished file is renamed to `<output>`. A crash leaves at most a torn last
-record (or row), which `resume=True` cuts off before continuing after the last whole one.
+record (or row), which `resume=True` cuts off before continuing after the last whole one; a `.npy`
+commit killed between its two renames is recovered. Given `settings`, a writer records them in
+`<output>.settings.json` before the `.partial` exists and continues a `.partial` only with the same
+ones (`guards.check_settings`); `OutputLock` keeps a second run off an output being written.
 `merge_jsonl` / `merge_npy` put the parts of a multi-process run back in input order.
+
+Long texts are cut at a space before tokenising where that provably gives the ids of the whole text
+then truncated (`truncation`), so a line of megabytes costs what its first window costs.
 
 Records: `{"line": n, "id"?: ..., <result>}` or `{"line": n, "id"?: ..., "error": "<why>"}`, lines
 numbered from 1. Results per task:
