@@ -153,17 +153,30 @@ def _result_key(args: argparse.Namespace) -> str:
     return inference.RESULT_KEYS[args.command]
 
 
+# The files of a model directory a run reads (besides weights, matched by suffix below).
+_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "sentencepiece.model", "spiece.model")
+
+
 def _settings(args: argparse.Namespace, engine: Any, jsonl: bool, world: int) -> dict[str, Any]:
-    """What a run's output depends on: a --resume must match it (recorded beside the .partial)."""
+    """What a run's output bytes depend on: a --resume must match it (recorded beside the .partial)."""
+    import torch
+
+    from rembert_fast import __version__, ops
+
     model = Path(args.model).resolve()
-    files = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in model.iterdir() if p.is_file())
+    read = [p for p in model.iterdir() if p.is_file()
+            and (p.name in _MODEL_FILES or p.name.endswith((".safetensors", ".bin", ".index.json")))]
+    files = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in read)
     options = ("pooling", "npy_dtype", "top_k", "all_scores", "aggregate")
     return {
         "command": args.command, "model": str(model), "model_files": files,
         "input": args.input if args.input == "-" else str(Path(args.input).resolve()),
         "input_format": "jsonl" if jsonl else "txt", "max_length": engine.max_length,
         "dtype": str(engine.dtype).removeprefix("torch."), "device": engine.device.type,
-        "batch_tokens": engine.batch_tokens, "window": args.window, "world_size": world,
+        "cpu_threads": torch.get_num_threads() if engine.device.type == "cpu" else None,
+        "backend": ops.requested_backend(), "batch_tokens": engine.batch_tokens, "window": args.window,
+        "world_size": world, "rembert_fast": __version__, "torch": torch.__version__,
         **{name: getattr(args, name) for name in options if hasattr(args, name)},
     }
 

@@ -249,6 +249,21 @@ def test_resume_with_other_settings_is_refused_naming_the_difference(dirs, capsy
     assert (tmp_path / f"out{suffix}.partial").read_bytes() == partial and not out.exists()
 
 
+def test_resume_of_an_output_inside_the_model_directory(dirs, capsys, tmp_path, monkeypatch):
+    """The output's own files (.partial, lock, settings record) are not model files that "changed"."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(dirs["cls"], model)
+    inp, out = _texts(tmp_path, copies=1), model / "out.jsonl"
+    expected = _run(capsys, "embed", model, inp, out)[0], out.read_bytes()
+    out.unlink()
+    _started(monkeypatch, capsys, "embed", model, inp, out)
+    (model / "out.jsonl.partial").write_bytes(expected[1][: len(expected[1]) // 2])
+    code, err = _run(capsys, "embed", model, inp, out, "--resume")
+    assert (code, out.read_bytes()) == expected, err
+
+
 def test_a_second_run_on_a_locked_output_exits_2_naming_the_holder(dirs, capsys, tmp_path):
     inp, out = _texts(tmp_path, copies=1), tmp_path / "out.jsonl"
     lock = inference.OutputLock(out)
