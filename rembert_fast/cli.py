@@ -337,10 +337,11 @@ def _infer(args: argparse.Namespace) -> int:
     """Run a batch subcommand; every failure is one line on stderr and its exit status."""
     name = f"rembert-fast {args.command}"
     args.written = None
-    if threading.current_thread() is threading.main_thread():
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
         # A shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it: `kill
         # -INT` would not stop the run. Ctrl-C always stops a batch run (keeping its .partial).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_task(args)
     except UsageError as error:
@@ -358,6 +359,9 @@ def _infer(args: argparse.Namespace) -> int:
         hint = "" if args.debug else " (--debug shows the traceback)"
         print(f"{name}: failed: {type(error).__name__}: {_first_line(error)}{kept}{hint}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _positive(text: str) -> int:
