@@ -7,7 +7,9 @@ is set, and the Hub API calls snapshot_download would make online fail the test.
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,14 +35,14 @@ LOADERS = {
 }
 
 
-def _save_checkpoint(directory: Path, seed: int) -> Path:
+def _save_checkpoint(directory: Path, seed: int, **save_options) -> Path:
     """A random RemBertModel (every weight random) and the tiny tokenizer, saved into `directory`."""
     torch.manual_seed(seed)
     model = rembert_fast.RemBertModel(rembert_fast.RemBertConfig(**CONFIG))
     with torch.no_grad():
         for param in model.parameters():
             param.copy_(torch.randn_like(param))
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, **save_options)
     tokenizer = rembert_fast.RemBertTokenizerFast(vocab_file=str(DATA / "tiny_sentencepiece.model"))
     tokenizer.save_pretrained(directory)
     return directory
@@ -99,6 +101,47 @@ def test_everything_loads_by_id_from_the_cache_as_from_the_directory(checkpoints
     head = rembert_fast.RemBertForMaskedLM.from_pretrained(REPO)
     embeddings = head.rembert.embeddings.word_embeddings.weight
     assert torch.equal(embeddings, model.embeddings.word_embeddings.weight)
+
+
+@pytest.mark.parametrize("save_options", [{"safe_serialization": False}, {"max_shard_size": "20KB"},
+                                          {"safe_serialization": False, "max_shard_size": "20KB"}])
+def test_pickle_and_sharded_weights_load_from_the_cache(save_options, tmp_path):
+    cache = tmp_path / "hub-cache"
+    source = _save_checkpoint(tmp_path / "source", 3, **save_options)
+    assert len(list(source.glob("*.index.json"))) == ("max_shard_size" in save_options)
+    add_to_hub_cache(cache, REPO, source)
+    assert _same_weights(LOADERS["model"](REPO, cache_dir=cache), LOADERS["model"](source))
+
+
+def test_online_fetches_only_the_first_weights_format_the_repository_has(monkeypatch, tmp_path):
+    """snapshot_download stood in for by a fake Hub repository holding .bin weights only: the keywords
+    reach it, and only config.json and pytorch_model.bin are fetched (never safetensors patterns twice)."""
+    import huggingface_hub
+
+    source = _save_checkpoint(tmp_path / "source", 4, safe_serialization=False)
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        for path in source.iterdir():
+            if any(fnmatch.fnmatch(path.name, pattern) for pattern in kwargs["allow_patterns"]):
+                shutil.copy(path, snapshot / path.name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    model = LOADERS["model"](REPO, revision="v9", token="hf_x", force_download=True, cache_dir=tmp_path / "c")
+    assert _same_weights(model, LOADERS["model"](source))
+    assert sorted(path.name for path in snapshot.iterdir()) == ["config.json", "pytorch_model.bin"]
+    assert [kwargs["allow_patterns"][-1] for _, kwargs in calls] == [
+        "model.safetensors", "model-*-of-*.safetensors", "pytorch_model.bin"]
+    for repo_id, kwargs in calls:
+        assert repo_id == REPO and kwargs["allow_patterns"][0] == "config.json"
+        assert (kwargs["revision"], kwargs["token"], kwargs["force_download"]) == ("v9", "hf_x", True)
+        assert kwargs["cache_dir"] == str(tmp_path / "c") and kwargs["local_files_only"] is False
 
 
 def test_revision_picks_the_ref_or_commit(checkpoints):
@@ -185,8 +228,9 @@ def test_local_directory_wins_and_ignores_hub_keywords(checkpoints):
                         force_download=True)
     model = LOADERS["model"](REPO, **hub_keywords)
     assert _same_weights(model, LOADERS["model"](second))
-    config = LOADERS["config"](REPO, **hub_keywords)
-    assert config == model.config and not hasattr(config, "revision") and not hasattr(config, "token")
+    config = LOADERS["config"](REPO, **hub_keywords, trust_remote_code=True)
+    assert config == model.config
+    assert not any(hasattr(config, name) for name in (*hub_keywords, "trust_remote_code"))
     for kind in ("slow", "fast"):
         assert _ids(LOADERS[kind](REPO, **hub_keywords)) == _ids(LOADERS[kind](second))
 
