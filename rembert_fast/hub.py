@@ -69,7 +69,7 @@ def resolve_directory(
         return os.path.join(path, subfolder) if subfolder and os.path.isdir(path) else path
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+        from huggingface_hub.errors import EntryNotFoundError, HFValidationError, IncompleteSnapshotError
         from huggingface_hub.utils import validate_repo_id
     except ImportError:
         raise PretrainedNotFoundError(
@@ -98,7 +98,7 @@ def resolve_directory(
                 break
     except (OSError, ValueError, EntryNotFoundError) as err:
         looked_for = (*files, *(group[0] for group in one_of))
-        if offline:  # huggingface_hub's message says only that no snapshot is cached
+        if offline and not isinstance(err, IncompleteSnapshotError):  # the Hub's message says no more
             reason = "no snapshot of it in the cache, and offline (HF_HUB_OFFLINE or local_files_only=True)"
         else:
             reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"

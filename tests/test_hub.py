@@ -169,6 +169,11 @@ def test_subfolder_in_a_repository_and_in_a_local_directory(tmp_path):
             assert _ids(got) == _ids(LOADERS[kind](source / "inner"))
     with pytest.raises(ValueError, match="no config.json"):
         LOADERS["config"](REPO, cache_dir=cache)  # the repository's root has none
+    for kind in ("slow", "fast"):
+        with pytest.raises(FileNotFoundError, match="absent' does not exist"):
+            LOADERS[kind](source, subfolder="absent")
+        with pytest.raises(NotADirectoryError, match="is a file"):
+            LOADERS[kind](source / "inner", subfolder="config.json")
 
 
 def test_cache_dir_keyword_wins_over_hf_hub_cache(checkpoints, monkeypatch, tmp_path):

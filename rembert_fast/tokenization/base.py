@@ -554,6 +554,8 @@ class RemBertTokenizerBase(SpecialTokensMixin, ABC):
         `kwargs` (the Hub's keywords taken out of it)."""
         name_or_path = as_path(name_or_path, "pretrained_model_name_or_path")
         directory = hub.resolve_directory(name_or_path, cls.hub_files, **hub.pop_hub_keywords(kwargs))
+        if not os.path.exists(directory):  # a subfolder missing from a local directory
+            raise FileNotFoundError(f"{cls.__name__}.from_pretrained: {directory!r} does not exist")
         if not os.path.isdir(directory):
             raise NotADirectoryError(
                 f"{cls.__name__}.from_pretrained loads a directory or a Hub model id; {directory!r} is a file"
