@@ -236,8 +236,8 @@ def _run_task(args: argparse.Namespace) -> int:
 
         try:
             return run_job(args)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        except ValueError as error:  # a setting, or an actor's engine refusing the model (a RayTaskError)
+            raise UsageError(_first_line(error)) from None
     model, output, errors = _check_paths(args)
     stream = _open_input(args.input)
     try:

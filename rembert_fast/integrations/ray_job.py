@@ -130,14 +130,9 @@ def run_job(args: argparse.Namespace) -> int:
     actors, gpus = _actors(ray, args)
     options = {name: getattr(args, name) for name in ("pooling", "top_k", "all_scores", "aggregate")
                if hasattr(args, name)}
-    # Reading, splitting and writing ask for no CPU: the actors hold the cluster's CPUs (one each when
-    # there is no GPU), and these light tasks must not wait for one to be free.
-    io_cpus = {"num_cpus": 0}
-    read_cpus = io_cpus if "num_cpus" in inspect.signature(ray.data.read_binary_files).parameters else {
-        "ray_remote_args": io_cpus}  # Ray before 2.4x takes them only this way
-    ds = ray.data.read_binary_files(paths, include_paths=True, **read_cpus)
+    ds = ray.data.read_binary_files(paths, include_paths=True, **_no_cpu(ray.data.read_binary_files))
     ds = ds.map_batches(split_lines, fn_kwargs={"rows": args.window}, batch_size=1, batch_format="pyarrow",
-                        **io_cpus)
+                        num_cpus=0)
     ds = ds.map_batches(
         PREDICTORS[args.command],
         fn_constructor_kwargs=dict(
@@ -150,11 +145,11 @@ def run_job(args: argparse.Namespace) -> int:
         max_restarts=-1, max_task_retries=-1,
     )
     if args.format == "parquet":
-        ds.write_parquet(args.output, ray_remote_args=io_cpus)
+        ds.write_parquet(args.output, **_no_cpu(ds.write_parquet))
         written = ray.data.read_parquet(args.output).select_columns(["error"])
     else:
         # 15 significant digits (pandas' most): float32 embeddings round-trip, float64 scores to 1e-15.
-        ds.write_json(args.output, double_precision=15, ray_remote_args=io_cpus)
+        ds.write_json(args.output, double_precision=15, **_no_cpu(ds.write_json))
         written = ray.data.read_json(args.output).select_columns(["error"])
     counts = written.map_batches(_count_errors, batch_format="pyarrow").sum(["rows", "errors"])
     rows, errors = int(counts["sum(rows)"] or 0), int(counts["sum(errors)"] or 0)
@@ -163,6 +158,15 @@ def run_job(args: argparse.Namespace) -> int:
           f"({rows / max(seconds, 1e-9):.1f} lines/s, ray: {actors} actors) -> {args.output}",
           file=sys.stderr)
     return 1 if errors else 0
+
+
+def _no_cpu(reader_or_writer: Any) -> dict[str, Any]:
+    """Arguments asking a Ray Data read or write for no CPU: the actors hold the cluster's CPUs (one each
+    when there is no GPU), and these light tasks must not wait for one to be free. Newer Ray takes
+    `num_cpus`, older only `ray_remote_args` (deprecated since)."""
+    if "num_cpus" in inspect.signature(reader_or_writer).parameters:
+        return {"num_cpus": 0}
+    return {"ray_remote_args": {"num_cpus": 0}}
 
 
 def _count_errors(table: Any) -> dict[str, list[int]]:
