@@ -247,6 +247,13 @@ def _other_ranks_exited(pids: list[tuple[str, int]]) -> None:
 
 
 def _run_task(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from rembert_fast.integrations.ray_job import run_job
+
+        try:
+            return run_job(args)
+        except ValueError as error:  # a setting, or an actor's engine refusing the model (a RayTaskError)
+            raise UsageError(_first_line(error)) from None
     model, output, errors = _check_paths(args)
     stream = _open_input(args.input)
     try:
@@ -413,6 +420,13 @@ def _add_task(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
                    help="show the progress bar even when stderr is not a TTY")
     p.add_argument("--window", type=_positive, default=DEFAULT_WINDOW,
                    help="lines sorted by length together (resume and torchrun parts need the same value)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on a Ray cluster (ADDRESS, else $RAY_ADDRESS or a local one): --input is a "
+                        "directory, glob or URI, --output a directory (needs rembert_fast[ray])")
+    p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet",
+                   help="with --ray: the files written to the --output directory (default: parquet)")
+    p.add_argument("--actors", type=_positive,
+                   help="with --ray: model replicas (default: one per GPU of the cluster, else per CPU)")
     p.set_defaults(func=_infer)
     return p
 

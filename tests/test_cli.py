@@ -328,3 +328,15 @@ def test_doctor_still_works(capsys, monkeypatch):
     assert main(["doctor", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["requested_backend"].startswith(
         "invalid: REMBERT_FAST_BACKEND='bogus' is not one of")
+
+
+def test_ray_option_without_ray_exits_2_saying_what_to_install(dirs, capsys, tmp_path, monkeypatch):
+    """`--ray` where ray[data] is not installed: one line naming the extra to install."""
+    for name in ("ray", "ray.data"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import ray` raises ImportError
+    code = main(["embed", "--ray", "--model", str(dirs["cls"]), "--input", str(tmp_path), "--output",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == ["rembert-fast embed: error: --ray needs Ray Data: pip install "
+                                        "'rembert_fast[ray]'"]

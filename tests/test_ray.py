@@ -1,0 +1,195 @@
+"""Batch inference on Ray Data (a local cluster of 2 CPUs): the same records as the single-process
+command, per-row error rows for hostile lines, every row exactly once after an actor is killed.
+
+Skipped where `ray[data]` is not installed (marker `ray`: `-m "not ray"` leaves them out); test_cli
+checks that `--ray` then exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from batch_fixtures import sample_texts
+
+from rembert_fast.cli import main
+
+pytest.importorskip("ray.data", reason="needs ray[data]: pip install 'rembert_fast[ray]'")
+from rembert_fast.integrations.ray import Classifier, Embedder  # noqa: E402  (needs pyarrow, from ray[data])
+
+pytest_plugins = ["batch_fixtures"]  # the fixtures dirs, ref and one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
+HERE = Path(__file__).resolve().parent
+MODEL = {"embed": "cls", "classify": "cls", "fill-mask": "mlm", "token-classify": "tok"}
+RESULT = {"embed": "embedding", "classify": "label", "fill-mask": "masks", "token-classify": "tokens"}
+SETTINGS = ["--window", "4", "--batch-tokens", "80"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    # Workers import this module to unpickle its fault-injecting class.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}})
+    yield ray
+    ray.shutdown()
+
+
+def _hostile_input(tmp_path: Path) -> Path:
+    """The batch-engine tests' mixed JSONL lines, multilingual texts, a non-UTF-8 line, a lone surrogate,
+    a BOM before the first line and a CRLF line end."""
+    mixed = (HERE / "data" / "batch_mixed.jsonl").read_bytes().splitlines()
+    texts = [json.dumps({"text": text, "id": f"t{i}"}).encode() for i, text in enumerate(sample_texts())]
+    lines = [b"\xef\xbb\xbf" + mixed[0], *mixed[1:], *texts, b'{"text": "\xff not utf-8"}',
+             b'{"text": "bad \\ud800 text"}', b'{"text": "crlf [MASK] line"}\r', b'{"text": "last"}']
+    (tmp_path / "inputs").mkdir()
+    path = tmp_path / "inputs" / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _command_records(capsys, task: str, model: Path, inp: Path, out: Path) -> list[dict]:
+    code = main([task, "--model", str(model), "--input", str(inp), "--output", str(out), "--device", "cpu",
+                 *SETTINGS])
+    capsys.readouterr()
+    assert code == 1  # the hostile lines are error records
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def _assert_same(task: str, got: dict, want: dict, atol: float) -> None:
+    """One Ray row against the command's record of the same line."""
+    assert got["line"] == want["line"]
+    assert (None if got["id"] is None else json.loads(got["id"])) == want.get("id")
+    if "error" in want:
+        assert got["error"] == want["error"] and got[RESULT[task]] is None
+        return
+    assert got["error"] is None
+    if task == "embed":
+        np.testing.assert_allclose(np.asarray(got["embedding"]), want["embedding"], atol=atol, rtol=0)
+    elif atol == 0:
+        assert {key: got[key] for key in want if key not in ("line", "id")} == {
+            key: value for key, value in want.items() if key not in ("line", "id")}
+    else:
+        assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"], abs=atol)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("task,fmt", [("embed", "parquet"), ("classify", "jsonl"), ("fill-mask", "parquet"),
+                                      ("token-classify", "parquet")])
+def test_ray_command_gives_the_records_of_the_command(ray_cluster, dirs, capsys, tmp_path, task, fmt):
+    """`--ray` over a directory (or a glob) of one JSONL file: a row per line, in order, equal to the
+    command's records (errors and all); embeddings within 1e-6, labels and scores identical (JSON:
+    to 15 digits)."""
+    inp = _hostile_input(tmp_path)
+    want = _command_records(capsys, task, dirs[MODEL[task]], inp, tmp_path / "want.jsonl")
+    out = tmp_path / "ray_out"
+    where = inp.parent if fmt == "parquet" else inp.parent / "*.jsonl"  # a directory, a glob
+    code = main([task, "--ray", "--model", str(dirs[MODEL[task]]), "--input", str(where),
+                 "--output", str(out), "--format", fmt, "--device", "cpu", *SETTINGS])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{len(want)} lines, {sum('error' in r for r in want)} errors" in err
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(out).to_pylist()
+    else:
+        rows = [json.loads(line) for f in sorted(out.iterdir()) for line in f.read_text().splitlines()]
+    assert [r["line"] for r in rows] == list(range(1, len(want) + 1))
+    assert {r["path"] for r in rows} == {str(inp)}
+    assert sum("error" in r for r in want) >= 6  # the hostile lines did reach the engine
+    for got, expected in zip(rows, want, strict=True):
+        _assert_same(task, got, expected, atol=1e-6 if task == "embed" else (1e-14 if fmt == "jsonl" else 0))
+
+
+@pytest.mark.ray
+def test_map_batches_keeps_the_callers_columns(ray_cluster, dirs, ref):
+    """The Python API over a "text" / "text_pair" dataset: the caller's columns pass through unchanged,
+    a null text is an error row, and every label and score is transformers' on that line alone."""
+    texts = sample_texts()
+    items = [{"doc": i, "text": text, "text_pair": "second text" if i % 3 == 0 else None}
+             for i, text in enumerate(texts)] + [{"doc": len(texts), "text": None, "text_pair": None}]
+    ds = ray_cluster.data.from_items(items).map_batches(
+        Classifier,
+        fn_constructor_kwargs={"model_dir": str(dirs["cls"]), "device": "cpu", "all_scores": True},
+        batch_size=5, batch_format="pyarrow", compute=ray_cluster.data.ActorPoolStrategy(size=2),
+    )
+    rows = sorted(ds.take_all(), key=lambda row: row["doc"])
+    assert [r["doc"] for r in rows] == list(range(len(items)))
+    assert rows[-1]["error"] == '"text" must be a string, got NoneType' and rows[-1]["label"] is None
+    labels = ["negative", "neutral", "positive"]
+    for row, item in zip(rows[:-1], items[:-1], strict=True):
+        assert row["text"] == item["text"] and row["text_pair"] == item["text_pair"] and row["error"] is None
+        probs = ref.class_probs(item["text"], item["text_pair"])
+        assert row["label"] == labels[int(probs.argmax())]
+        np.testing.assert_allclose([row["scores"][name] for name in labels], probs.numpy(), atol=1e-5)
+
+
+class _DiesOnce(Embedder):
+    """Exits its process at its first call, once in the whole run (the marker file says it happened)."""
+
+    def __init__(self, marker: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.marker = marker
+
+    def __call__(self, batch):
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return super().__call__(batch)
+        os._exit(1)
+
+
+@pytest.mark.ray
+def test_an_actor_killed_mid_run_still_gives_every_row_once(ray_cluster, dirs, capsys, tmp_path):
+    """One actor dies at its first batch; Ray restarts it and retries that batch: every line once, equal
+    to the command's record."""
+    inp = tmp_path / "in.txt"
+    texts = sample_texts() * 2
+    inp.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    code = main(["embed", "--model", str(dirs["cls"]), "--input", str(inp), "--output",
+                 str(tmp_path / "want.jsonl"), "--device", "cpu", *SETTINGS])
+    capsys.readouterr()
+    assert code == 0
+    want = [json.loads(line) for line in (tmp_path / "want.jsonl").read_text().splitlines()]
+    marker = tmp_path / "died"
+    ds = ray_cluster.data.from_items([{"line": i + 1, "raw": text} for i, text in enumerate(texts)])
+    ds = ds.map_batches(
+        _DiesOnce, fn_constructor_kwargs={"marker": str(marker), "model_dir": str(dirs["cls"]),
+                                          "input_format": "txt", "device": "cpu", "window": 4,
+                                          "batch_tokens": 80},
+        batch_size=4, batch_format="pyarrow", compute=ray_cluster.data.ActorPoolStrategy(size=2),
+        max_restarts=2, max_task_retries=-1,
+    )
+    rows = sorted(ds.take_all(), key=lambda row: row["line"])
+    assert marker.exists()  # an actor did die
+    assert [r["line"] for r in rows] == list(range(1, len(texts) + 1))
+    for got, expected in zip(rows, want, strict=True):
+        assert got["error"] is None
+        np.testing.assert_allclose(np.asarray(got["embedding"]), expected["embedding"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("case", ["output_not_empty", "resume", "no_input"])
+def test_ray_usage_errors_exit_2(ray_cluster, dirs, capsys, tmp_path, case):
+    inp = tmp_path / "in.txt"
+    inp.write_text("hello\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    extra = []
+    if case == "output_not_empty":
+        (out / "old.parquet").write_text("x")
+    elif case == "resume":
+        extra = ["--resume"]
+    else:
+        inp = tmp_path / "nothing-*.txt"
+    code = main(["embed", "--ray", "--model", str(dirs["cls"]), "--input", str(inp), "--output", str(out),
+                 *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    said = {"output_not_empty": "not empty", "resume": "--resume", "no_input": "no glob matching"}[case]
+    assert said in err
