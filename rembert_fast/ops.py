@@ -265,6 +265,76 @@ def bias_act(
     return bias_act_ref(x, bias, activation)
 
 
+# ----------------------------------------------------------------------------------------- GEMM + epilogue
+def _check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> int:
+    """x (..., in), weight (out, in), bias (out,) on x's device; returns out. Outside autocast weight
+    and bias are in x's dtype (F.linear would refuse the mix); under autocast the GEMM casts them."""
+    _check_float("x", x)
+    if x.dim() == 0:
+        raise ValueError("x is a 0-d tensor; a linear layer takes (..., in)")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (out, {x.shape[-1]}) for x of "
+                         f"shape {tuple(x.shape)}")
+    width = weight.shape[0]
+    autocast = torch.is_autocast_enabled(x.device.type)
+    dtypes = FLOAT_DTYPES if autocast else (x.dtype,)
+    _check_same("weight", weight, x, (width, x.shape[-1]), dtypes)
+    _check_same("bias", bias, x, (width,), dtypes)
+    return width
+
+
+def _gemm_then_epilogue_bias(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x W^T, b) for a Triton epilogue to add b in the pass it makes anyway, or (x W^T + b, None) in one
+    addmm where the epilogue runs eagerly (a bias handed to the eager op would be an extra pass). Under
+    autocast the GEMM's output is in the autocast dtype while b stays float32: b is cast to it, as
+    autocast's own addmm does."""
+    if not _use_triton(x.device, (x, weight, bias)):
+        return F.linear(x, weight, bias), None
+    y = F.linear(x, weight)
+    return y, (bias.to(y.dtype) if bias is not None and bias.dtype != y.dtype else bias)
+
+
+def linear_bias_act(
+    x: torch.Tensor,  # (..., in) fp32/fp16/bf16
+    weight: torch.Tensor,  # (out, in)
+    bias: torch.Tensor | None,  # (out,)
+    activation: str = "gelu",  # transformers' name; "gelu" is the exact erf GELU
+) -> torch.Tensor:
+    """act(x W^T + b) -> (..., out) in the GEMM's output dtype (x's, or autocast's).
+
+    Eager: the bias inside the GEMM (one addmm), then the activation. Triton: the GEMM without bias,
+    then the fused `bias_act` kernel adds it. ValueError names a bad shape, dtype, device or activation.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not supported; choose one of {ACTIVATIONS}")
+    _check_linear(x, weight, bias)
+    return bias_act(*_gemm_then_epilogue_bias(x, weight, bias), activation)
+
+
+def linear_residual_layer_norm(
+    x: torch.Tensor,  # (..., in) fp32/fp16/bf16
+    weight: torch.Tensor,  # (out, in)
+    bias: torch.Tensor | None,  # (out,)
+    residual: torch.Tensor,  # (..., out), the GEMM output's shape and dtype
+    ln_weight: torch.Tensor,  # (out,)
+    ln_bias: torch.Tensor | None,  # (out,)
+    eps: float,
+) -> torch.Tensor:
+    """LayerNorm(x W^T + b + residual) over the last dimension -> (..., out) in the GEMM's output dtype.
+
+    Eager: the bias inside the GEMM (one addmm), then LN(y + residual). Triton: the GEMM without bias,
+    then the fused `layer_norm` kernel adds bias and residual in its one pass. ValueError names a bad
+    shape, dtype, device or eps.
+    """
+    width = _check_linear(x, weight, bias)
+    if tuple(residual.shape) != (*x.shape[:-1], width):
+        raise ValueError(f"residual has shape {tuple(residual.shape)}; expected {(*x.shape[:-1], width)}")
+    y, x_bias = _gemm_then_epilogue_bias(x, weight, bias)
+    return layer_norm(y, ln_weight, ln_bias, eps, residual=residual, x_bias=x_bias)
+
+
 # ----------------------------------------------------------------------------------------- attention
 def _varlen_to_padded(
     x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
