@@ -157,21 +157,7 @@ def attention(
     The offsets must start at 0, never decrease, end at the row count, and no step may exceed
     max_seqlen: checked on CPU (ValueError), trusted on CUDA.
     """
-    contract.check_attention_args(q, k, v)
-    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.numel() == 0:
-        raise ValueError(
-            f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k {tuple(cu_seqlens_k.shape)} "
-            "must both be (batch+1,)"
-        )
-    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        if cu.dtype not in (torch.int32, torch.int64) or cu.device != q.device:
-            raise ValueError(f"{name} is {cu.dtype} on {cu.device}; expected int32 on {q.device}")
-    if q.device.type == "cpu":
-        # On CPU a host read is cheap, so the offsets are checked (bad ones read out of range, and the
-        # Triton interpreter corrupts memory). On CUDA they are trusted, as in flash-attention: a check
-        # would be a host sync in every layer (and impossible inside a CUDA-graph capture).
-        contract.check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
-        contract.check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+    contract.check_varlen_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     if dispatch.use_triton("attention", q.device, q.dtype, (q, k, v)):
         from rembert_fast.kernels import attention as kernel
 
@@ -198,13 +184,7 @@ def attention_padded(
     Rows of padding queries are unspecified. For callers that keep (B, L) tensors; the model's fast
     path uses the packed `attention` instead.
     """
-    contract.check_attention_args(q, k, v, padded=True)
-    if key_padding_mask is not None:
-        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
-            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
-                             f"{(k.shape[0], k.shape[1])}")
-        if key_padding_mask.device != q.device:
-            raise ValueError(f"key_padding_mask is on {key_padding_mask.device}; q is on {q.device}")
+    contract.check_padded_attention_args(q, k, v, key_padding_mask)
     if dispatch.use_triton("attention_padded", q.device, q.dtype, (q, k, v)):
         from rembert_fast.kernels import attention as kernel
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from rembert_fast.kernels._launch import interpreting
+
 BACKENDS = ("auto", "eager", "triton", "cuda")
 
 _backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("rembert_fast_backend",
@@ -58,10 +60,6 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         _backend_override.reset(token)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def triton_status() -> tuple[bool, str]:
