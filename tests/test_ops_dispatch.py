@@ -22,9 +22,9 @@ def decisions(monkeypatch):
     taken = []
     real = dispatch._decide
 
-    def counting(op, device, requested):
-        taken.append((op, device.type, requested))
-        return real(op, device, requested)
+    def counting(op, device_type, requested):
+        taken.append((op, device_type, requested))
+        return real(op, device_type, requested)
 
     monkeypatch.setattr(dispatch, "_decide", counting)
     return taken

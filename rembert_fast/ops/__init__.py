@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rembert_fast.ops import contract, dispatch
+from rembert_fast.ops import contract, dispatch, library
 from rembert_fast.ops.contract import ACTIVATIONS, FLOAT_DTYPES, check_ids
 from rembert_fast.ops.dispatch import (
     BACKENDS,
@@ -24,6 +24,7 @@ from rembert_fast.ops.reference import (
     attention_padded_ref,
     attention_per_sequence,
     attention_ref,
+    attention_traceable,
     bias_act_ref,
     embed_ref,
     layer_norm_ref,
@@ -31,10 +32,10 @@ from rembert_fast.ops.reference import (
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "FLOAT_DTYPES", "attention", "attention_padded", "attention_padded_ref",
-    "attention_per_sequence", "attention_ref", "backend_for", "backend_info", "bias_act", "bias_act_ref",
-    "check_ids", "embed", "embed_ref", "extension_takes_embed", "gemm_takes_bias", "layer_norm",
-    "layer_norm_ref", "linear_bias_act", "linear_residual_layer_norm", "requested_backend",
-    "triton_status", "use_backend",
+    "attention_per_sequence", "attention_ref", "attention_traceable", "backend_for", "backend_info",
+    "bias_act", "bias_act_ref", "check_ids", "embed", "embed_ref", "extension_takes_embed",
+    "gemm_takes_bias", "layer_norm", "layer_norm_ref", "linear_bias_act", "linear_residual_layer_norm",
+    "requested_backend", "triton_status", "use_backend",
 ]
 
 
@@ -62,7 +63,8 @@ def layer_norm(
 
         # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises).
         if n <= kernel.MAX_N or requested_backend() == "triton":
-            return kernel.layer_norm(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+            launch = library.layer_norm if torch.compiler.is_compiling() else kernel.layer_norm
+            return launch(x, weight, bias, eps, residual, x_bias)
     return layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
 
 
@@ -82,7 +84,8 @@ def bias_act(
     if dispatch.use_triton("bias_act", x.device, x.dtype, (x, bias)):
         from rembert_fast.kernels import activation as kernel
 
-        return kernel.bias_act(x, bias, activation)
+        launch = library.bias_act if torch.compiler.is_compiling() else kernel.bias_act
+        return launch(x, bias, activation)
     return bias_act_ref(x, bias, activation)
 
 
@@ -162,8 +165,12 @@ def attention(
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
-            return kernel.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                           causal=causal, softmax_scale=softmax_scale)
+            launch = library.attention_varlen if torch.compiler.is_compiling() else kernel.attention_varlen
+            return launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                          softmax_scale)
+    if torch.compiler.is_compiling():
+        return attention_traceable(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                   causal=causal, softmax_scale=softmax_scale)
     if q.device.type == "cpu":
         return attention_per_sequence(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal,
                                       softmax_scale=softmax_scale)
@@ -189,8 +196,8 @@ def attention_padded(
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
-            return kernel.attention_padded(q, k, v, key_padding_mask, causal=causal,
-                                           softmax_scale=softmax_scale)
+            launch = library.attention_padded if torch.compiler.is_compiling() else kernel.attention_padded
+            return launch(q, k, v, key_padding_mask, causal, softmax_scale)
     return attention_padded_ref(q, k, v, key_padding_mask, causal=causal, softmax_scale=softmax_scale)
 
 
@@ -245,6 +252,8 @@ def embed(
 
         # On `auto`, what the kernel cannot read as it is takes the eager path.
         if extension_takes_embed(word_weight, position_weight, type_weight, ln_weight, ln_bias):
+            if torch.compiler.is_compiling():
+                return library.embed(*args)
             return extension.embed(extension.load(), *args)
         if requested_backend() == "cuda":
             raise ValueError("backend 'cuda' was requested but the extension's kernel cannot read these "
@@ -253,7 +262,9 @@ def embed(
                              f"{ln_weight.dtype}), and a LayerNorm bias (got "
                              f"{'None' if ln_bias is None else 'one'}); backend 'auto' runs these eagerly")
     # Checked here, not before the extension call: its kernel validates the ids itself (one sync, not three).
-    check_ids("input_ids", input_ids, word_weight.shape[0], "vocab_size")
-    check_ids("position_ids", position_ids, position_weight.shape[0], "max_position_embeddings")
-    check_ids("token_type_ids", token_type_ids, type_weight.shape[0], "type_vocab_size")
+    # A host read each, so not inside a graph torch.compile traces: there F.embedding refuses bad ids.
+    if not torch.compiler.is_compiling():
+        check_ids("input_ids", input_ids, word_weight.shape[0], "vocab_size")
+        check_ids("position_ids", position_ids, position_weight.shape[0], "max_position_embeddings")
+        check_ids("token_type_ids", token_type_ids, type_weight.shape[0], "type_vocab_size")
     return embed_ref(*args)

@@ -103,7 +103,7 @@ def check_varlen_attention_args(
     device; max_seqlen_* >= 0. On CPU the offsets' values too (`check_cu_seqlens`): a host read is
     cheap there, and bad offsets read out of range (the Triton interpreter corrupts memory). On CUDA
     they are trusted, as in flash-attention: a check would be a host sync in every layer (and
-    impossible inside a CUDA-graph capture)."""
+    impossible inside a CUDA-graph capture); so they are inside a graph torch.compile traces."""
     _check_qkv(q, k, v)
     if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.numel() == 0:
         raise ValueError(
@@ -116,7 +116,7 @@ def check_varlen_attention_args(
     for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if int(value) < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    if q.device.type == "cpu":
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():
         check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
         check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
 

@@ -35,13 +35,15 @@ def _parse_request(raw: str | None) -> str:
 
 _env_request: tuple[str | None, str] = (None, "auto")  # ($REMBERT_FAST_BACKEND as last read, its parse)
 
+# Dynamo cannot trace ContextVar.get, so code torch.compile traces reads this mirror instead: the name of
+# the innermost use_backend block open now (in any thread), guarded by dynamo (a change retraces).
+_open_blocks: list[tuple[object, str]] = []
+_traced_override: str | None = None
 
-def requested_backend() -> str:
-    """The backend asked for: `use_backend(...)` if active, else $REMBERT_FAST_BACKEND, else auto.
 
-    ValueError names a $REMBERT_FAST_BACKEND that is not one of BACKENDS."""
+@torch.compiler.assume_constant_result  # under torch.compile: read at trace time, a constant of the graph
+def _request(override: str | None) -> str:
     global _env_request
-    override = _backend_override.get()
     if override is not None:
         return override
     raw = os.environ.get("REMBERT_FAST_BACKEND")
@@ -50,16 +52,34 @@ def requested_backend() -> str:
     return _env_request[1]
 
 
+def requested_backend() -> str:
+    """The backend asked for: `use_backend(...)` if active, else $REMBERT_FAST_BACKEND, else auto.
+
+    ValueError names a $REMBERT_FAST_BACKEND that is not one of BACKENDS."""
+    if torch.compiler.is_compiling():
+        return _request(_traced_override)
+    return _request(_backend_override.get())
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run the ops inside the block on backend `name` ("auto", "eager", "triton" or "cuda")."""
+    """Run the ops inside the block on backend `name` ("auto", "eager", "triton" or "cuda").
+
+    The block holds for the thread (or async task) that opened it. Code compiled by torch.compile
+    takes the backend of the innermost block open when it runs, and is retraced when that changes."""
+    global _traced_override
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is not one of {BACKENDS}")
     token = _backend_override.set(name)
+    block = (object(), name)
+    _open_blocks.append(block)
+    _traced_override = name
     try:
         yield
     finally:
         _backend_override.reset(token)
+        _open_blocks.remove(block)
+        _traced_override = _open_blocks[-1][1] if _open_blocks else None
 
 
 def triton_status() -> tuple[bool, str]:
@@ -93,15 +113,15 @@ EXTENSION_OPS = ("embed",)
 _decisions: dict[tuple[str, str, torch.dtype, str], str] = {}
 
 
-def _triton_runnable(device: torch.device) -> tuple[bool, str]:
-    if device.type == "cuda" or (device.type == "cpu" and interpreting()):
+def _triton_runnable(device_type: str) -> tuple[bool, str]:
+    if device_type == "cuda" or (device_type == "cpu" and interpreting()):
         return triton_status()
-    return False, f"triton does not run on {device.type} tensors without TRITON_INTERPRET=1"
+    return False, f"triton does not run on {device_type} tensors without TRITON_INTERPRET=1"
 
 
-def _decide(op: str, device: torch.device, requested: str) -> str:
+def _decide(op: str, device_type: str, requested: str) -> str:
     if op in EXTENSION_OPS:
-        if device.type == "cuda" and requested in ("auto", "cuda"):
+        if device_type == "cuda" and requested in ("auto", "cuda"):
             from rembert_fast import extension
 
             if extension.load() is not None:
@@ -110,16 +130,25 @@ def _decide(op: str, device: torch.device, requested: str) -> str:
                 raise RuntimeError(f"backend 'cuda' was requested but the extension is unavailable: "
                                    f"{extension.status()[1]}")
         elif requested == "cuda":
-            raise RuntimeError(f"backend 'cuda' runs on CUDA tensors only; these are on {device}")
+            raise RuntimeError(f"backend 'cuda' runs on CUDA tensors only; these are on {device_type}")
         return "eager"
     if op not in TRITON_OPS:
         raise ValueError(f"op {op!r} is not one of {TRITON_OPS + EXTENSION_OPS}")
     if requested == "eager":
         return "eager"
-    runnable, reason = _triton_runnable(device)
+    runnable, reason = _triton_runnable(device_type)
     if requested == "triton" and not runnable:
         raise RuntimeError(f"backend 'triton' was requested but cannot run: {reason}")
     return "triton" if runnable else "eager"
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: decided at trace time, a constant of the graph
+def _decision(op: str, device_type: str, dtype: torch.dtype, requested: str) -> str:
+    key = (op, device_type, dtype, requested)
+    backend = _decisions.get(key)
+    if backend is None:
+        backend = _decisions[key] = _decide(op, device_type, requested)
+    return backend
 
 
 def backend_for(op: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -128,14 +157,10 @@ def backend_for(op: str, device: torch.device, dtype: torch.dtype) -> str:
     The one place a backend is chosen. Decided once per (op, device type, dtype, requested backend)
     and cached; what depends on the call's tensors (autograd, a width or head_dim a kernel cannot
     take, weights the extension cannot read) is decided by the op. RuntimeError with the reason where
-    a backend asked for explicitly cannot run; ValueError for a bad $REMBERT_FAST_BACKEND.
+    a backend asked for explicitly cannot run; ValueError for a bad $REMBERT_FAST_BACKEND. Under
+    torch.compile the decision is made at trace time; a use_backend block entered or left retraces.
     """
-    requested = requested_backend()
-    key = (op, device.type, dtype, requested)
-    backend = _decisions.get(key)
-    if backend is None:
-        backend = _decisions[key] = _decide(op, device, requested)
-    return backend
+    return _decision(op, device.type, dtype, requested_backend())
 
 
 def use_triton(

@@ -103,6 +103,52 @@ def attention_ref(
     return out
 
 
+def _gather_padded(
+    x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, H, D) packed rows -> (B, max_seqlen, H, D) by a gather (padding rows repeat a real row or are
+    zeros where T == 0) and the (B, max_seqlen) mask of real positions."""
+    starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    positions = torch.arange(max_seqlen, device=x.device)
+    mask = positions[None, :] < lengths[:, None]  # (B, L)
+    if x.shape[0] == 0:
+        return x.new_zeros(mask.shape[0], max_seqlen, *x.shape[1:]), mask
+    rows = (starts[:, None] + positions[None, :]).clamp(max=x.shape[0] - 1)  # (B, L)
+    return x[rows], mask
+
+
+def attention_traceable(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """`attention_ref` with every shape fixed by (batch, max_seqlen, T) alone: gathers instead of
+    `nonzero`, no host read, so torch.compile traces it without a graph break. Same results:
+    bottom-right causal alignment, zeros for queries that see no key."""
+    qp, _ = _gather_padded(q, cu_seqlens_q, max_seqlen_q)
+    kp, k_mask = _gather_padded(k, cu_seqlens_k, max_seqlen_k)
+    vp, _ = _gather_padded(v, cu_seqlens_k, max_seqlen_k)
+    allowed = k_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    if causal:
+        len_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
+        len_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
+        q_pos = torch.arange(max_seqlen_q, device=q.device)[None, :] + (len_k - len_q)[:, None]  # (B, Lq)
+        k_pos = torch.arange(max_seqlen_k, device=q.device)
+        allowed = allowed & (k_pos[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, Lq, Lk)
+    out = F.scaled_dot_product_attention(
+        qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), attn_mask=allowed, scale=softmax_scale
+    ).transpose(1, 2)  # (B, Lq, H, D)
+    tokens = torch.arange(q.shape[0], device=q.device)
+    batch = torch.searchsorted(cu_seqlens_q[1:].long(), tokens, right=True)  # each packed row's sequence
+    return out[batch, tokens - cu_seqlens_q.long()[batch]].nan_to_num(0.0)  # (Tq, H, D)
+
+
 def attention_per_sequence(
     q: torch.Tensor,
     k: torch.Tensor,
