@@ -20,12 +20,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+# On a GPU machine the same cases run the compiled, autotuned kernel on CUDA tensors (conftest leaves
+# TRITON_INTERPRET unset there, and the triton backend refuses CPU tensors without the interpreter).
+from conftest import DEVICE, assert_within_twice_eager
+
 from rembert_fast import ops
 from rembert_fast.kernels import attention as kernel
 
-# On a GPU machine the same cases run the compiled, autotuned kernel on CUDA tensors (conftest leaves
-# TRITON_INTERPRET unset there, and the triton backend refuses CPU tensors without the interpreter).
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HEADS = 2
 # Lengths differing by 20x (2 vs 40), a length-1 sequence, and one shorter than a 16-row block.
@@ -55,9 +56,7 @@ def _assert_close(out: torch.Tensor, truth: torch.Tensor, eager_same_dtype: torc
     if out.dtype == torch.float32:
         assert err <= 1e-4 * truth.abs().max().item(), f"fp32 error {err}"
         return
-    eager_err = (eager_same_dtype.double() - truth).abs().max().item()
-    floor = torch.finfo(out.dtype).eps / 2 * truth.abs().max().item()
-    assert err <= 2 * eager_err + floor, f"{out.dtype} error {err} vs eager {eager_err} (floor {floor})"
+    assert_within_twice_eager(out, truth, eager_same_dtype)
 
 
 def _varlen_case(q, k, v, cu_q, cu_k, causal, softmax_scale=None):

@@ -6,12 +6,11 @@ import threading
 
 import pytest
 import torch
+from conftest import needs_triton
 
 from rembert_fast import ops
 from rembert_fast.ops import dispatch
 
-needs_triton = pytest.mark.skipif(not ops.triton_status()[0],
-                                  reason="needs Triton (CUDA, or TRITON_INTERPRET=1 on CPU)")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

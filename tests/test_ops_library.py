@@ -5,14 +5,12 @@ implementation to the real one."""
 
 import pytest
 import torch
+from conftest import DEVICE, needs_triton
 
 from rembert_fast import ops
 from rembert_fast.kernels import layer_norm as ln_kernels
 from rembert_fast.ops import library
 
-needs_triton = pytest.mark.skipif(not ops.triton_status()[0],
-                                  reason="needs Triton (CUDA, or TRITON_INTERPRET=1 on CPU)")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HEADS, HEAD_DIM, EPS = 2, 16, 1e-12
 CUSTOM_OPS = ("layer_norm", "bias_act", "attention_varlen", "attention_padded")
 
