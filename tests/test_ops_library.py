@@ -102,15 +102,15 @@ def test_gradients_through_compiled_ops_take_the_eager_path():
 
 
 @pytest.mark.parametrize("causal", (False, True))
-def test_traceable_attention_matches_the_reference(causal):
+def test_reference_attention_matches_the_per_sequence_one(causal):
     cu = torch.tensor([0, 4, 4, 5, 12], dtype=torch.int32, device=DEVICE)  # an empty and a 1-token sequence
     cu_k = torch.tensor([0, 6, 6, 8, 12], dtype=torch.int32, device=DEVICE)  # more keys than queries
     q = torch.randn(12, HEADS, HEAD_DIM, device=DEVICE)
     k, v = (torch.randn(12, HEADS, HEAD_DIM, device=DEVICE) for _ in range(2))
-    got = ops.attention_traceable(q, k, v, cu, cu_k, 7, 6, causal=causal)
+    got = ops.attention_ref(q, k, v, cu, cu_k, 7, 6, causal=causal)
     want = ops.attention_per_sequence(q, k, v, cu, cu_k, causal=causal)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert ops.attention_traceable(q[:0], k[:0], v[:0], cu.new_zeros(2), cu.new_zeros(2), 0, 0).shape == (
+    assert ops.attention_ref(q[:0], k[:0], v[:0], cu.new_zeros(2), cu.new_zeros(2), 0, 0).shape == (
         0, HEADS, HEAD_DIM)
 
 

@@ -24,7 +24,6 @@ from rembert_fast.ops.reference import (
     attention_padded_ref,
     attention_per_sequence,
     attention_ref,
-    attention_traceable,
     bias_act_ref,
     embed_ref,
     layer_norm_ref,
@@ -32,7 +31,7 @@ from rembert_fast.ops.reference import (
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "FLOAT_DTYPES", "attention", "attention_padded", "attention_padded_ref",
-    "attention_per_sequence", "attention_ref", "attention_traceable", "backend_for", "backend_info",
+    "attention_per_sequence", "attention_ref", "backend_for", "backend_info",
     "bias_act", "bias_act_ref", "check_ids", "embed", "embed_ref", "extension_takes_embed",
     "gemm_takes_bias", "layer_norm", "layer_norm_ref", "linear_bias_act", "linear_residual_layer_norm",
     "requested_backend", "triton_status", "use_backend",
@@ -168,10 +167,7 @@ def attention(
             launch = library.attention_varlen if torch.compiler.is_compiling() else kernel.attention_varlen
             return launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
                           softmax_scale)
-    if torch.compiler.is_compiling():
-        return attention_traceable(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                   causal=causal, softmax_scale=softmax_scale)
-    if q.device.type == "cpu":
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():  # it reads the offsets on the host
         return attention_per_sequence(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal,
                                       softmax_scale=softmax_scale)
     return attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
