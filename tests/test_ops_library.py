@@ -147,3 +147,17 @@ def test_opcheck_embed():
     args = (ids, positions, torch.zeros_like(ids), *tables, *ln, EPS, *proj)
     torch.library.opcheck(library.embed, args)
     assert library.embed(*args).shape == (2, 5, 24)
+
+
+def test_eager_calls_do_not_load_the_compiler():
+    """Importing the ops and calling them eagerly leaves torch._dynamo unimported (it costs about a
+    second of start-up to every process, the CLI's workers included)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from rembert_fast import ops; x = torch.randn(2, 8); "
+            "ops.layer_norm(x, torch.ones(8), None, 1e-5); ops.bias_act(x, None, 'gelu'); "
+            "print('torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

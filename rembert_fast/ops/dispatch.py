@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -21,6 +21,14 @@ import torch
 from rembert_fast.kernels._launch import interpreting
 
 BACKENDS = ("auto", "eager", "triton", "cuda")
+
+
+def _constant_under_compile(fn: Callable[..., str]) -> Callable[..., str]:
+    """`torch.compiler.assume_constant_result`: dynamo calls `fn` while tracing and keeps its answer
+    as a constant of the graph. The same mark, set without importing torch._dynamo (which the public
+    decorator does, adding about a second to every process that imports the ops)."""
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
 
 _backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("rembert_fast_backend",
                                                                                default=None)
@@ -41,7 +49,7 @@ _open_blocks: list[tuple[object, str]] = []
 _traced_override: str | None = None
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: read at trace time, a constant of the graph
+@_constant_under_compile  # under torch.compile: read at trace time, a constant of the graph
 def _request(override: str | None) -> str:
     global _env_request
     if override is not None:
@@ -142,7 +150,7 @@ def _decide(op: str, device_type: str, requested: str) -> str:
     return "triton" if runnable else "eager"
 
 
-@torch.compiler.assume_constant_result  # under torch.compile: decided at trace time, a constant of the graph
+@_constant_under_compile  # under torch.compile: decided at trace time, a constant of the graph
 def _decision(op: str, device_type: str, dtype: torch.dtype, requested: str) -> str:
     key = (op, device_type, dtype, requested)
     backend = _decisions.get(key)
