@@ -1,5 +1,5 @@
-"""RemBERT and its heads in one file, read top-down: model -> heads -> encoder -> layer -> attention ->
-feed-forward -> embeddings, then the packed fast path as free functions.
+"""RemBERT and its heads, read top-down: model -> heads -> encoder -> layer -> attention ->
+feed-forward -> embeddings.
 
 Module tree, parameter names and state-dict keys are exactly transformers' `modeling_rembert.py`
 (a transformers state dict loads here with `strict=True`, and the reverse), and so are the forward
@@ -7,14 +7,11 @@ arguments, the loss rules and the output fields. transformers is not imported at
 
 Two paths compute the same encoder:
 
-- The packed fast path (DESIGN.md "Data flow"), taken whenever it can be: no mask or a 2-D mask, no
-  `output_attentions`, no `head_mask`, no cross-attention, and no KV cache. The real tokens are
-  packed once (`padding.unpad_input`) into (T, hidden) rows; embeddings, one fused QKV GEMM per
-  layer, varlen attention, the bias+residual LayerNorms and bias+GELU run on those rows through the
-  op API (`rembert_fast.ops`), and the result is padded once at the exit. Heads that need one row per
+- The packed fast path (`rembert_fast.packed`), taken whenever `packed.packable` allows it. The real
+  tokens are packed once into (T, hidden) rows; embeddings, one fused QKV GEMM per layer, varlen
+  attention, the bias+residual LayerNorms and bias+GELU run on those rows through the op API
+  (`rembert_fast.ops`), and the result is padded once at the exit. Heads that need one row per
   sequence read packed rows directly; token-level heads run on packed rows and are padded after.
-  The functions `fused_qkv`, `packed_layer_forward` and `packed_encoder_forward` use only
-  transformers' attribute names, so `rembert_fast.optimize` applies them to transformers' modules.
 - The classic padded path: transformers' math on (B, L, hidden) tensors, for attention
   probabilities, head masks, 3-D/4-D masks, cross-attention and KV-cache decoding.
   `F.scaled_dot_product_attention` where probabilities are not returned, an explicit softmax where
@@ -34,15 +31,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from rembert_fast import ops, padding
+from rembert_fast import ops, packed
 from rembert_fast.configuration import RemBertConfig
 from rembert_fast.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -53,6 +49,13 @@ from rembert_fast.outputs import (
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
+)
+from rembert_fast.packed import (
+    PackedBatch,
+    embed_tokens,
+    fused_qkv,
+    packed_encoder_forward,
+    packed_layer_forward,
 )
 
 __all__ = [
@@ -247,30 +250,6 @@ class RemBertPreTrainedModel(nn.Module):
 
 
 # ================================================================================== the model
-@dataclass
-class _Encoded:
-    """What the encoder hands to a head: packed rows (fast path) or a padded batch (classic path)."""
-
-    batch: int
-    seqlen: int
-    tokens: torch.Tensor  # (T, hidden) packed rows, or (B, L, hidden) on the classic path
-    indices: torch.Tensor | None  # (T,) flat indices into B*L of packed rows; None: no padding
-    packed: bool
-    pooled: torch.Tensor | None  # (B, hidden)
-    hidden_states: tuple[torch.Tensor, ...] | None  # padded (B, L, hidden) per stage
-    attentions: tuple[torch.Tensor, ...] | None
-    cross_attentions: tuple[torch.Tensor, ...] | None
-    past_key_values: PastKeyValues | None
-
-    def pad(self, rows: torch.Tensor) -> torch.Tensor:
-        """Per-token rows (T, ...) of this batch -> (B, L, ...); padding positions are zeros."""
-        if not self.packed:
-            return rows
-        if self.indices is None:
-            return rows.view(self.batch, self.seqlen, *rows.shape[1:])
-        return padding.pad_input(rows, self.indices, self.batch, self.seqlen)
-
-
 class RemBertModel(RemBertPreTrainedModel):
     """The RemBERT encoder (or decoder, with `config.is_decoder`), with an optional pooler.
 
@@ -317,14 +296,15 @@ class RemBertModel(RemBertPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        sequence_output = enc.pad(enc.tokens)  # (B, L, hidden)
+        sequence_output = enc.padded()  # (B, L, hidden)
+        hidden_states = enc.padded_hidden_states()
         if not _return_dict(self.config, return_dict):
-            extras = (enc.past_key_values, enc.hidden_states, enc.attentions, enc.cross_attentions)
+            extras = (enc.past_key_values, hidden_states, enc.attentions, enc.cross_attentions)
             return (sequence_output, enc.pooled) + tuple(x for x in extras if x is not None)
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=sequence_output,
             pooler_output=enc.pooled,
-            hidden_states=enc.hidden_states,
+            hidden_states=hidden_states,
             past_key_values=enc.past_key_values,
             attentions=enc.attentions,
             cross_attentions=enc.cross_attentions,
@@ -345,7 +325,7 @@ class RemBertModel(RemBertPreTrainedModel):
         use_cache: bool | None = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-    ) -> _Encoded:
+    ) -> PackedBatch:
         """Validate the inputs, pick the path, run the encoder and the pooler."""
         config = self.config
         output_attentions = bool(_flag(config, "output_attentions", output_attentions))
@@ -377,8 +357,6 @@ class RemBertModel(RemBertPreTrainedModel):
                 token_type_ids,
                 position_ids,
                 inputs_embeds,
-                batch,
-                seqlen,
                 output_hidden_states,
             )
         return self._encode_classic(
@@ -410,11 +388,9 @@ class RemBertModel(RemBertPreTrainedModel):
         token_type_ids: torch.Tensor | None,
         position_ids: torch.Tensor | None,
         inputs_embeds: torch.Tensor | None,
-        batch: int,
-        seqlen: int,
         output_hidden_states: bool,
-    ) -> _Encoded:
-        out = packed_encoder_forward(
+    ) -> PackedBatch:
+        enc = packed.packed_encoder_forward(
             self.embeddings,
             self.encoder,
             input_ids,
@@ -425,11 +401,8 @@ class RemBertModel(RemBertPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
         )
-        enc = _Encoded(batch, seqlen, out.hidden, out.indices, True, None, None, None, None, None)
-        if out.hidden_states is not None:
-            enc.hidden_states = tuple(enc.pad(h) for h in out.hidden_states)
         if self.pooler is not None:
-            enc.pooled = self.pooler(_first_rows(out))
+            enc.pooled = self.pooler(enc.first_tokens())
         return enc
 
     def _encode_classic(
@@ -449,7 +422,7 @@ class RemBertModel(RemBertPreTrainedModel):
         output_hidden_states: bool,
         batch: int,
         seqlen: int,
-    ) -> _Encoded:
+    ) -> PackedBatch:
         config = self.config
         device = (input_ids if input_ids is not None else inputs_embeds).device
         if position_ids is None:
@@ -526,17 +499,13 @@ class RemBertModel(RemBertPreTrainedModel):
                 else torch.zeros(batch, dtype=torch.long, device=device)
             )
             pooled = self.pooler(sequence[torch.arange(batch, device=device), first])
-        return _Encoded(
-            batch,
-            seqlen,
+        return PackedBatch.from_padded(
             sequence,
-            None,
-            False,
-            pooled,
-            hidden_states,
-            attentions,
-            cross_attentions,
-            presents,
+            pooled=pooled,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            cross_attentions=cross_attentions,
+            past_key_values=presents,
         )
 
 
@@ -596,19 +565,19 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
             output_hidden_states=output_hidden_states,
         )
         if labels is not None:
-            _check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, enc.tokens)
+            _check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, enc.hidden)
         if masked_positions is not None:
             flat = _flat_positions(masked_positions, enc.batch, enc.seqlen)  # (N,) into B*L
-            logits = self.cls(_rows_at(enc, flat))  # (N, vocab)
+            logits = self.cls(enc.rows_at(flat))  # (N, vocab)
             if labels is not None:
                 labels = labels.reshape(-1).index_select(0, flat)
         else:
-            logits = enc.pad(self.cls(enc.tokens))  # (B, L, vocab)
+            logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1))
         out = MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=enc.hidden_states, attentions=enc.attentions
+            loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
         return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
@@ -656,7 +625,7 @@ class RemBertForCausalLM(_RemBertWithLMHead):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        logits = enc.pad(self.cls(enc.tokens))  # (B, L, vocab)
+        logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
         loss = None
         if labels is not None:
             _check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, logits)
@@ -666,7 +635,7 @@ class RemBertForCausalLM(_RemBertWithLMHead):
             loss=loss,
             logits=logits,
             past_key_values=enc.past_key_values,
-            hidden_states=enc.hidden_states,
+            hidden_states=enc.padded_hidden_states(),
             attentions=enc.attentions,
             cross_attentions=enc.cross_attentions,
         )
@@ -737,7 +706,7 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
                 _check_labels("labels", labels, tuple(logits.shape), None, logits)
                 loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         out = SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=enc.hidden_states, attentions=enc.attentions
+            loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
         return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
@@ -803,7 +772,7 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
             _check_labels("labels", labels, (logits.shape[0],), num_choices, logits)
             loss = F.cross_entropy(logits, labels)
         out = MultipleChoiceModelOutput(
-            loss=loss, logits=logits, hidden_states=enc.hidden_states, attentions=enc.attentions
+            loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
         return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
@@ -843,13 +812,13 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        logits = enc.pad(self.classifier(self.dropout(enc.tokens)))  # (B, L, num_labels)
+        logits = enc.pad(self.classifier(self.dropout(enc.hidden)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             _check_labels("labels", labels, (enc.batch, enc.seqlen), self.num_labels, logits)
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         out = TokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=enc.hidden_states, attentions=enc.attentions
+            loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
         return out if _return_dict(self.config, return_dict) else out.to_tuple()
 
@@ -892,7 +861,7 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        logits = enc.pad(self.qa_outputs(enc.tokens))  # (B, L, num_labels)
+        logits = enc.pad(self.qa_outputs(enc.hidden))  # (B, L, num_labels)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -915,7 +884,7 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
             loss=loss,
             start_logits=start_logits,
             end_logits=end_logits,
-            hidden_states=enc.hidden_states,
+            hidden_states=enc.padded_hidden_states(),
             attentions=enc.attentions,
         )
         return out if _return_dict(self.config, return_dict) else out.to_tuple()
@@ -957,7 +926,7 @@ class RemBertEncoder(nn.Module):
         cross_attentions: list[torch.Tensor] = []
         presents: list[tuple[torch.Tensor, ...]] = []
         cross = self.config.add_cross_attention and encoder_hidden_states is not None
-        recompute = _recomputes(self)
+        recompute = packed.recomputes(self)
         for i, layer in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
@@ -1216,9 +1185,7 @@ class RemBertLMPredictionHead(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.output_embedding_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        x = ops.bias_act(*_dense(hidden_states, self.dense), self.activation)
-        x = ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
-        return self.decoder(x)
+        return packed.prediction_head_forward(self, hidden_states, self.activation)
 
 
 class RemBertOnlyMLMHead(nn.Module):
@@ -1230,272 +1197,6 @@ class RemBertOnlyMLMHead(nn.Module):
 
     def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
         return self.predictions(sequence_output)
-
-
-# ================================================================================== the packed fast path
-class PackedBatch(NamedTuple):
-    """The packed encoder's result; a plain tuple in this order."""
-
-    hidden: torch.Tensor  # (T, hidden) last layer's output for the real tokens, batch-major
-    indices: torch.Tensor | None  # (T,) flat indices into B*L; None when there was no mask (T = B*L)
-    cu_seqlens: torch.Tensor  # (B+1,) int32 cumulative real lengths
-    max_seqlen: int  # longest real length
-    hidden_states: tuple[torch.Tensor, ...] | None  # packed (T, hidden): projected embeddings + each layer
-
-
-_FUSED = "_rembert_fast_fused_qkv"
-
-
-def fused_qkv(attention: nn.Module, rebuild: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One (3*H, hidden) weight and (3*H,) bias for a module with `query`, `key` and `value` Linears.
-
-    The first call concatenates the three weights into one buffer and points the Linears'
-    parameters at views of it (same values, same state-dict keys, no second copy), caching the buffer
-    on the module. Later calls check, by data pointer, that the parameters still view the buffer (a
-    `.to()`, `load_state_dict(assign=True)` or a replaced parameter breaks that) and re-fuse if not.
-    In-place updates (`load_state_dict`, optimizer steps) write through the views. Works on
-    transformers' `RemBertSelfAttention` as well as ours.
-    """
-    linears = (attention.query, attention.key, attention.value)
-    has_bias = [lin.bias is not None for lin in linears]
-    if any(has_bias) != all(has_bias):
-        raise ValueError(f"query/key/value must all have biases or none; got {has_bias}")
-    cached = attention.__dict__.get(_FUSED)
-    if not rebuild and cached is not None and _views_of(linears, *cached):
-        return cached
-    with torch.inference_mode(False), torch.no_grad():
-        weight = torch.cat([lin.weight for lin in linears])  # (3H, hidden)
-        bias = torch.cat([lin.bias for lin in linears]) if all(has_bias) else None  # (3H,)
-        rows = linears[0].weight.shape[0]
-        for i, lin in enumerate(linears):
-            lin.weight.data = weight[i * rows : (i + 1) * rows]
-            if bias is not None:
-                lin.bias.data = bias[i * rows : (i + 1) * rows]
-    attention.__dict__[_FUSED] = (weight, bias)
-    return weight, bias
-
-
-def _views_of(linears: tuple[nn.Linear, ...], weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether each Linear's weight/bias is the i-th contiguous third of the fused buffers."""
-    rows = linears[0].weight.shape[0]
-    if weight.dtype != linears[0].weight.dtype or weight.device != linears[0].weight.device:
-        return False
-    for i, lin in enumerate(linears):
-        w = lin.weight
-        if w.shape != (rows, weight.shape[1]) or not w.is_contiguous():
-            return False
-        if w.data_ptr() != weight.data_ptr() + i * w.numel() * w.element_size():
-            return False
-        if bias is not None and lin.bias.data_ptr() != bias.data_ptr() + i * rows * bias.element_size():
-            return False
-    return True
-
-
-def _qkv_weights(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The fused buffers for inference; under autograd a differentiable concatenation instead."""
-    linears = (attention.query, attention.key, attention.value)
-    if torch.is_grad_enabled() and any(p.requires_grad for lin in linears for p in lin.parameters()):
-        bias = torch.cat([lin.bias for lin in linears]) if linears[0].bias is not None else None
-        return torch.cat([lin.weight for lin in linears]), bias
-    return fused_qkv(attention)
-
-
-def _packed_attention(
-    q: torch.Tensor,  # (T, heads, head_dim) strided views of the QKV GEMM's output
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens: torch.Tensor,  # (B+1,) int32
-    max_seqlen: int,
-    causal: bool,
-) -> torch.Tensor:
-    """(T, heads*head_dim) context. A batch whose sequences all have max_seqlen tokens is a plain
-    (B, L) batch: the padded entry then needs no mask and no per-sequence bookkeeping."""
-    tokens, batch = q.shape[0], cu_seqlens.shape[0] - 1
-    if tokens == batch * max_seqlen:
-        shape = (batch, max_seqlen)
-        out = ops.attention_padded(
-            q.unflatten(0, shape), k.unflatten(0, shape), v.unflatten(0, shape), None, causal=causal
-        )
-    else:
-        out = ops.attention(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal)
-    return out.reshape(tokens, q.shape[1] * q.shape[2])
-
-
-def _dense_residual_norm(
-    dense: nn.Linear, norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor, dropout_p: float
-) -> torch.Tensor:
-    """LN(dropout(dense(x)) + residual); without dropout the bias is fused into the LayerNorm."""
-    if dropout_p > 0.0:
-        y = F.dropout(F.linear(x, dense.weight, dense.bias), dropout_p, training=True)
-        return ops.layer_norm(y, norm.weight, norm.bias, norm.eps, residual=residual)
-    y, bias = _dense(x, dense)
-    return ops.layer_norm(y, norm.weight, norm.bias, norm.eps, residual=residual, x_bias=bias)
-
-
-def _dense(x: torch.Tensor, dense: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x W^T, b) for the next op to add b in its own pass (a Triton kernel), or (x W^T + b, None) in one
-    addmm where that op runs eagerly (see ops.gemm_takes_bias). Under autocast the GEMM's output is in
-    the autocast dtype while b stays float32: b is cast to it, as autocast's own addmm does."""
-    if ops.gemm_takes_bias(x, dense.weight, dense.bias):
-        return F.linear(x, dense.weight, dense.bias), None
-    y, bias = F.linear(x, dense.weight), dense.bias
-    return y, (bias.to(y.dtype) if bias is not None and bias.dtype != y.dtype else bias)
-
-
-def packed_layer_forward(
-    layer: nn.Module,  # a RemBertLayer (ours or transformers'), without cross-attention
-    hidden: torch.Tensor,  # (T, hidden) packed real tokens
-    cu_seqlens: torch.Tensor,  # (B+1,) int32 cumulative lengths
-    max_seqlen: int,
-    activation: str,  # config.hidden_act, transformers' name ("gelu" = exact erf)
-    causal: bool = False,  # config.is_decoder
-) -> torch.Tensor:
-    """One post-LN block on packed rows -> (T, hidden). Hidden dropout applies when `layer.training`.
-
-    qkv = x Wqkv^T + bqkv (one GEMM) -> varlen attention on strided q/k/v views -> LN(ctx Wo^T + bo + x)
-    -> act(a W1^T + b1) -> LN(f W2^T + b2 + a). Attention-probability dropout is not applied here:
-    the caller sends training with attention dropout to the classic path.
-    """
-    attention = layer.attention.self
-    tokens = hidden.shape[0]
-    heads, head_dim = attention.num_attention_heads, attention.attention_head_size
-    dropout_p = layer.attention.output.dropout.p if layer.training else 0.0
-    weight, bias = _qkv_weights(attention)
-    qkv = F.linear(hidden, weight, bias).view(tokens, 3, heads, head_dim)  # (T, 3, heads, head_dim)
-    q, k, v = qkv.unbind(1)  # each (T, heads, head_dim), strided, no copies
-    context = _packed_attention(q, k, v, cu_seqlens, max_seqlen, causal)  # (T, H)
-    a = _dense_residual_norm(
-        layer.attention.output.dense, layer.attention.output.LayerNorm, context, hidden, dropout_p
-    )  # (T, hidden)
-    f = ops.bias_act(*_dense(a, layer.intermediate.dense), activation)  # (T, intermediate)
-    return _dense_residual_norm(layer.output.dense, layer.output.LayerNorm, f, a, dropout_p)  # (T, hidden)
-
-
-def embed_tokens(
-    embeddings: nn.Module,  # RemBertEmbeddings (ours or transformers')
-    projection: nn.Linear | None,  # encoder.embedding_hidden_mapping_in, or None to stop at E
-    input_ids: torch.Tensor | None,  # (...) int
-    token_type_ids: torch.Tensor,  # (...) int
-    position_ids: torch.Tensor,  # (...) int
-    inputs_embeds: torch.Tensor | None = None,  # (..., E) instead of input_ids
-) -> torch.Tensor:
-    """LN(word[ids] + type[tt] + pos[pos]) -> dropout (training) -> optional projection; (..., E or hidden).
-
-    Without dropout the projection runs inside `ops.embed` (fused on CUDA). Ids outside their tables
-    raise ValueError naming the value.
-    """
-    dropout_p = embeddings.dropout.p if embeddings.training else 0.0
-    fuse_projection = projection is not None and dropout_p == 0.0
-    norm = embeddings.LayerNorm
-    if inputs_embeds is None:
-        x = ops.embed(
-            input_ids,
-            position_ids,
-            token_type_ids,
-            embeddings.word_embeddings.weight,
-            embeddings.position_embeddings.weight,
-            embeddings.token_type_embeddings.weight,
-            norm.weight,
-            norm.bias,
-            norm.eps,
-            projection.weight if fuse_projection else None,
-            projection.bias if fuse_projection else None,
-        )
-        if fuse_projection:
-            return x
-    else:
-        ops.check_ids(
-            "token_type_ids",
-            token_type_ids,
-            embeddings.token_type_embeddings.num_embeddings,
-            "type_vocab_size",
-        )
-        ops.check_ids(
-            "position_ids",
-            position_ids,
-            embeddings.position_embeddings.num_embeddings,
-            "max_position_embeddings",
-        )
-        x = inputs_embeds + embeddings.token_type_embeddings(token_type_ids)
-        x = x + embeddings.position_embeddings(position_ids)
-        x = norm(x)
-    if dropout_p > 0.0:
-        x = F.dropout(x, dropout_p, training=True)
-    return projection(x) if projection is not None else x
-
-
-def packed_encoder_forward(
-    embeddings: nn.Module,  # RemBertEmbeddings (ours or transformers')
-    encoder: nn.Module,  # RemBertEncoder: .embedding_hidden_mapping_in and .layer
-    input_ids: torch.Tensor | None,  # (B, L) int
-    attention_mask: torch.Tensor | None,  # (B, L), non-zero = real token; None = no padding
-    token_type_ids: torch.Tensor | None,  # (B, L); default zeros
-    position_ids: torch.Tensor | None,  # (B, L) or (1, L); default: the index in the padded row
-    config: Any,  # RemBertConfig (ours or transformers'): hidden_act, is_decoder
-    inputs_embeds: torch.Tensor | None = None,  # (B, L, E) instead of input_ids
-    output_hidden_states: bool = False,
-) -> PackedBatch:
-    """Unpad once, embed and run every layer on the real tokens only; see `PackedBatch`.
-
-    Padding positions keep transformers' position ids (left padding and holes in the mask give the
-    same numbers). One host read (token count and max_seqlen) when a mask is given, none without.
-    """
-    source = input_ids if input_ids is not None else inputs_embeds
-    batch, seqlen = source.shape[:2]
-    device = source.device
-    if attention_mask is None:
-        indices = None
-        cu_seqlens = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device)
-        max_seqlen = seqlen
-        packed_source = source.reshape(batch * seqlen, *source.shape[2:])
-        default_positions = torch.arange(seqlen, device=device).repeat(batch)
-    else:
-        packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask)
-        if max_seqlen == 0 and batch > 0:
-            raise padding.NoRealTokensError("attention_mask marks no token as real (all zeros); nothing to "
-                                            "encode")
-        default_positions = indices % seqlen
-
-    def gather(t: torch.Tensor) -> torch.Tensor:  # (B, L) -> (T,)
-        flat = t.expand(batch, seqlen).reshape(-1)
-        return flat if indices is None else flat.index_select(0, indices)
-
-    positions = gather(position_ids) if position_ids is not None else default_positions
-    token_types = gather(token_type_ids) if token_type_ids is not None else torch.zeros_like(positions)
-    hidden = embed_tokens(
-        embeddings,
-        encoder.embedding_hidden_mapping_in,
-        packed_source if input_ids is not None else None,
-        token_types,
-        positions,
-        packed_source if input_ids is None else None,
-    )  # (T, hidden)
-    all_hidden = [hidden] if output_hidden_states else None
-    recompute = _recomputes(encoder)
-    for layer in encoder.layer:
-        layer_args = (layer, hidden, cu_seqlens, max_seqlen, config.hidden_act, bool(config.is_decoder))
-        if recompute:
-            hidden = torch.utils.checkpoint.checkpoint(packed_layer_forward, *layer_args,
-                                                       use_reentrant=False)
-        else:
-            hidden = packed_layer_forward(*layer_args)
-        if all_hidden is not None:
-            all_hidden.append(hidden)
-    return PackedBatch(hidden, indices, cu_seqlens, max_seqlen, tuple(all_hidden) if all_hidden else None)
-
-
-def _recomputes(encoder: nn.Module) -> bool:
-    """Gradient checkpointing: enabled on the encoder, training, and gradients being recorded."""
-    enabled = bool(getattr(encoder, "gradient_checkpointing", False))
-    return enabled and encoder.training and torch.is_grad_enabled()
-
-
-def _first_rows(out: PackedBatch) -> torch.Tensor:
-    """(B, hidden): each sequence's first real token (row cu_seqlens[b]); zeros for an empty sequence."""
-    starts = out.cu_seqlens[:-1].long()
-    empty = out.cu_seqlens[1:].long() == starts
-    rows = out.hidden.index_select(0, starts.clamp(max=out.hidden.shape[0] - 1))
-    return rows.masked_fill(empty[:, None], 0.0)
 
 
 # ================================================================================== helpers
@@ -1734,17 +1435,3 @@ def _flat_positions(positions: torch.Tensor, batch: int, seqlen: int) -> torch.T
     ops.check_ids("masked_positions rows", positions[:, 0], batch, "batch")
     ops.check_ids("masked_positions columns", positions[:, 1], seqlen, "seqlen")
     return positions[:, 0].long() * seqlen + positions[:, 1].long()
-
-
-def _rows_at(enc: _Encoded, flat: torch.Tensor) -> torch.Tensor:
-    """Hidden rows at flat (B*L) positions, from packed rows without padding the whole batch."""
-    if not enc.packed:
-        return enc.tokens.reshape(-1, enc.tokens.shape[-1]).index_select(0, flat)
-    if enc.indices is None:
-        return enc.tokens.index_select(0, flat)
-    # Map each flat position to its packed row; a padding position reads a zero row, as `pad` would give.
-    lookup = torch.full((enc.batch * enc.seqlen,), -1, dtype=torch.long, device=flat.device)
-    lookup[enc.indices] = torch.arange(enc.indices.shape[0], device=flat.device)
-    rows = lookup.index_select(0, flat)
-    picked = enc.tokens.index_select(0, rows.clamp(min=0))
-    return picked.masked_fill((rows < 0)[:, None], 0.0)

@@ -5,7 +5,7 @@
 
 What changes, on the model instance only (its class and every other instance are untouched):
 - the RemBertModel's `forward` (the model itself, or a head's `.rembert`) takes the packed fast path
-  of `rembert_fast.modeling` whenever the call allows it: real tokens only, one fused QKV GEMM per
+  (`rembert_fast.packed`) whenever the call allows it: real tokens only, one fused QKV GEMM per
   layer, varlen attention and fused LayerNorm / bias+GELU through `rembert_fast.ops`. Calls that need
   what only the padded path gives (`output_attentions`, `head_mask`, 3-D/4-D masks, cross-attention,
   decoders and KV caches, training with dropout, gradient checkpointing) run transformers' original
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rembert_fast import ops
-from rembert_fast.padding import NoRealTokensError, pad_input
+from rembert_fast import ops, packed
+from rembert_fast.padding import NoRealTokensError
 
 _STATE = "_rembert_fast"  # instance attribute holding the patch state; its presence means "patched"
 _MARK = "rembert_fast: packed fast path"
@@ -225,30 +225,19 @@ def _fast_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         host_mask = None if mask is None else mask.to("cpu")
         if host_mask is not None and not bool(host_mask.any()):
             return original(self, *args, **kwargs)
-        packed = _graph_runner(self, state)(ids, host_mask, token_type_ids, position_ids)
-        hidden, indices, all_hidden, first = packed.hidden, packed.indices, None, packed.first_tokens()
+        out = _graph_runner(self, state)(ids, host_mask, token_type_ids, position_ids)
     else:
-        from rembert_fast.modeling import _first_rows, packed_encoder_forward
-
         try:
-            out = packed_encoder_forward(self.embeddings, self.encoder, ids, mask, token_type_ids,
-                                         position_ids, config, inputs_embeds=params.get("inputs_embeds"),
-                                         output_hidden_states=bool(output_hidden_states))
+            out = packed.packed_encoder_forward(
+                self.embeddings, self.encoder, ids, mask, token_type_ids, position_ids, config,
+                inputs_embeds=params.get("inputs_embeds"), output_hidden_states=bool(output_hidden_states))
         except NoRealTokensError:
             return original(self, *args, **kwargs)
-        hidden, indices, all_hidden, first = out.hidden, out.indices, out.hidden_states, _first_rows(out)
 
-    batch, seqlen = (ids if ids is not None else params["inputs_embeds"]).shape[:2]
-
-    def pad(rows: torch.Tensor) -> torch.Tensor:  # (T, hidden) -> (B, L, hidden)
-        if indices is None:
-            return rows.view(batch, seqlen, rows.shape[-1])
-        return pad_input(rows, indices, batch, seqlen)
-
-    sequence_output = pad(hidden)
+    sequence_output = out.padded()
     # transformers' pooler reads position 0 of a (B, L, hidden) tensor: hand it the first real rows.
-    pooled = self.pooler(first[:, None, :]) if self.pooler is not None else None
-    hidden_states = tuple(pad(h) for h in all_hidden) if output_hidden_states else None
+    pooled = self.pooler(out.first_tokens()[:, None, :]) if self.pooler is not None else None
+    hidden_states = out.padded_hidden_states() if output_hidden_states else None
     if not return_dict:
         return (sequence_output, pooled) + ((hidden_states,) if hidden_states is not None else ())
     from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
@@ -268,11 +257,7 @@ def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:
 
 def _lm_head_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """transformers' RemBertLMPredictionHead: decoder(LN(act(dense(x)))), with the ops fusing bias+act."""
-    from rembert_fast.modeling import _dense
-
     if hidden_states.dtype not in ops.FLOAT_DTYPES or not _reads_what_it_would_call(  # transformers' own head
             self._modules["dense"], self._modules["LayerNorm"]):  # for float64, hooks, wrapped layers
         return type(self).forward(self, hidden_states)
-    x = ops.bias_act(*_dense(hidden_states, self.dense), self.__dict__[_STATE]["activation"])
-    x = ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
-    return self.decoder(x)
+    return packed.prediction_head_forward(self, hidden_states, self.__dict__[_STATE]["activation"])
