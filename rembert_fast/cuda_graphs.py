@@ -88,7 +88,8 @@ def encode_packed(
     else:
         hidden = ops.embed_ref(*args)
     for layer in encoder.layer:
-        hidden = packed_layer_forward(layer, hidden, cu_seqlens, max_seqlen, config.hidden_act)
+        hidden = packed_layer_forward(layer, hidden, cu_seqlens, max_seqlen, config.hidden_act,
+                                      bool(config.is_decoder))
     return hidden
 
 

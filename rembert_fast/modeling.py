@@ -341,14 +341,15 @@ class RemBertModel(RemBertPreTrainedModel):
                 f"sequence length {seqlen + past_length} (input {seqlen} + cached {past_length}) exceeds "
                 f"max_position_embeddings={config.max_position_embeddings}"
             )
-        packable = (
-            (attention_mask is None or attention_mask.dim() == 2)
-            and not output_attentions
-            and head_mask is None
-            and encoder_hidden_states is None
-            and past_key_values is None
-            and not use_cache
-            and not (self.training and self._attention_dropout())
+        packable = packed.packable(
+            self,
+            attention_mask,
+            output_attentions=output_attentions,
+            use_cache=use_cache,
+            head_mask=head_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values,
         )
         if packable:
             return self._encode_packed(
@@ -376,10 +377,6 @@ class RemBertModel(RemBertPreTrainedModel):
             batch,
             seqlen,
         )
-
-    def _attention_dropout(self) -> bool:
-        """Whether any layer drops attention probabilities (the packed path cannot; classic path then)."""
-        return any(layer.attention.self.dropout.p > 0 for layer in self.encoder.layer)
 
     def _encode_packed(
         self,

@@ -29,6 +29,7 @@ __all__ = [
     "PackedBatch",
     "HostBatch",
     "pack_on_host",
+    "packable",
     "fused_qkv",
     "embed_tokens",
     "packed_layer_forward",
@@ -162,6 +163,46 @@ def pack_on_host(
     ops.check_ids("position_ids", positions, config.max_position_embeddings, "max_position_embeddings")
     ops.check_ids("token_type_ids", types, config.type_vocab_size, "type_vocab_size")
     return HostBatch(packed, positions, types, indices, mask.sum(dim=1), batch, seqlen)
+
+
+# ----------------------------------------------------------------------------------------- the rule
+def packable(
+    model: nn.Module,  # a RemBertModel (ours or transformers'): config, embeddings, encoder, training
+    attention_mask: torch.Tensor | None,
+    *,
+    output_attentions: bool | None = None,  # None: config.output_attentions
+    use_cache: bool | None = None,  # None: config.use_cache (a cache is only ever returned by decoders)
+    head_mask: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    encoder_attention_mask: torch.Tensor | None = None,
+    past_key_values: Any = None,
+) -> bool:
+    """Whether a forward call with these arguments gives its answer on the packed path.
+
+    The packed path computes each real token's hidden state from the real tokens of its own sequence
+    (causally for a decoder); it has no attention probabilities, head masks, 3-D/4-D masks,
+    cross-attention or KV cache, no attention-probability dropout, and runs the ops' float dtypes and
+    activations. Any call that needs one of those runs the classic padded forward. Hidden dropout and
+    gradient checkpointing in training are applied on the packed path.
+    """
+    config = model.config
+    if output_attentions is None:
+        output_attentions = getattr(config, "output_attentions", False)
+    if use_cache is None:
+        use_cache = getattr(config, "use_cache", False)
+    returns_cache = bool(use_cache) and bool(config.is_decoder)
+    return (
+        (attention_mask is None or attention_mask.dim() == 2)
+        and not output_attentions
+        and not returns_cache
+        and head_mask is None
+        and encoder_hidden_states is None
+        and encoder_attention_mask is None
+        and past_key_values is None
+        and isinstance(config.hidden_act, str) and config.hidden_act in ops.ACTIVATIONS
+        and model.embeddings.word_embeddings.weight.dtype in ops.FLOAT_DTYPES
+        and not (model.training and any(layer.attention.self.dropout.p > 0 for layer in model.encoder.layer))
+    )
 
 
 # ----------------------------------------------------------------------------------------- fused QKV

@@ -7,9 +7,9 @@ What changes, on the model instance only (its class and every other instance are
 - the RemBertModel's `forward` (the model itself, or a head's `.rembert`) takes the packed fast path
   (`rembert_fast.packed`) whenever the call allows it: real tokens only, one fused QKV GEMM per
   layer, varlen attention and fused LayerNorm / bias+GELU through `rembert_fast.ops`. Calls that need
-  what only the padded path gives (`output_attentions`, `head_mask`, 3-D/4-D masks, cross-attention,
-  decoders and KV caches, training with dropout, gradient checkpointing) run transformers' original
-  forward, unchanged;
+  what only the padded path gives (`rembert_fast.packed.packable`: `output_attentions`, `head_mask`,
+  3-D/4-D masks, cross-attention, KV caches, attention-probability dropout in training) run
+  transformers' original forward, unchanged;
 - the MLM / causal-LM head's `cls.predictions` runs bias+activation and its LayerNorm through the ops;
 - with `cuda_graphs=True`, inference calls on CUDA replay a captured graph per batch-size bucket
   (`rembert_fast.cuda_graphs.CudaGraphRunner`).
@@ -37,8 +37,6 @@ from rembert_fast.padding import NoRealTokensError
 _STATE = "_rembert_fast"  # instance attribute holding the patch state; its presence means "patched"
 _MARK = "rembert_fast: packed fast path"
 _HEAD_MARK = "rembert_fast: fused bias+activation and LayerNorm"
-# Arguments that leave the fast path when they are set (transformers 4.x and 5.x names).
-_CLASSIC_ONLY = ("head_mask", "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "cache")
 
 
 def optimize(model: nn.Module, *, cuda_graphs: bool = False) -> nn.Module:
@@ -162,28 +160,27 @@ def _reads_what_it_would_call(*roots: nn.Module) -> bool:
 
 
 def _packable(self: nn.Module, args: dict[str, Any], extra: dict[str, Any]) -> bool:
-    """Whether this call can take the packed path (everything else runs the original forward)."""
-    config = self.config
-    ids, embeds, mask = args.get("input_ids"), args.get("inputs_embeds"), args.get("attention_mask")
-    output_attentions = args.get("output_attentions")
-    if output_attentions is None:
-        output_attentions = getattr(config, "output_attentions", False)
-    dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+    """Whether this call can take the packed path (everything else runs the original forward):
+    `packed.packable`'s rule, on a call the packed path reads as transformers would (one of input_ids
+    and inputs_embeds, of the model's float dtype; no argument this transformers version does not name)
+    and on modules it may read instead of calling (no hooks, no wrappers)."""
+    ids, embeds = args.get("input_ids"), args.get("inputs_embeds")
     return (
         (ids is None) != (embeds is None)
         and (ids.dim() == 2 if ids is not None else embeds.dim() == 3)
-        and (mask is None or mask.dim() == 2)
-        and not output_attentions
-        and not config.is_decoder
-        and not args.get("use_cache")
-        and all(args.get(name) is None for name in _CLASSIC_ONLY)
-        and all(value is None for value in extra.values())  # an argument this version does not name
-        and _op_activation(config)
-        # The ops run float32/float16/bfloat16; a float64 model keeps transformers' forward.
-        and self.embeddings.word_embeddings.weight.dtype in ops.FLOAT_DTYPES
         and (embeds is None or embeds.dtype in ops.FLOAT_DTYPES)
-        and not (self.training and (dropout or getattr(self, "gradient_checkpointing", False)
-                                    or getattr(self.encoder, "gradient_checkpointing", False)))
+        and all(value is None for value in extra.values())  # an argument this version does not name
+        and args.get("cache") is None  # transformers 5's name for past_key_values
+        and packed.packable(
+            self,
+            args.get("attention_mask"),
+            output_attentions=args.get("output_attentions"),
+            use_cache=args.get("use_cache"),
+            head_mask=args.get("head_mask"),
+            encoder_hidden_states=args.get("encoder_hidden_states"),
+            encoder_attention_mask=args.get("encoder_attention_mask"),
+            past_key_values=args.get("past_key_values"),
+        )
         and _reads_what_it_would_call(self._modules["embeddings"], self._modules["encoder"])
     )
 
