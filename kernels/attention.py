@@ -34,9 +34,9 @@ Tuning: `triton.autotune` over CONFIGS (BLOCK_M, BLOCK_N in {32, 64, 128}, 4 or 
 stages), pruned per head_dim and dtype by `keep()` to 2-4 configs, keyed on head_dim, the flags and
 a power-of-two bucket of max_seqlen_q. Under the interpreter one fixed 16 x 16 config is used.
 
-Limits: head_dim in SUPPORTED_HEAD_DIMS (16, 32, 64, 128; ops.py sends other sizes to eager);
+Limits: head_dim in SUPPORTED_HEAD_DIMS (16, 32, 64, 128; rembert_fast.ops sends other sizes to eager);
 batches over 65535 sequences are launched in chunks (CUDA's grid z limit); fp32 dots are IEEE
-(slower than TF32, chosen for exactness); no dropout, no attention bias, no backward (ops.py takes
+(slower than TF32, chosen for exactness); no dropout, no attention bias, no backward (rembert_fast.ops takes
 the eager path under autograd). cu_seqlens are trusted (as in flash-attention): rows of q outside
 every sequence are not written.
 
