@@ -285,25 +285,15 @@ def _packed_attention(
     return out.reshape(tokens, q.shape[1] * q.shape[2])
 
 
-def _dense_residual_norm(
+def _linear_residual_norm(
     dense: nn.Linear, norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor, dropout_p: float
 ) -> torch.Tensor:
-    """LN(dropout(dense(x)) + residual); without dropout the bias is fused into the LayerNorm."""
+    """LN(dropout(dense(x)) + residual); without dropout one GEMM + epilogue op."""
     if dropout_p > 0.0:
         y = F.dropout(F.linear(x, dense.weight, dense.bias), dropout_p, training=True)
         return ops.layer_norm(y, norm.weight, norm.bias, norm.eps, residual=residual)
-    y, bias = _dense(x, dense)
-    return ops.layer_norm(y, norm.weight, norm.bias, norm.eps, residual=residual, x_bias=bias)
-
-
-def _dense(x: torch.Tensor, dense: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x W^T, b) for the next op to add b in its own pass (a Triton kernel), or (x W^T + b, None) in one
-    addmm where that op runs eagerly (see ops.gemm_takes_bias). Under autocast the GEMM's output is in
-    the autocast dtype while b stays float32: b is cast to it, as autocast's own addmm does."""
-    if ops.gemm_takes_bias(x, dense.weight, dense.bias):
-        return F.linear(x, dense.weight, dense.bias), None
-    y, bias = F.linear(x, dense.weight), dense.bias
-    return y, (bias.to(y.dtype) if bias is not None and bias.dtype != y.dtype else bias)
+    return ops.linear_residual_layer_norm(x, dense.weight, dense.bias, residual, norm.weight, norm.bias,
+                                          norm.eps)
 
 
 def packed_layer_forward(
@@ -328,11 +318,12 @@ def packed_layer_forward(
     qkv = F.linear(hidden, weight, bias).view(tokens, 3, heads, head_dim)  # (T, 3, heads, head_dim)
     q, k, v = qkv.unbind(1)  # each (T, heads, head_dim), strided, no copies
     context = _packed_attention(q, k, v, cu_seqlens, max_seqlen, causal)  # (T, H)
-    a = _dense_residual_norm(
+    a = _linear_residual_norm(
         layer.attention.output.dense, layer.attention.output.LayerNorm, context, hidden, dropout_p
     )  # (T, hidden)
-    f = ops.bias_act(*_dense(a, layer.intermediate.dense), activation)  # (T, intermediate)
-    return _dense_residual_norm(layer.output.dense, layer.output.LayerNorm, f, a, dropout_p)  # (T, hidden)
+    dense = layer.intermediate.dense
+    f = ops.linear_bias_act(a, dense.weight, dense.bias, activation)  # (T, intermediate)
+    return _linear_residual_norm(layer.output.dense, layer.output.LayerNorm, f, a, dropout_p)  # (T, hidden)
 
 
 def embed_tokens(
@@ -462,6 +453,6 @@ def prediction_head_forward(
     activation: str,  # config.hidden_act
 ) -> torch.Tensor:
     """decoder(LN(act(dense(x)))) -> (..., vocab), with bias+activation and the LayerNorm through the ops."""
-    x = ops.bias_act(*_dense(hidden_states, head.dense), activation)
+    x = ops.linear_bias_act(hidden_states, head.dense.weight, head.dense.bias, activation)
     x = ops.layer_norm(x, head.LayerNorm.weight, head.LayerNorm.bias, head.LayerNorm.eps)
     return head.decoder(x)
