@@ -394,6 +394,7 @@ def packed_encoder_forward(
 
     Padding positions keep transformers' position ids (left padding and holes in the mask give the
     same numbers). One host read (token count and max_seqlen) when a mask is given, none without.
+    A mask row with no real token raises `padding.NoRealTokensError` naming the row.
     """
     source = input_ids if input_ids is not None else inputs_embeds
     batch, seqlen = source.shape[:2]
@@ -405,10 +406,8 @@ def packed_encoder_forward(
         packed_source = source.reshape(batch * seqlen, *source.shape[2:])
         default_positions = torch.arange(seqlen, device=device).repeat(batch)
     else:
-        packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask)
-        if max_seqlen == 0 and batch > 0:
-            raise padding.NoRealTokensError("attention_mask marks no token as real (all zeros); nothing to "
-                                            "encode")
+        packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask,
+                                                                             allow_empty_rows=False)
         default_positions = indices % seqlen
 
     def gather(t: torch.Tensor) -> torch.Tensor:  # (B, L) -> (T,)

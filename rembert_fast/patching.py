@@ -213,14 +213,14 @@ def _fast_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     if return_dict is None:
         return_dict = getattr(config, "return_dict", True)
 
-    # A mask with no real token has nothing to pack: such a call gets transformers' own answer. The
-    # check costs no extra device read: the graph path copies the mask to the host anyway, and
+    # A mask row with no real token has nothing to pack: such a call gets transformers' own answer.
+    # The check costs no extra device read: the graph path copies the mask to the host anyway, and
     # unpad_input reports it from the one read it makes.
     state = self.__dict__[_STATE]
     if (state["cuda_graphs"] and ids is not None and ids.is_cuda and not output_hidden_states
             and not torch.is_grad_enabled()):
         host_mask = None if mask is None else mask.to("cpu")
-        if host_mask is not None and not bool(host_mask.any()):
+        if host_mask is not None and (host_mask.numel() == 0 or not bool(host_mask.ne(0).any(dim=1).all())):
             return original(self, *args, **kwargs)
         out = _graph_runner(self, state)(ids, host_mask, token_type_ids, position_ids)
     else:

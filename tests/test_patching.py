@@ -412,9 +412,13 @@ def test_hooks_and_wrapped_layers_are_honoured(where, spies):
         assert len(fired) == 2  # once per model
 
 
-def test_all_padding_batch_runs_the_original_forward():
+@pytest.mark.parametrize("empty_rows", ["all", "one"])
+def test_a_row_without_real_tokens_runs_the_original_forward(empty_rows):
+    """The packed path has no answer for a sequence without tokens: the call gets transformers' own."""
     model = build("RemBertModel")
     mask = torch.zeros(2, 6, dtype=torch.long)
+    if empty_rows == "one":
+        mask[0, :4] = 1
     ids = torch.randint(3, 101, (2, 6))
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask).last_hidden_state

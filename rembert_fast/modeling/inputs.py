@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rembert_fast import ops
+from rembert_fast import ops, padding
 from rembert_fast.configuration import RemBertConfig
 from rembert_fast.outputs import PastKeyValues
 
@@ -107,6 +107,16 @@ def check_mask(
             f"{name} has shape {tuple(mask.shape)}; expected {(batch, k_len)} (2-D), "
             f"{(batch, q_len, k_len)} (3-D) or (batch, 1|heads, {q_len}, {k_len}) (4-D)"
         )
+
+
+def check_rows_have_tokens(mask: torch.Tensor | None) -> None:
+    """A 2-D mask row (over cached and new keys) with no real token raises padding.NoRealTokensError
+    naming the row. One host read; 3-D/4-D masks mark (query, key) pairs and are not checked."""
+    if mask is None or mask.dim() != 2 or mask.numel() == 0:
+        return
+    empty = ~mask.ne(0).any(dim=1)
+    if bool(empty.any()):
+        raise padding.NoRealTokensError(padding.empty_row_message(int(empty.to(torch.uint8).argmax())))
 
 
 def check_num_labels(name: str, config: RemBertConfig) -> None:

@@ -14,6 +14,7 @@ from rembert_fast.modeling.inputs import (
     check_inputs,
     check_mask,
     check_past,
+    check_rows_have_tokens,
     config_flag,
     one_cache,
     per_layer_head_masks,
@@ -138,6 +139,10 @@ class RemBertModel(RemBertPreTrainedModel):
                 inputs_embeds,
                 output_hidden_states,
             )
+        if not use_cache and past_key_values is None:
+            # (The packed path checks in its one host read.) Decoding with a cache may feed a chunk that
+            # is all padding for a left-padded row: its outputs are padding, the cache stays right.
+            check_rows_have_tokens(attention_mask)
         return self._encode_classic(
             input_ids,
             attention_mask,
