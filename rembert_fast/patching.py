@@ -144,9 +144,8 @@ def _reads_what_it_would_call(*roots: nn.Module) -> bool:
     """Whether the packed path, which reads the weights of the modules under `roots` instead of calling
     them, gives what calling them would: no forward hook or pre-hook on any of them (nor a global one),
     and no module replaced by a wrapper with a forward of its own (a PEFT LoRA layer, a quantised
-    Linear), whose extra term the packed path would silently skip. A walk of a few hundred modules:
-    0.18 ms for 32 layers on a 2-core EPYC, on every call, since hooks and wrappers can come at any
-    time."""
+    Linear), whose extra term the packed path would silently skip. A walk of a few hundred modules,
+    on every call, since hooks and wrappers can come at any time."""
     hooks = torch.nn.modules.module
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return False
