@@ -2,8 +2,9 @@
 
 Data flow (see docs/architecture.md): unpad once at the encoder's entry (`padding.unpad_input`: the
 real tokens of a (B, L) batch become (T, ...) rows, with `cu_seqlens` and `max_seqlen` for varlen
-attention), embed the packed ids (`embed_tokens`), run every layer on (T, hidden) rows
-(`packed_layer_forward`: one fused QKV GEMM, varlen attention, bias+residual LayerNorm, bias+GELU),
+attention; a row with no real token raises `padding.NoRealTokensError`), embed the packed ids
+(`embed_tokens`), run every layer on (T, hidden) rows (`packed_layer_forward`: one fused QKV GEMM,
+varlen attention, then the GEMM + epilogue ops `linear_residual_layer_norm` and `linear_bias_act`),
 and pad once at the exit (`PackedBatch.pad`). Heads that need one row per sequence read
 `PackedBatch.first_tokens()` without padding.
 
@@ -35,6 +36,7 @@ __all__ = [
     "packed_layer_forward",
     "packed_encoder_forward",
     "prediction_head_forward",
+    "recomputes",
 ]
 
 
