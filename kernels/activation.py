@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rembert_fast.kernels._launch import on_device_of, output_buffer, rows_view
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "selu")
 _TILE = 4096  # elements per program: 4 warps x 32 elements per thread, 16-byte loads at every dtype
 _BLOCK_N_CHOICES = (1024, 512, 256, 128)
@@ -123,30 +125,19 @@ def bias_act(
 ) -> torch.Tensor:
     """act(x + bias) on the Triton kernel; x's shape and dtype out.
 
-    Shapes and devices are validated by `rembert_fast.ops.bias_act`; this checks what the kernel itself
-    needs (activation name, bias dtype, `out`).
+    Arguments are validated by `rembert_fast.ops.bias_act`; this raises ValueError only for a bad `out`.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"bias_act: activation {activation!r} is not one of {ACTIVATIONS}")
-    if bias is not None and bias.dtype != x.dtype:
-        # eager x + bias would promote to the wider dtype; the kernel's contract is x's dtype out
-        raise ValueError(f"bias_act: bias has dtype {bias.dtype}; it must match x ({x.dtype})")
-    if out is None:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
-        raise ValueError(f"bias_act: out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, "
-                         f"got {out.dtype} {tuple(out.shape)} (contiguous={out.is_contiguous()})")
+    assert activation in ACTIVATIONS and (bias is None or bias.dtype == x.dtype)
+    out = output_buffer("bias_act", x, out)
     if x.numel() == 0:
         return out
 
     n = x.shape[-1]
-    x2 = (x if x.stride(-1) == 1 else x.contiguous()).reshape(-1, n)
+    x2 = rows_view(x, n)
     y2 = out.view(-1, n)
     m = x2.shape[0]
     block_m, block_n, num_warps = launch_config(n)
-    # Triton launches on the current CUDA device, not the tensors' one: make it x's (a model on
-    # cuda:1 in a process whose current device is cuda:0 would otherwise fault).
-    with torch.cuda.device(x.device.index if x.is_cuda else -1):
+    with on_device_of(x):
         _bias_act_kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
             x2,
             bias.contiguous() if bias is not None else None,

@@ -48,11 +48,12 @@ References: Dao, "FlashAttention-2: Faster Attention with Better Parallelism and
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from rembert_fast.kernels._launch import interpreting, on_device_of, output_buffer
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
@@ -65,10 +66,6 @@ SM80_SHARED_MEMORY = 163 * 1024
 # Budget for the ring of K and V tiles the software pipeline keeps in flight: at 64 KiB two programs
 # still fit one sm_80 SM (with their Q tiles), so one program's softmax overlaps the other's loads.
 KV_RING_BYTES = 64 * 1024
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def shared_memory_estimate(
@@ -305,9 +302,9 @@ def _attn_fwd_kernel(
 
 
 _attn_fwd = triton.autotune(
-    configs=[INTERPRETER_CONFIG] if _interpreting() else CONFIGS,
+    configs=[INTERPRETER_CONFIG] if interpreting() else CONFIGS,
     key=["HEAD_DIM", "IS_VARLEN", "CAUSAL", "HAS_KEY_MASK", "MAX_SEQLEN_BUCKET"],
-    prune_configs_by=None if _interpreting() else {"early_config_prune": _prune},
+    prune_configs_by=None if interpreting() else {"early_config_prune": _prune},
 )(_attn_fwd_kernel)
 
 
@@ -320,16 +317,10 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rank: int) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != rank:
-            raise ValueError(f"{name} must have {rank} dims, got shape {tuple(t.shape)}")
-        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"{name} has dtype {t.dtype}; expected float32, float16 or bfloat16")
-        if t.dtype != q.dtype or t.device != q.device:
-            raise ValueError(f"{name} is {t.dtype} on {t.device}; q is {q.dtype} on {q.device}")
-    if k.shape != v.shape or k.shape[-2:] != q.shape[-2:]:
-        raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+def _check_head_dim(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rank: int) -> None:
+    """What the kernel cannot take (ValueError); the rest was validated by `rembert_fast.ops`."""
+    assert q.dim() == k.dim() == v.dim() == rank and q.dtype == k.dtype == v.dtype
+    assert k.shape == v.shape and k.shape[-2:] == q.shape[-2:]
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head_dim {q.shape[-1]} is not supported by the kernel; use one of "
                          f"{SUPPORTED_HEAD_DIMS} or the eager backend")
@@ -363,9 +354,7 @@ def _launch(
     cu_q = cu_seqlens_q if varlen else torch.empty(1, dtype=torch.int32, device=q.device)
     cu_k = cu_seqlens_k if varlen else cu_q
     mask = key_mask if key_mask is not None else cu_q
-    # Triton launches on the current CUDA device, not the tensors' one: make it q's (a model on cuda:1
-    # in a process whose current device is cuda:0 would otherwise fault).
-    with torch.cuda.device(q.device.index if q.is_cuda else -1):
+    with on_device_of(q):
         for b0 in range(0, batch, _MAX_GRID_BATCH):
             nb = min(_MAX_GRID_BATCH, batch - b0)
             if varlen:
@@ -387,18 +376,8 @@ def _launch(
                 CAUSAL=bool(causal),
                 HAS_KEY_MASK=key_mask is not None,
                 DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-                DOT_UPCAST=q.dtype == torch.bfloat16 and _interpreting(),
+                DOT_UPCAST=q.dtype == torch.bfloat16 and interpreting(),
             )
-
-
-def _output_like(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """`out` checked to be a contiguous tensor of q's shape and dtype, or a new one."""
-    if out is None:
-        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)}, got "
-                         f"{out.dtype} {tuple(out.shape)} (contiguous={out.is_contiguous()})")
-    return out
 
 
 def attention_varlen(
@@ -418,18 +397,10 @@ def attention_varlen(
 
     Rows of `out` outside every [cu_seqlens_q[b], cu_seqlens_q[b+1]) are not written.
     """
-    _check_inputs(q, k, v, 3)
-    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape:
-        raise ValueError(f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k "
-                         f"{tuple(cu_seqlens_k.shape)} must both be (batch+1,)")
-    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        if cu.device != q.device:
-            raise ValueError(f"{name} is on {cu.device}; q is on {q.device}")
-    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
-        if int(value) < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+    _check_head_dim(q, k, v, 3)
+    assert cu_seqlens_q.shape == cu_seqlens_k.shape and int(max_seqlen_q) >= 0 and int(max_seqlen_k) >= 0
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out = _output_like(q, out)
+    out = output_buffer("attention", q, out)
     batch = cu_seqlens_q.numel() - 1
     if batch <= 0 or q.shape[0] == 0 or int(max_seqlen_q) == 0:
         return out
@@ -454,20 +425,15 @@ def attention_padded(
 
     Every query row is written; a row that sees no real key (all keys padding) is 0.
     """
-    _check_inputs(q, k, v, 4)
-    if k.shape[0] != q.shape[0]:
-        raise ValueError(f"q has batch {q.shape[0]} but k has batch {k.shape[0]}")
+    _check_head_dim(q, k, v, 4)
+    assert k.shape[0] == q.shape[0]
     if key_padding_mask is not None:
-        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
-            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
-                             f"{(k.shape[0], k.shape[1])}")
-        if key_padding_mask.device != q.device:
-            raise ValueError(f"key_padding_mask is on {key_padding_mask.device}; q is on {q.device}")
+        assert tuple(key_padding_mask.shape) == (k.shape[0], k.shape[1])
         if key_padding_mask.dtype == torch.bool:
             # Same bytes, a pointer type every backend loads; no copy.
             key_padding_mask = key_padding_mask.view(torch.uint8)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out = _output_like(q, out)
+    out = output_buffer("attention", q, out)
     if q.numel() == 0:
         return out
     _launch(q, k, v, out, None, None, key_padding_mask, q.shape[0], q.shape[1], causal, softmax_scale)

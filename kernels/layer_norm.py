@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rembert_fast.kernels._launch import on_device_of, output_buffer, rows_view
+
 MAX_N = 16384  # widest row held in registers: 16384 fp32 values over 16 warps = 32 per thread
 _MIN_TILE = 2048  # elements per program below which narrow rows are packed together
 _MAX_WARPS = 16
@@ -97,13 +99,6 @@ def launch_config(n: int) -> tuple[int, int, int]:
     return block_n, rows, num_warps
 
 
-def _rows_view(t: torch.Tensor, n: int) -> torch.Tensor:
-    """(M, N) view of `t` with unit column stride; copies only when no such view exists."""
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    return t.reshape(-1, n)
-
-
 def layer_norm(
     x: torch.Tensor,  # (..., N) fp32/fp16/bf16, last dim normalised
     weight: torch.Tensor,  # (N,) x's dtype or fp32
@@ -116,37 +111,26 @@ def layer_norm(
 ) -> torch.Tensor:
     """LN(x + x_bias + residual) over the last dim on the Triton kernel; x's shape and dtype out.
 
-    Shapes and devices are validated by `rembert_fast.ops.layer_norm`; this checks what the kernel
-    itself needs (width, dtypes, `out`).
+    Arguments are validated by `rembert_fast.ops.layer_norm`; this raises ValueError only for what the
+    kernel itself cannot take (rows wider than MAX_N, a bad `out`).
     """
     n = x.shape[-1]
     if n > MAX_N:
         raise ValueError(f"layer_norm: row width {n} exceeds the kernel's limit of {MAX_N}; "
                          "use the eager backend (rembert_fast.use_backend('eager')) for wider rows")
-    for name, t in (("residual", residual), ("x_bias", x_bias)):
-        if t is not None and t.dtype != x.dtype:
-            raise ValueError(f"layer_norm: {name} has dtype {t.dtype}; it must match x ({x.dtype})")
-    if weight.dtype not in (x.dtype, torch.float32):
-        raise ValueError(f"layer_norm: weight has dtype {weight.dtype}; expected {x.dtype} or torch.float32")
-    if bias is not None and bias.dtype != weight.dtype:
-        raise ValueError(f"layer_norm: bias has dtype {bias.dtype}; it must match weight ({weight.dtype})")
-    if out is None:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    elif out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous():
-        raise ValueError(f"layer_norm: out must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)}, "
-                         f"got {out.dtype} {tuple(out.shape)} (contiguous={out.is_contiguous()})")
+    assert weight.dtype in (x.dtype, torch.float32) and (bias is None or bias.dtype == weight.dtype)
+    assert all(t is None or t.dtype == x.dtype for t in (residual, x_bias))
+    out = output_buffer("layer_norm", x, out)
     if x.numel() == 0:
         return out
 
-    x2 = _rows_view(x, n)
-    res2 = _rows_view(residual, n) if residual is not None else None
+    x2 = rows_view(x, n)
+    res2 = rows_view(residual, n) if residual is not None else None
     y2 = out.view(-1, n)
     weight = weight.contiguous()
     m = x2.shape[0]
     block_n, rows, num_warps = launch_config(n)
-    # Triton launches on the current CUDA device, not the tensors' one: make it x's (a model on
-    # cuda:1 in a process whose current device is cuda:0 would otherwise fault).
-    with torch.cuda.device(x.device.index if x.is_cuda else -1):
+    with on_device_of(x):
         _layer_norm_fwd_kernel[(triton.cdiv(m, rows),)](
             x2, res2,
             x_bias.contiguous() if x_bias is not None else None,

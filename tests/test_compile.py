@@ -1,4 +1,4 @@
-"""Compile gate (DESIGN.md "How correctness is known", point 3): every Triton kernel, in every
+"""Compile gate (how kernels are known to compile without a GPU): every Triton kernel, in every
 specialisation its launcher can launch, compiles to PTX and cubin for sm_80 and sm_90 without a GPU,
 and fits the arch's shared-memory and register limits.
 

@@ -13,15 +13,13 @@ Triton runs under the interpreter on CPU, so shapes are tiny.
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICE, assert_within_twice_eager, needs_triton
 
 from rembert_fast import ops
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-12
 BACKENDS = ["eager"] + (["triton"] if ops.triton_status()[0] else [])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-needs_triton = pytest.mark.skipif(not ops.triton_status()[0],
-                                  reason="needs Triton (CUDA, or TRITON_INTERPRET=1 on CPU)")
 
 
 def _linear_args(shape, width, dtype, bias=True):
@@ -83,9 +81,7 @@ def _within_tolerance(out, truth, eager, fp32_rel):
     if out.dtype == torch.float32:
         assert err <= fp32_rel * scale, f"fp32 relative error {err / scale:.3g} > {fp32_rel}"
     else:
-        eager_err = (eager.double() - truth).abs().max().item()
-        half_ulp = 0.5 * torch.finfo(out.dtype).eps * scale
-        assert err <= 2 * eager_err + half_ulp, f"{out.dtype}: error {err:.3g}, eager {eager_err:.3g}"
+        assert_within_twice_eager(out, truth, eager)
 
 
 @pytest.mark.parametrize("has_bias", (True, False))

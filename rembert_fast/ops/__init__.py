@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rembert_fast.ops import contract, dispatch
+from rembert_fast.ops import contract, dispatch, library
 from rembert_fast.ops.contract import ACTIVATIONS, FLOAT_DTYPES, check_ids
 from rembert_fast.ops.dispatch import (
     BACKENDS,
+    backend_for,
     backend_info,
     extension_takes_embed,
     gemm_takes_bias,
@@ -30,9 +31,10 @@ from rembert_fast.ops.reference import (
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "FLOAT_DTYPES", "attention", "attention_padded", "attention_padded_ref",
-    "attention_per_sequence", "attention_ref", "backend_info", "bias_act", "bias_act_ref", "check_ids",
-    "embed", "embed_ref", "extension_takes_embed", "gemm_takes_bias", "layer_norm", "layer_norm_ref",
-    "linear_bias_act", "linear_residual_layer_norm", "requested_backend", "triton_status", "use_backend",
+    "attention_per_sequence", "attention_ref", "backend_for", "backend_info",
+    "bias_act", "bias_act_ref", "check_ids", "embed", "embed_ref", "extension_takes_embed",
+    "gemm_takes_bias", "layer_norm", "layer_norm_ref", "linear_bias_act", "linear_residual_layer_norm",
+    "requested_backend", "triton_status", "use_backend",
 ]
 
 
@@ -55,12 +57,13 @@ def layer_norm(
     contract.check_same("x_bias", x_bias, x, (n,))
     contract.check_same("residual", residual, x, tuple(x.shape))
     eps = contract.check_eps(eps)
-    if dispatch.use_triton(x.device, (x, weight, bias, residual, x_bias)):
+    if dispatch.use_triton("layer_norm", x.device, x.dtype, (x, weight, bias, residual, x_bias)):
         from rembert_fast.kernels import layer_norm as kernel
 
         # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises).
         if n <= kernel.MAX_N or requested_backend() == "triton":
-            return kernel.layer_norm(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+            launch = library.layer_norm if torch.compiler.is_compiling() else kernel.layer_norm
+            return launch(x, weight, bias, eps, residual, x_bias)
     return layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
 
 
@@ -77,22 +80,23 @@ def bias_act(
     if x.dim() == 0:
         raise ValueError("x is a 0-d tensor; bias_act takes (..., N)")
     contract.check_same("bias", bias, x, (x.shape[-1],))
-    if dispatch.use_triton(x.device, (x, bias)):
+    if dispatch.use_triton("bias_act", x.device, x.dtype, (x, bias)):
         from rembert_fast.kernels import activation as kernel
 
-        return kernel.bias_act(x, bias, activation)
+        launch = library.bias_act if torch.compiler.is_compiling() else kernel.bias_act
+        return launch(x, bias, activation)
     return bias_act_ref(x, bias, activation)
 
 
 # ----------------------------------------------------------------------------------------- GEMM + epilogue
 def _gemm_then_epilogue_bias(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    epilogue: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(x W^T, b) for a Triton epilogue to add b in the pass it makes anyway, or (x W^T + b, None) in one
     addmm where the epilogue runs eagerly (a bias handed to the eager op would be an extra pass). Under
     autocast the GEMM's output is in the autocast dtype while b stays float32: b is cast to it, as
     autocast's own addmm does."""
-    if not dispatch.use_triton(x.device, (x, weight, bias)):
+    if not dispatch.use_triton(epilogue, x.device, x.dtype, (x, weight, bias)):
         return F.linear(x, weight, bias), None
     y = F.linear(x, weight)
     return y, (bias.to(y.dtype) if bias is not None and bias.dtype != y.dtype else bias)
@@ -112,7 +116,7 @@ def linear_bias_act(
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not supported; choose one of {ACTIVATIONS}")
     contract.check_linear(x, weight, bias)
-    return bias_act(*_gemm_then_epilogue_bias(x, weight, bias), activation)
+    return bias_act(*_gemm_then_epilogue_bias("bias_act", x, weight, bias), activation)
 
 
 def linear_residual_layer_norm(
@@ -133,7 +137,7 @@ def linear_residual_layer_norm(
     width = contract.check_linear(x, weight, bias)
     if tuple(residual.shape) != (*x.shape[:-1], width):
         raise ValueError(f"residual has shape {tuple(residual.shape)}; expected {(*x.shape[:-1], width)}")
-    y, x_bias = _gemm_then_epilogue_bias(x, weight, bias)
+    y, x_bias = _gemm_then_epilogue_bias("layer_norm", x, weight, bias)
     return layer_norm(y, ln_weight, ln_bias, eps, residual=residual, x_bias=x_bias)
 
 
@@ -155,28 +159,15 @@ def attention(
     The offsets must start at 0, never decrease, end at the row count, and no step may exceed
     max_seqlen: checked on CPU (ValueError), trusted on CUDA.
     """
-    contract.check_attention_args(q, k, v)
-    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.numel() == 0:
-        raise ValueError(
-            f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k {tuple(cu_seqlens_k.shape)} "
-            "must both be (batch+1,)"
-        )
-    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        if cu.dtype not in (torch.int32, torch.int64) or cu.device != q.device:
-            raise ValueError(f"{name} is {cu.dtype} on {cu.device}; expected int32 on {q.device}")
-    if q.device.type == "cpu":
-        # On CPU a host read is cheap, so the offsets are checked (bad ones read out of range, and the
-        # Triton interpreter corrupts memory). On CUDA they are trusted, as in flash-attention: a check
-        # would be a host sync in every layer (and impossible inside a CUDA-graph capture).
-        contract.check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
-        contract.check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
-    if dispatch.use_triton(q.device, (q, k, v)):
+    contract.check_varlen_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    if dispatch.use_triton("attention", q.device, q.dtype, (q, k, v)):
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
-            return kernel.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                           causal=causal, softmax_scale=softmax_scale)
-    if q.device.type == "cpu":
+            launch = library.attention_varlen if torch.compiler.is_compiling() else kernel.attention_varlen
+            return launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                          softmax_scale)
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():  # it reads the offsets on the host
         return attention_per_sequence(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal,
                                       softmax_scale=softmax_scale)
     return attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
@@ -196,19 +187,13 @@ def attention_padded(
     Rows of padding queries are unspecified. For callers that keep (B, L) tensors; the model's fast
     path uses the packed `attention` instead.
     """
-    contract.check_attention_args(q, k, v, padded=True)
-    if key_padding_mask is not None:
-        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
-            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
-                             f"{(k.shape[0], k.shape[1])}")
-        if key_padding_mask.device != q.device:
-            raise ValueError(f"key_padding_mask is on {key_padding_mask.device}; q is on {q.device}")
-    if dispatch.use_triton(q.device, (q, k, v)):
+    contract.check_padded_attention_args(q, k, v, key_padding_mask)
+    if dispatch.use_triton("attention_padded", q.device, q.dtype, (q, k, v)):
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
-            return kernel.attention_padded(q, k, v, key_padding_mask, causal=causal,
-                                           softmax_scale=softmax_scale)
+            launch = library.attention_padded if torch.compiler.is_compiling() else kernel.attention_padded
+            return launch(q, k, v, key_padding_mask, causal, softmax_scale)
     return attention_padded_ref(q, k, v, key_padding_mask, causal=causal, softmax_scale=softmax_scale)
 
 
@@ -255,31 +240,27 @@ def embed(
         contract.check_same("proj_bias", proj_bias, word_weight, (hidden,))
     args = (input_ids, position_ids, token_type_ids, word_weight, position_weight, type_weight,
             ln_weight, ln_bias, eps, proj_weight, proj_bias)
-    requested = requested_backend()
     grads = dispatch.needs_autograd(
         (word_weight, position_weight, type_weight, ln_weight, ln_bias, proj_weight)
     )
-    if input_ids.device.type == "cuda" and requested in ("auto", "cuda") and not grads:
+    if dispatch.backend_for("embed", input_ids.device, word_weight.dtype) == "cuda" and not grads:
         from rembert_fast import extension
 
-        module = extension.load()
         # On `auto`, what the kernel cannot read as it is takes the eager path.
-        takes = extension_takes_embed(word_weight, position_weight, type_weight, ln_weight, ln_bias)
-        if module is not None and takes:
-            return extension.embed(module, *args)
-        if module is not None and requested == "cuda":
+        if extension_takes_embed(word_weight, position_weight, type_weight, ln_weight, ln_bias):
+            if torch.compiler.is_compiling():
+                return library.embed(*args)
+            return extension.embed(extension.load(), *args)
+        if requested_backend() == "cuda":
             raise ValueError("backend 'cuda' was requested but the extension's kernel cannot read these "
                              "weights: it needs contiguous tables and LayerNorm weight and bias, the "
                              f"LayerNorm parameters in the tables' dtype {word_weight.dtype} (got "
                              f"{ln_weight.dtype}), and a LayerNorm bias (got "
                              f"{'None' if ln_bias is None else 'one'}); backend 'auto' runs these eagerly")
-        if module is None and requested == "cuda":
-            raise RuntimeError(f"backend 'cuda' was requested but the extension is unavailable: "
-                               f"{extension.status()[1]}")
-    elif requested == "cuda":
-        raise RuntimeError(f"backend 'cuda' runs on CUDA tensors only; these are on {input_ids.device}")
     # Checked here, not before the extension call: its kernel validates the ids itself (one sync, not three).
-    check_ids("input_ids", input_ids, word_weight.shape[0], "vocab_size")
-    check_ids("position_ids", position_ids, position_weight.shape[0], "max_position_embeddings")
-    check_ids("token_type_ids", token_type_ids, type_weight.shape[0], "type_vocab_size")
+    # A host read each, so not inside a graph torch.compile traces: there F.embedding refuses bad ids.
+    if not torch.compiler.is_compiling():
+        check_ids("input_ids", input_ids, word_weight.shape[0], "vocab_size")
+        check_ids("position_ids", position_ids, position_weight.shape[0], "max_position_embeddings")
+        check_ids("token_type_ids", token_type_ids, type_weight.shape[0], "type_vocab_size")
     return embed_ref(*args)

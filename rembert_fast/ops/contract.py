@@ -67,7 +67,7 @@ def check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return width
 
 
-def check_attention_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padded: bool = False) -> None:
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padded: bool = False) -> None:
     """q, k, v: one float dtype and device; k and v of one shape; heads and head_dim as q's; (padded)
     one batch size."""
     layout = "(batch, seqlen, heads, head_dim)" if padded else "(tokens, heads, head_dim)"
@@ -93,6 +93,46 @@ def check_cu_seqlens(name: str, cu: torch.Tensor, tokens: int, max_seqlen: int) 
             f"and max_seqlen={max_seqlen}: it must start at 0 (got {first}), end at {tokens} (got {last}), "
             f"never decrease (smallest step {shortest}) and no step may exceed max_seqlen (largest {longest})"
         )
+
+
+def check_varlen_attention_args(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # (T, heads, head_dim)
+    cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
+) -> None:
+    """`ops.attention`'s arguments: q, k, v as `_check_qkv` says; the offsets (B+1,) int32/int64 on q's
+    device; max_seqlen_* >= 0. On CPU the offsets' values too (`check_cu_seqlens`): a host read is
+    cheap there, and bad offsets read out of range (the Triton interpreter corrupts memory). On CUDA
+    they are trusted, as in flash-attention: a check would be a host sync in every layer (and
+    impossible inside a CUDA-graph capture); so they are inside a graph torch.compile traces."""
+    _check_qkv(q, k, v)
+    if cu_seqlens_q.dim() != 1 or cu_seqlens_q.shape != cu_seqlens_k.shape or cu_seqlens_q.numel() == 0:
+        raise ValueError(
+            f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k {tuple(cu_seqlens_k.shape)} "
+            "must both be (batch+1,)"
+        )
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if cu.dtype not in (torch.int32, torch.int64) or cu.device != q.device:
+            raise ValueError(f"{name} is {cu.dtype} on {cu.device}; expected int32 on {q.device}")
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if int(value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():
+        check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+        check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+
+
+def check_padded_attention_args(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None
+) -> None:
+    """`ops.attention_padded`'s arguments: q, k, v (B, L, heads, head_dim) as `_check_qkv` says, one
+    batch size; the mask (B, Lk) on q's device."""
+    _check_qkv(q, k, v, padded=True)
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
+            raise ValueError(f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected "
+                             f"{(k.shape[0], k.shape[1])}")
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"key_padding_mask is on {key_padding_mask.device}; q is on {q.device}")
 
 
 def check_ids(name: str, ids: torch.Tensor, limit: int, limit_name: str) -> None:

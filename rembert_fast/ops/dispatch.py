@@ -18,35 +18,68 @@ from typing import Any
 
 import torch
 
+from rembert_fast.kernels._launch import interpreting
+
 BACKENDS = ("auto", "eager", "triton", "cuda")
 
 _backend_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("rembert_fast_backend",
                                                                                default=None)
 
 
-def requested_backend() -> str:
-    """The backend asked for: `use_backend(...)` if active, else $REMBERT_FAST_BACKEND, else auto."""
-    name = _backend_override.get() or os.environ.get("REMBERT_FAST_BACKEND", "auto") or "auto"
-    name = name.strip().lower()
+def _parse_request(raw: str | None) -> str:
+    name = (raw or "auto").strip().lower()
     if name not in BACKENDS:
         raise ValueError(f"REMBERT_FAST_BACKEND={name!r} is not one of {BACKENDS}")
     return name
 
 
+_env_request: tuple[str | None, str] = (None, "auto")  # ($REMBERT_FAST_BACKEND as last read, its parse)
+
+# Dynamo cannot trace ContextVar.get, so code torch.compile traces reads this mirror instead: the name of
+# the innermost use_backend block open now (in any thread), guarded by dynamo (a change retraces).
+_open_blocks: list[tuple[object, str]] = []
+_traced_override: str | None = None
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: read at trace time, a constant of the graph
+def _request(override: str | None) -> str:
+    global _env_request
+    if override is not None:
+        return override
+    raw = os.environ.get("REMBERT_FAST_BACKEND")
+    if raw != _env_request[0]:
+        _env_request = (raw, _parse_request(raw))
+    return _env_request[1]
+
+
+def requested_backend() -> str:
+    """The backend asked for: `use_backend(...)` if active, else $REMBERT_FAST_BACKEND, else auto.
+
+    ValueError names a $REMBERT_FAST_BACKEND that is not one of BACKENDS."""
+    if torch.compiler.is_compiling():
+        return _request(_traced_override)
+    return _request(_backend_override.get())
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run the ops inside the block on backend `name` ("auto", "eager", "triton" or "cuda")."""
+    """Run the ops inside the block on backend `name` ("auto", "eager", "triton" or "cuda").
+
+    The block holds for the thread (or async task) that opened it. Code compiled by torch.compile
+    takes the backend of the innermost block open when it runs, and is retraced when that changes."""
+    global _traced_override
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is not one of {BACKENDS}")
     token = _backend_override.set(name)
+    block = (object(), name)
+    _open_blocks.append(block)
+    _traced_override = name
     try:
         yield
     finally:
         _backend_override.reset(token)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+        _open_blocks.remove(block)
+        _traced_override = _open_blocks[-1][1] if _open_blocks else None
 
 
 def triton_status() -> tuple[bool, str]:
@@ -62,26 +95,79 @@ def triton_status() -> tuple[bool, str]:
     return False, "no CUDA device and TRITON_INTERPRET is not set"
 
 
-def needs_autograd(tensors: tuple[Any, ...]) -> bool:
-    return torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors
-    )
-
-
-def use_triton(device: torch.device, tensors: tuple[Any, ...]) -> bool:
-    """Whether this call runs the Triton kernel; raises if triton was asked for and cannot run."""
-    requested = requested_backend()
-    if requested == "eager" or needs_autograd(tensors):
+def needs_autograd(tensors: tuple[torch.Tensor | None, ...]) -> bool:
+    """Whether a call must run eagerly for autograd: grad enabled and an input that requires grad."""
+    if not torch.is_grad_enabled():
         return False
-    if device.type == "cuda":
-        runnable, reason = triton_status()
-    elif device.type == "cpu" and interpreting():
-        runnable, reason = triton_status()
-    else:
-        runnable, reason = False, f"triton does not run on {device.type} tensors without TRITON_INTERPRET=1"
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
+TRITON_OPS = ("layer_norm", "bias_act", "attention", "attention_padded")
+EXTENSION_OPS = ("embed",)
+
+# backend_for's decisions: (op, device type, dtype, request) -> backend. A request is a name, so a
+# use_backend block (entered or left, in any thread) or a new $REMBERT_FAST_BACKEND selects another entry.
+_decisions: dict[tuple[str, str, torch.dtype, str], str] = {}
+
+
+def _triton_runnable(device_type: str) -> tuple[bool, str]:
+    if device_type == "cuda" or (device_type == "cpu" and interpreting()):
+        return triton_status()
+    return False, f"triton does not run on {device_type} tensors without TRITON_INTERPRET=1"
+
+
+def _decide(op: str, device_type: str, requested: str) -> str:
+    if op in EXTENSION_OPS:
+        if device_type == "cuda" and requested in ("auto", "cuda"):
+            from rembert_fast import extension
+
+            if extension.load() is not None:
+                return "cuda"
+            if requested == "cuda":
+                raise RuntimeError(f"backend 'cuda' was requested but the extension is unavailable: "
+                                   f"{extension.status()[1]}")
+        elif requested == "cuda":
+            raise RuntimeError(f"backend 'cuda' runs on CUDA tensors only; these are on {device_type}")
+        return "eager"
+    if op not in TRITON_OPS:
+        raise ValueError(f"op {op!r} is not one of {TRITON_OPS + EXTENSION_OPS}")
+    if requested == "eager":
+        return "eager"
+    runnable, reason = _triton_runnable(device_type)
     if requested == "triton" and not runnable:
         raise RuntimeError(f"backend 'triton' was requested but cannot run: {reason}")
-    return runnable
+    return "triton" if runnable else "eager"
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: decided at trace time, a constant of the graph
+def _decision(op: str, device_type: str, dtype: torch.dtype, requested: str) -> str:
+    key = (op, device_type, dtype, requested)
+    backend = _decisions.get(key)
+    if backend is None:
+        backend = _decisions[key] = _decide(op, device_type, requested)
+    return backend
+
+
+def backend_for(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs `op` on tensors of this device and dtype: "triton", "cuda" or "eager".
+
+    The one place a backend is chosen. Decided once per (op, device type, dtype, requested backend)
+    and cached; what depends on the call's tensors (autograd, a width or head_dim a kernel cannot
+    take, weights the extension cannot read) is decided by the op. RuntimeError with the reason where
+    a backend asked for explicitly cannot run; ValueError for a bad $REMBERT_FAST_BACKEND. Under
+    torch.compile the decision is made at trace time; a use_backend block entered or left retraces.
+    """
+    return _decision(op, device.type, dtype, requested_backend())
+
+
+def use_triton(
+    op: str, device: torch.device, dtype: torch.dtype, tensors: tuple[torch.Tensor | None, ...]
+) -> bool:
+    """Whether this call of `op` runs its Triton kernel (never under autograd); raises as backend_for."""
+    return not needs_autograd(tensors) and backend_for(op, device, dtype) == "triton"
 
 
 def gemm_takes_bias(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
@@ -91,7 +177,7 @@ def gemm_takes_bias(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     eager op is an extra pass over the output (about 3% of a full-width layer on CPU). False where the
     Triton kernel runs: it adds the bias in the pass it makes anyway.
     """
-    return not use_triton(x.device, (x, *params))
+    return not use_triton("layer_norm", x.device, x.dtype, (x, *params))
 
 
 def extension_takes_embed(

@@ -54,18 +54,18 @@ def bias_act_ref(x: torch.Tensor, bias: torch.Tensor | None, activation: str = "
     return _EAGER_ACTIVATIONS[activation](x)
 
 
-def _varlen_to_padded(
+def _gather_padded(
     x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(T, H, D) packed rows -> (B, max_seqlen, H, D) zero-padded, the (B, max_seqlen) mask, flat index."""
-    batch = cu_seqlens.numel() - 1
-    seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, H, D) packed rows -> (B, max_seqlen, H, D) by a gather (padding rows repeat a real row or are
+    zeros where T == 0) and the (B, max_seqlen) mask of real positions."""
+    starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     positions = torch.arange(max_seqlen, device=x.device)
-    mask = positions[None, :] < seqlens[:, None]  # (B, L)
-    flat = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
-    padded = x.new_zeros(batch * max_seqlen, *x.shape[1:])
-    padded.index_copy_(0, flat, x)
-    return padded.view(batch, max_seqlen, *x.shape[1:]), mask, flat
+    mask = positions[None, :] < lengths[:, None]  # (B, L)
+    if x.shape[0] == 0:
+        return x.new_zeros(mask.shape[0], max_seqlen, *x.shape[1:]), mask
+    rows = (starts[:, None] + positions[None, :]).clamp(max=x.shape[0] - 1)  # (B, L)
+    return x[rows], mask
 
 
 def attention_ref(
@@ -79,14 +79,17 @@ def attention_ref(
     causal: bool = False,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
-    """Eager varlen attention: pad per sequence, one masked `scaled_dot_product_attention`, unpad.
+    """Eager varlen attention: gather each sequence into a (B, max_seqlen) padded batch, one masked
+    `scaled_dot_product_attention`, gather the rows back.
 
     Causal masking is aligned to the bottom-right corner, as flash-attention's varlen functions do
     (query i of a sequence sees keys j <= i + len_k - len_q); a query row that sees no key gives zeros.
+    Every shape follows from (batch, max_seqlen, T) alone (no `nonzero`, no host read), so
+    torch.compile traces it without a graph break.
     """
-    qp, _, q_flat = _varlen_to_padded(q, cu_seqlens_q, max_seqlen_q)
-    kp, k_mask, _ = _varlen_to_padded(k, cu_seqlens_k, max_seqlen_k)
-    vp, _, _ = _varlen_to_padded(v, cu_seqlens_k, max_seqlen_k)
+    qp, _ = _gather_padded(q, cu_seqlens_q, max_seqlen_q)
+    kp, k_mask = _gather_padded(k, cu_seqlens_k, max_seqlen_k)
+    vp, _ = _gather_padded(v, cu_seqlens_k, max_seqlen_k)
     allowed = k_mask[:, None, None, :]  # (B, 1, 1, Lk)
     if causal:
         len_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
@@ -97,10 +100,9 @@ def attention_ref(
     out = F.scaled_dot_product_attention(
         qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), attn_mask=allowed, scale=softmax_scale
     ).transpose(1, 2)  # (B, Lq, H, D)
-    out = out.reshape(-1, *q.shape[1:]).index_select(0, q_flat)
-    if causal:
-        out = out.nan_to_num(0.0)
-    return out
+    tokens = torch.arange(q.shape[0], device=q.device)
+    batch = torch.searchsorted(cu_seqlens_q[1:].long(), tokens, right=True)  # each packed row's sequence
+    return out[batch, tokens - cu_seqlens_q.long()[batch]].nan_to_num(0.0)  # (Tq, H, D)
 
 
 def attention_per_sequence(
@@ -113,10 +115,9 @@ def attention_per_sequence(
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
     """Eager varlen attention on CPU: one `scaled_dot_product_attention` per sequence, on views of the
-    packed rows (no padding, no mask, so no work on padding positions: the whole model ran 8.6% faster
-    on a padded 8x256 CPU batch than with `attention_ref`, 11.8% at 8x512; benches/RESULTS.md). Reads
-    the offsets on the host, which costs nothing on CPU. Same results
-    as `attention_ref`: bottom-right causal alignment, zeros for queries that see no key."""
+    packed rows (no padding, no mask, so no work on padding positions). Reads the offsets on the host,
+    which costs nothing on CPU. Same results as `attention_ref`: bottom-right causal alignment, zeros
+    for queries that see no key."""
     starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     pieces = []
     for b in range(len(starts_q) - 1):
