@@ -257,9 +257,13 @@ def _views_of(linears: tuple[nn.Linear, ...], weight: torch.Tensor, bias: torch.
 
 
 def _qkv_weights(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The fused buffers for inference; under autograd a differentiable concatenation instead."""
+    """The fused buffers for inference; under autograd a differentiable concatenation instead, and so
+    while torch.compile traces (the buffers' pointer check cannot be traced, and a buffer used
+    unchecked could be stale after parameters were replaced)."""
     linears = (attention.query, attention.key, attention.value)
-    if torch.is_grad_enabled() and any(p.requires_grad for lin in linears for p in lin.parameters()):
+    if torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and any(p.requires_grad for lin in linears for p in lin.parameters())
+    ):
         bias = torch.cat([lin.bias for lin in linears]) if linears[0].bias is not None else None
         return torch.cat([lin.weight for lin in linears]), bias
     return fused_qkv(attention)

@@ -86,8 +86,9 @@ def pad_input(
         raise ValueError(f"packed has {packed.shape[0]} rows but indices has {indices.shape[0]}")
     if indices.dtype != torch.int64 or indices.device != packed.device:
         raise ValueError(f"indices is {indices.dtype} on {indices.device}; expected int64 on {packed.device}")
-    if packed.device.type == "cpu" and indices.numel():
-        # A host read is free on CPU; on CUDA the indices from unpad_input are trusted (no sync).
+    if packed.device.type == "cpu" and indices.numel() and not torch.compiler.is_compiling():
+        # A host read is free on CPU; on CUDA, and in a traced graph, the indices from unpad_input are
+        # trusted (no sync, no graph break).
         low, high = (int(v) for v in torch.aminmax(indices))
         if low < 0 or high >= batch * seqlen:
             raise ValueError(f"indices contains {low if low < 0 else high}, outside [0, {batch * seqlen}) "
