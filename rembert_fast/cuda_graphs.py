@@ -40,64 +40,16 @@ import math
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rembert_fast import ops
-from rembert_fast.padding import pad_input
+from rembert_fast.packed import HostBatch, PackedBatch, pack_on_host, packed_layer_forward
 
 DEFAULT_TOKEN_BUCKETS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 DEFAULT_SEQLEN_BUCKETS = (32, 64, 128, 256, 512)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-@dataclass
-class PackedHidden:
-    """The encoder's output on real tokens only, with what is needed to put it back in (B, L) form."""
-
-    hidden: torch.Tensor  # (T, hidden) last hidden state of the real tokens, batch-major
-    indices: torch.Tensor  # (T,) int64 flat indices into batch * seqlen
-    cu_seqlens: torch.Tensor  # (batch + 1,) int32
-    max_seqlen: int
-    batch: int
-    seqlen: int
-
-    def padded(self) -> torch.Tensor:
-        """(batch, seqlen, hidden); zeros at padding positions."""
-        return pad_input(self.hidden, self.indices, self.batch, self.seqlen)
-
-    def first_tokens(self) -> torch.Tensor:
-        """(batch, hidden): each sequence's first real token (the [CLS] row the pooler reads); zeros
-        for a sequence without real tokens."""
-        if self.hidden.shape[0] == 0:
-            return self.hidden.new_zeros(self.batch, self.hidden.shape[-1])
-        starts = self.cu_seqlens[:-1].long()
-        empty = self.cu_seqlens[1:].long() == starts
-        rows = self.hidden.index_select(0, starts.clamp(max=self.hidden.shape[0] - 1))
-        return rows.masked_fill(empty[:, None], 0.0)
-
-
-@dataclass
-class _HostBatch:
-    """A batch packed on the host: int64 CPU tensors and the sizes that choose a bucket."""
-
-    ids: torch.Tensor  # (T,)
-    positions: torch.Tensor  # (T,)
-    types: torch.Tensor  # (T,)
-    indices: torch.Tensor  # (T,) flat indices into batch * seqlen
-    lengths: torch.Tensor  # (B,)
-    batch: int
-    seqlen: int
-
-    @property
-    def tokens(self) -> int:
-        return self.ids.numel()
-
-    @property
-    def max_seqlen(self) -> int:
-        return int(self.lengths.max()) if self.batch else 0
 
 
 def _base_model(model: Any) -> Any:
@@ -110,46 +62,6 @@ def _base_model(model: Any) -> Any:
     return base
 
 
-def _check_range(name: str, values: torch.Tensor, limit: int, limit_name: str) -> None:
-    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= limit):
-        bad = int(values.min()) if int(values.min()) < 0 else int(values.max())
-        raise ValueError(f"{name} contains {bad}, outside [0, {limit}) ({limit_name}={limit})")
-
-
-def pack_on_host(
-    config: Any,
-    input_ids: torch.Tensor,  # (B, L) int
-    attention_mask: torch.Tensor | None = None,  # (B, L), non-zero = real token; None = all real
-    token_type_ids: torch.Tensor | None = None,  # (B, L) or None (zeros)
-    position_ids: torch.Tensor | None = None,  # (B, L) or (1, L) or None (the column index)
-) -> _HostBatch:
-    """Pack the real tokens of a batch on the CPU and check every id against its table.
-
-    Inputs on a GPU are copied to the host first (one sync); inputs from a tokenizer cost none.
-    Position ids default to the column index, as in transformers, so left padding keeps its positions.
-    """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, seqlen), got shape {tuple(input_ids.shape)}")
-    batch, seqlen = input_ids.shape
-    ids = input_ids.to("cpu", torch.int64)
-    mask = (torch.ones(batch, seqlen, dtype=torch.bool) if attention_mask is None
-            else attention_mask.to("cpu").bool())
-    if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; input_ids has {tuple(ids.shape)}")
-    indices = mask.flatten().nonzero().flatten()
-    if position_ids is None:
-        positions = indices % seqlen
-    else:
-        positions = position_ids.to("cpu", torch.int64).expand(batch, seqlen).flatten()[indices]
-    types = (torch.zeros_like(indices) if token_type_ids is None
-             else token_type_ids.to("cpu", torch.int64).expand(batch, seqlen).flatten()[indices])
-    packed = ids.flatten()[indices]
-    _check_range("input_ids", packed, config.vocab_size, "vocab_size")
-    _check_range("position_ids", positions, config.max_position_embeddings, "max_position_embeddings")
-    _check_range("token_type_ids", types, config.type_vocab_size, "type_vocab_size")
-    return _HostBatch(packed, positions, types, indices, mask.sum(dim=1), batch, seqlen)
-
-
 def encode_packed(
     model: Any,  # a RemBertModel (rembert_fast's or transformers')
     ids: torch.Tensor,  # (T,) int token ids, already range-checked
@@ -160,7 +72,6 @@ def encode_packed(
 ) -> torch.Tensor:
     """Embeddings and every layer on packed rows; (T, hidden). No host sync, so it can be captured."""
     from rembert_fast import extension
-    from rembert_fast.modeling import packed_layer_forward
 
     emb, encoder, config = model.embeddings, model.encoder, model.config
     args = (ids.long(), positions.long(), types.long(), emb.word_embeddings.weight,
@@ -177,7 +88,8 @@ def encode_packed(
     else:
         hidden = ops.embed_ref(*args)
     for layer in encoder.layer:
-        hidden = packed_layer_forward(layer, hidden, cu_seqlens, max_seqlen, config.hidden_act)
+        hidden = packed_layer_forward(layer, hidden, cu_seqlens, max_seqlen, config.hidden_act,
+                                      bool(config.is_decoder))
     return hidden
 
 
@@ -210,7 +122,7 @@ class _Graph:
         return (buffer[:t], buffer[t:2 * t], buffer[2 * t:3 * t], buffer[3 * t:3 * t + self.slots + 1],
                 buffer[3 * t + self.slots + 1:])
 
-    def fill(self, buffer: torch.Tensor, host: _HostBatch) -> None:
+    def fill(self, buffer: torch.Tensor, host: HostBatch) -> None:
         """Write a batch into a host or device buffer of this layout (dummy tokens: id 0, position 0)."""
         ids, positions, types, cu, indices = self.views(buffer)
         n = host.tokens
@@ -239,7 +151,7 @@ class CudaGraphRunner:
             bucketed shapes still run, eagerly (what the CPU tests exercise).
 
     Call it like the model's encoder: `runner(input_ids, attention_mask, token_type_ids, position_ids)`
-    returns a `PackedHidden`.
+    returns a `PackedBatch`.
     """
 
     def __init__(
@@ -308,7 +220,7 @@ class CudaGraphRunner:
         attention_mask: torch.Tensor | None = None,  # (B, L)
         token_type_ids: torch.Tensor | None = None,  # (B, L)
         position_ids: torch.Tensor | None = None,  # (B, L) or (1, L)
-    ) -> PackedHidden:
+    ) -> PackedBatch:
         host = pack_on_host(self.model.config, input_ids, attention_mask, token_type_ids, position_ids)
         key = self.bucket(host.tokens, host.max_seqlen, host.batch)
         if host.tokens == 0 or key is None or (self.use_graphs and not self._capturable()):
@@ -349,7 +261,7 @@ class CudaGraphRunner:
                   layers[-1].output.dense.weight)
         return tuple((p.data_ptr(), p.dtype, p.device) for p in probes)
 
-    def _eager(self, host: _HostBatch) -> PackedHidden:
+    def _eager(self, host: HostBatch) -> PackedBatch:
         device = self._device()
         cu = torch.nn.functional.pad(torch.cumsum(host.lengths, 0), (1, 0)).to(device, torch.int32)
         if host.tokens == 0:
@@ -357,13 +269,13 @@ class CudaGraphRunner:
         else:
             hidden = encode_packed(self.model, host.ids.to(device), host.positions.to(device),
                                    host.types.to(device), cu, host.max_seqlen)
-        return PackedHidden(hidden, host.indices.to(device), cu, host.max_seqlen, host.batch, host.seqlen)
+        return PackedBatch(hidden, host.indices.to(device), cu, host.max_seqlen, host.batch, host.seqlen)
 
     def _body(self, graph: _Graph, static: torch.Tensor) -> torch.Tensor:
         ids, positions, types, cu, _ = graph.views(static)
         return encode_packed(self.model, ids, positions, types, cu, graph.max_seqlen)
 
-    def _run_bucket(self, graph: _Graph, host: _HostBatch) -> PackedHidden:
+    def _run_bucket(self, graph: _Graph, host: HostBatch) -> PackedBatch:
         device = self._device()
         if not self.use_graphs:
             static = torch.empty(graph.size, dtype=torch.int32)
@@ -389,7 +301,7 @@ class CudaGraphRunner:
         n = host.tokens
         _, _, _, cu, indices = graph.views(static)
         # Fresh tensors: the static buffers belong to the next replay.
-        return PackedHidden(hidden[:n].clone(), indices[:n].long(), cu[:host.batch + 1].clone(),
+        return PackedBatch(hidden[:n].clone(), indices[:n].long(), cu[:host.batch + 1].clone(),
                             host.max_seqlen, host.batch, host.seqlen)
 
     def _capture(self, graph: _Graph, device: torch.device) -> None:
@@ -399,7 +311,7 @@ class CudaGraphRunner:
             graph.staging = torch.zeros(graph.size, dtype=torch.int32, pin_memory=True)
             graph.static = torch.zeros(graph.size, dtype=torch.int32, device=device)
         # A valid layout to warm up on: every token in dummy sequences.
-        graph.fill(graph.staging, _HostBatch(*(torch.zeros(0, dtype=torch.int64),) * 5, batch=0, seqlen=0))
+        graph.fill(graph.staging, HostBatch(*(torch.zeros(0, dtype=torch.int64),) * 5, batch=0, seqlen=0))
         graph.static.copy_(graph.staging)
         graph.copied = torch.cuda.Event()
         graph.copied.record()

@@ -12,17 +12,20 @@ import torch
 
 
 class NoRealTokensError(ValueError):
-    """The attention mask marks no token of the batch as real: there is nothing to pack."""
+    """A row of the attention mask marks no token as real: that sequence has nothing to encode."""
 
 
 def unpad_input(
     hidden_states: torch.Tensor,  # (B, L, ...) any dtype
     attention_mask: torch.Tensor,  # (B, L) bool, or 0/1 of any dtype: 1 = real token, 0 = padding
+    allow_empty_rows: bool = True,  # False: a row without a real token raises NoRealTokensError
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Gather the real tokens of a padded batch.
 
     A mask value other than 0 or 1 (an additive 0/-inf mask, a float weight) raises ValueError naming
-    it: checked in the same host read as the token count and max_seqlen, so it costs no extra round trip.
+    it, and with `allow_empty_rows=False` a row with no real token raises NoRealTokensError naming the
+    row: both checked in the same host read as the token count and max_seqlen, so they cost no extra
+    round trip.
 
     Returns:
         packed: (T, ...) rows of `hidden_states` where the mask is set, batch-major order.
@@ -48,20 +51,28 @@ def unpad_input(
         # The one host read (a device sync on CUDA): the token count, which sizes `indices` so that
         # nonzero_static needs no sync of its own, the longest sequence and, for a mask that is not
         # bool, the first value that is neither 0 nor 1 (float64 holds every count exactly).
-        read = [cu_seqlens[-1], seqlens.max()]
+        read = [cu_seqlens[-1], seqlens.max(), seqlens.eq(0).to(torch.uint8).argmax(), seqlens.min()]
         if attention_mask.dtype != torch.bool:
             invalid = mask & (attention_mask != 1)
             first_invalid = invalid.flatten().to(torch.uint8).argmax().view(1)  # 0 when there is none
             value = attention_mask.flatten().index_select(0, first_invalid)[0]  # a tensor index: no sync
             read += [invalid.any(), value]
         stats = torch.stack([t.to(torch.float64) for t in read]).tolist()
-        if len(stats) > 2 and stats[2]:
-            raise ValueError(f"attention_mask contains {stats[3]:.9g}; expected 1 (real token) or 0 "
+        if len(stats) > 4 and stats[4]:
+            raise ValueError(f"attention_mask contains {stats[5]:.9g}; expected 1 (real token) or 0 "
                              "(padding). An additive mask (0 / -inf) must be turned into 0/1 first")
+        if not allow_empty_rows and stats[3] == 0:
+            raise NoRealTokensError(empty_row_message(int(stats[2])))
         total, max_seqlen = int(stats[0]), int(stats[1])
     indices = torch.nonzero_static(mask.flatten(), size=total).flatten()
     packed = hidden_states.reshape(-1, *hidden_states.shape[2:]).index_select(0, indices)
     return packed, indices, cu_seqlens, max_seqlen
+
+
+def empty_row_message(row: int) -> str:
+    """NoRealTokensError's message for batch row `row`."""
+    return (f"attention_mask row {row} marks no token as real (all zeros): that sequence has nothing to "
+            "encode; drop the row or mark its tokens with 1")
 
 
 def pad_input(
@@ -75,8 +86,9 @@ def pad_input(
         raise ValueError(f"packed has {packed.shape[0]} rows but indices has {indices.shape[0]}")
     if indices.dtype != torch.int64 or indices.device != packed.device:
         raise ValueError(f"indices is {indices.dtype} on {indices.device}; expected int64 on {packed.device}")
-    if packed.device.type == "cpu" and indices.numel():
-        # A host read is free on CPU; on CUDA the indices from unpad_input are trusted (no sync).
+    if packed.device.type == "cpu" and indices.numel() and not torch.compiler.is_compiling():
+        # A host read is free on CPU; on CUDA, and in a traced graph, the indices from unpad_input are
+        # trusted (no sync, no graph break).
         low, high = (int(v) for v in torch.aminmax(indices))
         if low < 0 or high >= batch * seqlen:
             raise ValueError(f"indices contains {low if low < 0 else high}, outside [0, {batch * seqlen}) "

@@ -5,11 +5,11 @@
 
 What changes, on the model instance only (its class and every other instance are untouched):
 - the RemBertModel's `forward` (the model itself, or a head's `.rembert`) takes the packed fast path
-  of `rembert_fast.modeling` whenever the call allows it: real tokens only, one fused QKV GEMM per
+  (`rembert_fast.packed`) whenever the call allows it: real tokens only, one fused QKV GEMM per
   layer, varlen attention and fused LayerNorm / bias+GELU through `rembert_fast.ops`. Calls that need
-  what only the padded path gives (`output_attentions`, `head_mask`, 3-D/4-D masks, cross-attention,
-  decoders and KV caches, training with dropout, gradient checkpointing) run transformers' original
-  forward, unchanged;
+  what only the padded path gives (`rembert_fast.packed.packable`: `output_attentions`, `head_mask`,
+  3-D/4-D masks, cross-attention, KV caches, attention-probability dropout in training) run
+  transformers' original forward, unchanged;
 - the MLM / causal-LM head's `cls.predictions` runs bias+activation and its LayerNorm through the ops;
 - with `cuda_graphs=True`, inference calls on CUDA replay a captured graph per batch-size bucket
   (`rembert_fast.cuda_graphs.CudaGraphRunner`).
@@ -31,14 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from rembert_fast import ops
-from rembert_fast.padding import NoRealTokensError, pad_input
+from rembert_fast import ops, packed
+from rembert_fast.padding import NoRealTokensError
 
 _STATE = "_rembert_fast"  # instance attribute holding the patch state; its presence means "patched"
 _MARK = "rembert_fast: packed fast path"
 _HEAD_MARK = "rembert_fast: fused bias+activation and LayerNorm"
-# Arguments that leave the fast path when they are set (transformers 4.x and 5.x names).
-_CLASSIC_ONLY = ("head_mask", "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "cache")
 
 
 def optimize(model: nn.Module, *, cuda_graphs: bool = False) -> nn.Module:
@@ -146,9 +144,8 @@ def _reads_what_it_would_call(*roots: nn.Module) -> bool:
     """Whether the packed path, which reads the weights of the modules under `roots` instead of calling
     them, gives what calling them would: no forward hook or pre-hook on any of them (nor a global one),
     and no module replaced by a wrapper with a forward of its own (a PEFT LoRA layer, a quantised
-    Linear), whose extra term the packed path would silently skip. A walk of a few hundred modules:
-    0.18 ms for 32 layers on a 2-core EPYC, on every call, since hooks and wrappers can come at any
-    time."""
+    Linear), whose extra term the packed path would silently skip. A walk of a few hundred modules,
+    on every call, since hooks and wrappers can come at any time."""
     hooks = torch.nn.modules.module
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return False
@@ -162,28 +159,27 @@ def _reads_what_it_would_call(*roots: nn.Module) -> bool:
 
 
 def _packable(self: nn.Module, args: dict[str, Any], extra: dict[str, Any]) -> bool:
-    """Whether this call can take the packed path (everything else runs the original forward)."""
-    config = self.config
-    ids, embeds, mask = args.get("input_ids"), args.get("inputs_embeds"), args.get("attention_mask")
-    output_attentions = args.get("output_attentions")
-    if output_attentions is None:
-        output_attentions = getattr(config, "output_attentions", False)
-    dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+    """Whether this call can take the packed path (everything else runs the original forward):
+    `packed.packable`'s rule, on a call the packed path reads as transformers would (one of input_ids
+    and inputs_embeds, of the model's float dtype; no argument this transformers version does not name)
+    and on modules it may read instead of calling (no hooks, no wrappers)."""
+    ids, embeds = args.get("input_ids"), args.get("inputs_embeds")
     return (
         (ids is None) != (embeds is None)
         and (ids.dim() == 2 if ids is not None else embeds.dim() == 3)
-        and (mask is None or mask.dim() == 2)
-        and not output_attentions
-        and not config.is_decoder
-        and not args.get("use_cache")
-        and all(args.get(name) is None for name in _CLASSIC_ONLY)
-        and all(value is None for value in extra.values())  # an argument this version does not name
-        and _op_activation(config)
-        # The ops run float32/float16/bfloat16; a float64 model keeps transformers' forward.
-        and self.embeddings.word_embeddings.weight.dtype in ops.FLOAT_DTYPES
         and (embeds is None or embeds.dtype in ops.FLOAT_DTYPES)
-        and not (self.training and (dropout or getattr(self, "gradient_checkpointing", False)
-                                    or getattr(self.encoder, "gradient_checkpointing", False)))
+        and all(value is None for value in extra.values())  # an argument this version does not name
+        and args.get("cache") is None  # transformers 5's name for past_key_values
+        and packed.packable(
+            self,
+            args.get("attention_mask"),
+            output_attentions=args.get("output_attentions"),
+            use_cache=args.get("use_cache"),
+            head_mask=args.get("head_mask"),
+            encoder_hidden_states=args.get("encoder_hidden_states"),
+            encoder_attention_mask=args.get("encoder_attention_mask"),
+            past_key_values=args.get("past_key_values"),
+        )
         and _reads_what_it_would_call(self._modules["embeddings"], self._modules["encoder"])
     )
 
@@ -216,39 +212,28 @@ def _fast_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     if return_dict is None:
         return_dict = getattr(config, "return_dict", True)
 
-    # A mask with no real token has nothing to pack: such a call gets transformers' own answer. The
-    # check costs no extra device read: the graph path copies the mask to the host anyway, and
+    # A mask row with no real token has nothing to pack: such a call gets transformers' own answer.
+    # The check costs no extra device read: the graph path copies the mask to the host anyway, and
     # unpad_input reports it from the one read it makes.
     state = self.__dict__[_STATE]
     if (state["cuda_graphs"] and ids is not None and ids.is_cuda and not output_hidden_states
             and not torch.is_grad_enabled()):
         host_mask = None if mask is None else mask.to("cpu")
-        if host_mask is not None and not bool(host_mask.any()):
+        if host_mask is not None and (host_mask.numel() == 0 or not bool(host_mask.ne(0).any(dim=1).all())):
             return original(self, *args, **kwargs)
-        packed = _graph_runner(self, state)(ids, host_mask, token_type_ids, position_ids)
-        hidden, indices, all_hidden, first = packed.hidden, packed.indices, None, packed.first_tokens()
+        out = _graph_runner(self, state)(ids, host_mask, token_type_ids, position_ids)
     else:
-        from rembert_fast.modeling import _first_rows, packed_encoder_forward
-
         try:
-            out = packed_encoder_forward(self.embeddings, self.encoder, ids, mask, token_type_ids,
-                                         position_ids, config, inputs_embeds=params.get("inputs_embeds"),
-                                         output_hidden_states=bool(output_hidden_states))
+            out = packed.packed_encoder_forward(
+                self.embeddings, self.encoder, ids, mask, token_type_ids, position_ids, config,
+                inputs_embeds=params.get("inputs_embeds"), output_hidden_states=bool(output_hidden_states))
         except NoRealTokensError:
             return original(self, *args, **kwargs)
-        hidden, indices, all_hidden, first = out.hidden, out.indices, out.hidden_states, _first_rows(out)
 
-    batch, seqlen = (ids if ids is not None else params["inputs_embeds"]).shape[:2]
-
-    def pad(rows: torch.Tensor) -> torch.Tensor:  # (T, hidden) -> (B, L, hidden)
-        if indices is None:
-            return rows.view(batch, seqlen, rows.shape[-1])
-        return pad_input(rows, indices, batch, seqlen)
-
-    sequence_output = pad(hidden)
+    sequence_output = out.padded()
     # transformers' pooler reads position 0 of a (B, L, hidden) tensor: hand it the first real rows.
-    pooled = self.pooler(first[:, None, :]) if self.pooler is not None else None
-    hidden_states = tuple(pad(h) for h in all_hidden) if output_hidden_states else None
+    pooled = self.pooler(out.first_tokens()[:, None, :]) if self.pooler is not None else None
+    hidden_states = out.padded_hidden_states() if output_hidden_states else None
     if not return_dict:
         return (sequence_output, pooled) + ((hidden_states,) if hidden_states is not None else ())
     from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
@@ -268,11 +253,7 @@ def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:
 
 def _lm_head_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """transformers' RemBertLMPredictionHead: decoder(LN(act(dense(x)))), with the ops fusing bias+act."""
-    from rembert_fast.modeling import _dense
-
     if hidden_states.dtype not in ops.FLOAT_DTYPES or not _reads_what_it_would_call(  # transformers' own head
             self._modules["dense"], self._modules["LayerNorm"]):  # for float64, hooks, wrapped layers
         return type(self).forward(self, hidden_states)
-    x = ops.bias_act(*_dense(hidden_states, self.dense), self.__dict__[_STATE]["activation"])
-    x = ops.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
-    return self.decoder(x)
+    return packed.prediction_head_forward(self, hidden_states, self.__dict__[_STATE]["activation"])

@@ -23,6 +23,7 @@ from rembert_fast import (
     RemBertModel,
     ops,
 )
+from rembert_fast.padding import NoRealTokensError
 
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, input_embedding_size=8,
             output_embedding_size=12, intermediate_size=20, max_position_embeddings=16)
@@ -98,14 +99,21 @@ def test_seqlen_zero_raises_and_empty_batch_returns_empty(model):
         assert out.last_hidden_state.shape == (0, 5, 16) and out.pooler_output.shape == (0, 16)
 
 
-def test_all_padding_row_gives_zeros_and_leaves_other_rows_unchanged(model):
-    x = ids()
-    mask = torch.ones(2, 5)
-    mask[1] = 0
-    out = model(x, attention_mask=mask)
-    alone = model(x[:1])
-    torch.testing.assert_close(out.last_hidden_state[0], alone.last_hidden_state[0], rtol=1e-5, atol=1e-5)
-    assert out.last_hidden_state[1].abs().max() == 0 and out.pooler_output[1].abs().max() == 0
+@pytest.mark.parametrize("classic", [False, True])
+@pytest.mark.parametrize("row", [0, 2])
+def test_a_row_without_real_tokens_raises_naming_it(row, classic):
+    """One empty row is as much an error as an all-zero mask (the whole batch), on both paths and in
+    every head: no score is made up for a sequence that has no token."""
+    config = tiny(num_labels=2)
+    x = torch.randint(3, 50, (3, 5))
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    mask[row] = 0
+    extra = {"output_attentions": True} if classic else {}
+    for model in (RemBertModel(config).eval(), RemBertForSequenceClassification(config).eval(),
+                  RemBertForTokenClassification(config).eval()):
+        with pytest.raises(NoRealTokensError, match=f"attention_mask row {row} marks no token as real"):
+            model(x, attention_mask=mask, **extra)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.uint8])

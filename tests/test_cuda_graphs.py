@@ -122,6 +122,19 @@ def test_bucketed_and_eager_paths_match_transformers(backend):
                                   atol=1e-4)
 
 
+def test_bucketed_decoder_attends_causally():
+    """A decoder's packed layers are causal in the bucketed shapes too (transformers' decoder, no cache)."""
+    hf = transformers.RemBertModel(transformers.RemBertConfig(**TINY, is_decoder=True)).eval()
+    fast = rembert_fast.RemBertModel(rembert_fast.RemBertConfig(**TINY, is_decoder=True)).eval()
+    fast.load_state_dict(hf.state_dict())
+    runner = CudaGraphRunner(fast, token_buckets=(32,), seqlen_buckets=(16,), batch_buckets=(4,),
+                             use_graphs=False)
+    with torch.no_grad():
+        for ids, mask in (batch([9, 3, 12], 12), batch([5, 16], 16, left=True)):
+            ref = hf(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            assert max_error(runner(ids, mask), ref, mask) <= 1e-4
+
+
 def test_weights_fused_on_first_use_keep_the_buckets():
     """A transformers model gets its fused QKV buffer on the first packed run: the runner must not take
     that for a re-cast model and drop (on CUDA: capture again) every bucket on the next call."""

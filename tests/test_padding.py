@@ -57,6 +57,19 @@ def test_unpad_handles_empty_batches_and_all_padding() -> None:
         assert packed.shape == (0, 3) and cu_seqlens.tolist() == [0, 0, 0] and max_seqlen == 0
 
 
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.long, torch.float32])
+def test_unpad_without_empty_rows_names_the_first_empty_row(mask_dtype: torch.dtype) -> None:
+    mask = (torch.rand(5, 6) < 0.6).to(mask_dtype)
+    mask[:, 0] = 1
+    mask[3] = 0
+    mask[4] = 0
+    with pytest.raises(padding.NoRealTokensError, match="attention_mask row 3 marks no token as real"):
+        padding.unpad_input(torch.randn(5, 6, 3), mask, allow_empty_rows=False)
+    mask[3:] = 1
+    packed, _, cu_seqlens, _ = padding.unpad_input(torch.randn(5, 6, 3), mask, allow_empty_rows=False)
+    assert packed.shape == (int(mask.bool().sum()), 3) and cu_seqlens[-1] == packed.shape[0]
+
+
 @pytest.mark.parametrize("value", [-float("inf"), 0.5, 2.0])
 def test_unpad_names_a_mask_value_that_is_not_0_or_1(value: float) -> None:
     mask = torch.ones(2, 5)
@@ -87,6 +100,9 @@ def test_unpad_reads_the_device_once_and_never_calls_nonzero(monkeypatch: pytest
     monkeypatch.setattr(torch.Tensor, "nonzero", no_nonzero)
     mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]]).to(mask_dtype)
     padding.unpad_input(torch.randn(2, 4, 3), mask)
+    assert reads == ["tolist"]
+    reads.clear()
+    padding.unpad_input(torch.randn(2, 4, 3), mask, allow_empty_rows=False)  # checked in the same read
     assert reads == ["tolist"]
 
 

@@ -246,14 +246,89 @@ def test_output_attentions_runs_the_original_forward(spies):
     assert torch.equal(got.last_hidden_state, ref.last_hidden_state)
 
 
-def test_decoder_and_dropout_training_run_the_original_forward(spies):
-    decoder = rembert_fast.optimize(build("RemBertForCausalLM", is_decoder=True))
-    dropout = rembert_fast.optimize(build("RemBertModel", hidden_dropout_prob=0.1)).train()
+def test_cache_and_attention_dropout_training_run_the_original_forward(spies):
+    decoder = rembert_fast.optimize(build("RemBertForCausalLM", is_decoder=True))  # use_cache: config's True
+    dropout = rembert_fast.optimize(build("RemBertModel", attention_probs_dropout_prob=0.1)).train()
     inputs = inputs_for("RemBertModel", make_mask("right"))
     with torch.no_grad():
-        decoder(**inputs)
+        assert decoder(**inputs).past_key_values is not None
         dropout(**inputs)
     assert spies["attention"] == 0 and spies["embed"] == 0
+
+
+@pytest.mark.parametrize("kind", ["right", "left", "holes"])
+def test_decoder_without_a_cache_takes_the_packed_path_and_matches(spies, kind):
+    """Causal varlen attention over each sequence's real tokens is transformers' causal mask combined
+    with the padding mask, on real positions."""
+    mask = make_mask(kind)
+    model = build("RemBertForCausalLM", is_decoder=True)
+    inputs = inputs_for("RemBertForCausalLM", mask)
+    with torch.no_grad():
+        ref = model(**inputs, use_cache=False)
+        got = rembert_fast.optimize(model)(**inputs, use_cache=False)
+    assert spies["attention"] + spies["attention_padded"] == model.config.num_hidden_layers
+    compare("RemBertForCausalLM", got, ref, mask)
+
+
+def test_hidden_dropout_training_takes_the_packed_path(spies):
+    model = rembert_fast.optimize(build("RemBertModel", hidden_dropout_prob=0.1)).train()
+    mask = make_mask("right")
+    out = model(**inputs_for("RemBertModel", mask)).last_hidden_state
+    assert spies["embed"] == 1 and spies["attention"] == model.config.num_hidden_layers
+    out[mask.bool()].sum().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+# The settings a call can take, and whether each needs the classic path (same for both models).
+PATH_CASES = {
+    "2-D mask": ({}, {}, True),
+    "4-D mask": ({}, {"mask_4d": True}, False),
+    "output_attentions": ({}, {"output_attentions": True}, False),
+    "config output_attentions": ({"output_attentions": True}, {}, False),
+    "head_mask": ({}, {"head_mask": torch.ones(4)}, False),
+    "decoder, config's use_cache": ({"is_decoder": True}, {}, False),
+    "decoder, use_cache=False": ({"is_decoder": True}, {"use_cache": False}, True),
+    "encoder, use_cache=True": ({}, {"use_cache": True}, True),
+    "hidden dropout, training": ({"hidden_dropout_prob": 0.1}, {"train": True}, True),
+    "attention dropout, training": ({"attention_probs_dropout_prob": 0.1}, {"train": True}, False),
+    "attention dropout, eval": ({"attention_probs_dropout_prob": 0.1}, {}, True),
+    # transformers' gradient_checkpointing_enable puts a forward hook on word_embeddings
+    # (enable_input_require_grads), and a hook sends an optimized model's call to the original forward.
+    "gradient checkpointing, training": ({}, {"train": True, "checkpointing": True}, (True, False)),
+    "cross-attention": ({"is_decoder": True, "add_cross_attention": True},
+                        {"use_cache": False, "encoder_hidden_states": torch.randn(3, 5, 64)}, False),
+}
+
+
+@pytest.mark.parametrize("case", list(PATH_CASES))
+def test_rembert_fast_and_optimized_transformers_take_the_same_path(monkeypatch, case):
+    """One rule (`packed.packable`) decides for both models: the packed encoder runs in exactly the
+    same cases."""
+    from rembert_fast import packed
+
+    config_overrides, call, expected = PATH_CASES[case]
+    call = dict(call)
+    hf = rembert_fast.optimize(build("RemBertModel", **config_overrides))
+    ours = rembert_fast.RemBertModel(rembert_fast.RemBertConfig(**tiny_config(**config_overrides).to_dict()))
+    ours.load_state_dict(hf.state_dict())
+    mask = make_mask("right")
+    inputs = inputs_for("RemBertModel", mask)
+    if call.pop("mask_4d", False):
+        inputs["attention_mask"] = mask.bool()[:, None, None, :].expand(-1, 1, mask.shape[1], -1).contiguous()
+    training, checkpointing = call.pop("train", False), call.pop("checkpointing", False)
+    runs = []
+    real = packed.packed_encoder_forward
+    monkeypatch.setattr(packed, "packed_encoder_forward", lambda *a, **k: runs.append(1) or real(*a, **k))
+    took = []
+    for model in (ours, hf):
+        model.train(training)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        runs.clear()
+        with torch.no_grad():
+            model(**inputs, **call)
+        took.append(bool(runs))
+    assert tuple(took) == (expected if isinstance(expected, tuple) else (expected, expected))
 
 
 def test_activation_without_an_op_runs_the_original_forward(spies):
@@ -337,9 +412,13 @@ def test_hooks_and_wrapped_layers_are_honoured(where, spies):
         assert len(fired) == 2  # once per model
 
 
-def test_all_padding_batch_runs_the_original_forward():
+@pytest.mark.parametrize("empty_rows", ["all", "one"])
+def test_a_row_without_real_tokens_runs_the_original_forward(empty_rows):
+    """The packed path has no answer for a sequence without tokens: the call gets transformers' own."""
     model = build("RemBertModel")
     mask = torch.zeros(2, 6, dtype=torch.long)
+    if empty_rows == "one":
+        mask[0, :4] = 1
     ids = torch.randint(3, 101, (2, 6))
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=mask).last_hidden_state

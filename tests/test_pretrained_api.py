@@ -9,7 +9,7 @@ import torch
 from hf_pairs import batch_inputs, make_pair
 
 import rembert_fast
-import rembert_fast.modeling as modeling
+import rembert_fast.packed
 from rembert_fast.checkpoint import load_pretrained
 
 HEADS = ["RemBertModel", "RemBertForMaskedLM", "RemBertForSequenceClassification",
@@ -81,8 +81,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(path, monkeypatch):
     extra = {"output_attentions": True} if path == "classic" else {}
     ours.train()
     packed_calls = []
-    packed = modeling.packed_encoder_forward
-    monkeypatch.setattr(modeling, "packed_encoder_forward",
+    packed = rembert_fast.packed.packed_encoder_forward
+    monkeypatch.setattr(rembert_fast.packed, "packed_encoder_forward",
                         lambda *a, **k: packed_calls.append(1) or packed(*a, **k))
 
     def loss_and_grads():

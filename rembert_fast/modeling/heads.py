@@ -1,0 +1,412 @@
+"""The six task heads on top of RemBertModel: masked and causal LM, sequence classification,
+multiple choice, token classification, extractive QA (transformers' forwards, losses and outputs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rembert_fast.configuration import RemBertConfig
+from rembert_fast.modeling.inputs import (
+    check_labels,
+    check_num_labels,
+    flat_positions,
+    one_cache,
+    return_dict_of,
+)
+from rembert_fast.modeling.model import RemBertModel
+from rembert_fast.modeling.modules import RemBertOnlyMLMHead
+from rembert_fast.modeling.pretrained import RemBertPreTrainedModel
+from rembert_fast.outputs import (
+    CausalLMOutputWithCrossAttentions,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    PastKeyValues,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+
+class _RemBertWithLMHead(RemBertPreTrainedModel):
+    """The encoder without a pooler plus the untied vocabulary head (`cls.predictions`): the masked and
+    the causal language models share this body and differ only in their forward."""
+
+    def __init__(self, config: RemBertConfig) -> None:
+        super().__init__(config)
+        self.rembert = RemBertModel(config, add_pooling_layer=False)
+        self.cls = RemBertOnlyMLMHead(config)
+        self.post_init(self.cls)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.cls.predictions.decoder = new_embeddings
+
+
+class RemBertForMaskedLM(_RemBertWithLMHead):
+    """RemBERT with the masked-language-modelling head (`cls.predictions`, untied from the input)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,  # (B, L) ids, -100 = ignored
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        masked_positions: torch.Tensor | None = None,  # rembert_fast extra: (B, L) bool or (N, 2) index
+    ) -> MaskedLMOutput | tuple[Any, ...]:
+        """transformers' MLM forward, plus `masked_positions`.
+
+        `masked_positions` (a rembert_fast extra) computes the vocabulary-wide decoder only at the given
+        positions, which costs as much as the whole encoder per token: either a (B, L) bool mask or an
+        (N, 2) tensor of (row, column) pairs. `logits` is then (N, vocab) in row-major order of the
+        positions, and `labels`, if given, are read at the same positions.
+        """
+        enc = self.rembert.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        if labels is not None:
+            check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, enc.hidden)
+        if masked_positions is not None:
+            flat = flat_positions(masked_positions, enc.batch, enc.seqlen)  # (N,) into B*L
+            logits = self.cls(enc.rows_at(flat))  # (N, vocab)
+            if labels is not None:
+                labels = labels.reshape(-1).index_select(0, flat)
+        else:
+            logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1))
+        out = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
+        )
+        return out if return_dict_of(self.config, return_dict) else out.to_tuple()
+
+
+class RemBertForCausalLM(_RemBertWithLMHead):
+    """RemBERT as a left-to-right decoder (`config.is_decoder=True`), with KV cache and cross-attention.
+
+    `past_key_values` is transformers' legacy format: one tuple per layer of self-attention (k, v),
+    each (B, heads, past_length, head_dim), followed by the cross-attention (k, v) when the model has
+    cross-attention. It is returned when `use_cache` (default `config.use_cache`; off when `labels`
+    are given, as in transformers 4).
+    """
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: PastKeyValues | None = None,
+        labels: torch.Tensor | None = None,  # (B, L); position i is predicted from tokens <= i-1
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cache: PastKeyValues | None = None,  # transformers 5's name for past_key_values
+    ) -> CausalLMOutputWithCrossAttentions | tuple[Any, ...]:
+        if labels is not None:
+            use_cache = False
+        enc = self.rembert.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=one_cache(past_key_values, cache),
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
+        loss = None
+        if labels is not None:
+            check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, logits)
+            shifted = logits[:, :-1, :].float().reshape(-1, self.config.vocab_size)
+            loss = F.cross_entropy(shifted, labels[:, 1:].reshape(-1))
+        out = CausalLMOutputWithCrossAttentions(
+            loss=loss,
+            logits=logits,
+            past_key_values=enc.past_key_values,
+            hidden_states=enc.padded_hidden_states(),
+            attentions=enc.attentions,
+            cross_attentions=enc.cross_attentions,
+        )
+        return out if return_dict_of(self.config, return_dict) else out.to_tuple()
+
+
+class RemBertForSequenceClassification(RemBertPreTrainedModel):
+    """Pooled output -> dropout -> linear. The loss follows `config.problem_type`, decided like transformers
+    when unset: one label -> regression (MSE); integer labels -> single-label (cross-entropy); otherwise
+    multi-label (BCE with logits). The pooler reads each sequence's first real token (see RemBertModel)."""
+
+    def __init__(self, config: RemBertConfig) -> None:
+        super().__init__(config)
+        check_num_labels(type(self).__name__, config)
+        self.num_labels = config.num_labels
+        self.rembert = RemBertModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init(self.classifier)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,  # (B,) class ids, (B,) or (B, 1) targets, or (B, num_labels)
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple[Any, ...]:
+        enc = self.rembert.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(enc.pooled))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            batch = logits.shape[0]
+            if self.config.problem_type == "regression":
+                if self.num_labels == 1:
+                    if labels.numel() != batch:
+                        check_labels("labels", labels, (batch,), None, logits)
+                    loss = F.mse_loss(logits.squeeze(), labels.squeeze())
+                else:
+                    check_labels("labels", labels, tuple(logits.shape), None, logits)
+                    loss = F.mse_loss(logits, labels)
+            elif self.config.problem_type == "single_label_classification":
+                check_labels("labels", labels.reshape(-1) if labels.numel() == batch else labels, (batch,),
+                              self.num_labels, logits)
+                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            else:
+                check_labels("labels", labels, tuple(logits.shape), None, logits)
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        out = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
+        )
+        return out if return_dict_of(self.config, return_dict) else out.to_tuple()
+
+
+class RemBertForMultipleChoice(RemBertPreTrainedModel):
+    """(B, choices, L) inputs -> one score per choice from the pooled output; cross-entropy over choices."""
+
+    def __init__(self, config: RemBertConfig) -> None:
+        super().__init__(config)
+        self.rembert = RemBertModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init(self.classifier)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, choices, L)
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,  # (B, choices, L, input_embedding_size)
+        labels: torch.Tensor | None = None,  # (B,) index of the right choice
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MultipleChoiceModelOutput | tuple[Any, ...]:
+        source = input_ids if input_ids is not None else inputs_embeds
+        if source is None:
+            raise ValueError("pass exactly one of input_ids and inputs_embeds (got neither)")
+        if source.dim() != (3 if input_ids is not None else 4):
+            raise ValueError(
+                f"multiple-choice inputs must be (batch, choices, seqlen[, embed]), got shape "
+                f"{tuple(source.shape)}"
+            )
+        num_choices = source.shape[1]
+        for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
+                             ("position_ids", position_ids)):
+            # Per choice (B, choices, L) or already flattened (B*choices, L), as transformers views them;
+            # position_ids may also be one row shared by all.
+            allowed = [tuple(source.shape[:3]), (source.shape[0] * num_choices, source.shape[2])]
+            allowed += [(1, source.shape[2])] if name == "position_ids" else []
+            if isinstance(tensor, torch.Tensor) and tuple(tensor.shape) not in allowed:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}; multiple-choice inputs of shape "
+                                 f"{tuple(source.shape)} need {' or '.join(map(str, allowed))}")
+
+        def flat(t: torch.Tensor | None, trailing: int = 1) -> torch.Tensor | None:
+            return None if t is None else t.reshape(-1, *t.shape[t.dim() - trailing :])
+
+        enc = self.rembert.encode(
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            flat(position_ids),
+            head_mask,
+            flat(inputs_embeds, 2),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(enc.pooled)).view(-1, num_choices)  # (B, choices)
+        loss = None
+        if labels is not None:
+            check_labels("labels", labels, (logits.shape[0],), num_choices, logits)
+            loss = F.cross_entropy(logits, labels)
+        out = MultipleChoiceModelOutput(
+            loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
+        )
+        return out if return_dict_of(self.config, return_dict) else out.to_tuple()
+
+
+class RemBertForTokenClassification(RemBertPreTrainedModel):
+    """Per-token dropout -> linear (NER, POS); cross-entropy with -100 ignored."""
+
+    def __init__(self, config: RemBertConfig) -> None:
+        super().__init__(config)
+        check_num_labels(type(self).__name__, config)
+        self.num_labels = config.num_labels
+        self.rembert = RemBertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init(self.classifier)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,  # (B, L), -100 = ignored
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> TokenClassifierOutput | tuple[Any, ...]:
+        enc = self.rembert.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = enc.pad(self.classifier(self.dropout(enc.hidden)))  # (B, L, num_labels)
+        loss = None
+        if labels is not None:
+            check_labels("labels", labels, (enc.batch, enc.seqlen), self.num_labels, logits)
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        out = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
+        )
+        return out if return_dict_of(self.config, return_dict) else out.to_tuple()
+
+
+class RemBertForQuestionAnswering(RemBertPreTrainedModel):
+    """Extractive QA: per-token start/end logits; loss = mean of the two cross-entropies, positions
+    outside the sequence ignored (clamped to L, as transformers does, without modifying the inputs)."""
+
+    def __init__(self, config: RemBertConfig) -> None:
+        super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"RemBertForQuestionAnswering needs num_labels=2 (start and end logits), got "
+                             f"{config.num_labels}; pass num_labels=2")
+        self.num_labels = config.num_labels
+        self.rembert = RemBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init(self.qa_outputs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,  # (B,)
+        end_positions: torch.Tensor | None = None,  # (B,)
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> QuestionAnsweringModelOutput | tuple[Any, ...]:
+        enc = self.rembert.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = enc.pad(self.qa_outputs(enc.hidden))  # (B, L, num_labels)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)):
+                if isinstance(positions, torch.Tensor) and positions.numel() == enc.batch:
+                    positions = positions.reshape(-1)
+                # Any integer position is allowed: outside [0, L) it is clamped and ignored (transformers).
+                check_labels(name, positions, (enc.batch,), None, start_logits)
+                if positions.dtype != torch.int64:
+                    raise ValueError(f"{name} must be int64 token positions, got {positions.dtype} "
+                                     "(use .long())")
+            ignored = start_logits.size(1)
+            start = start_positions.reshape(-1).clamp(0, ignored)
+            end = end_positions.reshape(-1).clamp(0, ignored)
+            loss = (
+                F.cross_entropy(start_logits, start, ignore_index=ignored)
+                + F.cross_entropy(end_logits, end, ignore_index=ignored)
+            ) / 2
+        out = QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=enc.padded_hidden_states(),
+            attentions=enc.attentions,
+        )
+        return out if return_dict_of(self.config, return_dict) else out.to_tuple()

@@ -1,0 +1,463 @@
+"""The packed path: RemBERT's encoder on the real tokens of a batch only.
+
+Data flow (see docs/architecture.md): unpad once at the encoder's entry (`padding.unpad_input`: the
+real tokens of a (B, L) batch become (T, ...) rows, with `cu_seqlens` and `max_seqlen` for varlen
+attention; a row with no real token raises `padding.NoRealTokensError`), embed the packed ids
+(`embed_tokens`), run every layer on (T, hidden) rows (`packed_layer_forward`: one fused QKV GEMM,
+varlen attention, then the GEMM + epilogue ops `linear_residual_layer_norm` and `linear_bias_act`),
+and pad once at the exit (`PackedBatch.pad`). Heads that need one row per sequence read
+`PackedBatch.first_tokens()` without padding.
+
+Every function here reads modules by transformers' attribute names only (`attention.self.query`,
+`intermediate.dense`, `embeddings.LayerNorm`, ...), so the same code runs rembert_fast's models and
+transformers' (patched by `rembert_fast.optimize`). `packable` is the one rule deciding whether a call
+can take this path; everything else runs the classic padded forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from rembert_fast import ops, padding
+
+__all__ = [
+    "PackedBatch",
+    "HostBatch",
+    "pack_on_host",
+    "packable",
+    "fused_qkv",
+    "embed_tokens",
+    "packed_layer_forward",
+    "packed_encoder_forward",
+    "prediction_head_forward",
+    "recomputes",
+]
+
+
+# ----------------------------------------------------------------------------------------- the type
+@dataclass
+class PackedBatch:
+    """An encoder's output as rows, with what is needed to put rows back in (B, L) form.
+
+    On the packed path the rows are the real tokens only (T of them, batch-major) and `indices` maps
+    them into the padded batch; with `indices=None` every position of the (B, L) batch is a row (no
+    mask, or the classic padded path), in row-major order, and T = B * L.
+    """
+
+    hidden: torch.Tensor  # (T, hidden) last hidden state of each row
+    indices: torch.Tensor | None  # (T,) int64 flat indices into B*L; None: every position is a row
+    cu_seqlens: torch.Tensor  # (B+1,) int32 cumulative row counts per sequence, from 0
+    max_seqlen: int  # the longest sequence's row count
+    batch: int  # B
+    seqlen: int  # L
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # (T, hidden) rows: embeddings, then each layer
+    pooled: torch.Tensor | None = None  # (B, hidden) pooler output, set by the model
+    attentions: tuple[torch.Tensor, ...] | None = None  # classic path only: (B, heads, L, Lk) per layer
+    cross_attentions: tuple[torch.Tensor, ...] | None = None  # classic path only
+    past_key_values: Any = None  # classic path only: the legacy per-layer KV cache
+
+    @classmethod
+    def from_padded(cls, sequence: torch.Tensor, **extras: Any) -> PackedBatch:
+        """A (B, L, hidden) padded result as rows (a view: every position is a row)."""
+        batch, seqlen = sequence.shape[:2]
+        cu_seqlens = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=sequence.device)
+        hidden_states = extras.pop("hidden_states", None)
+        if hidden_states is not None:
+            hidden_states = tuple(h.reshape(batch * seqlen, h.shape[-1]) for h in hidden_states)
+        return cls(sequence.reshape(batch * seqlen, sequence.shape[-1]), None, cu_seqlens, seqlen, batch,
+                   seqlen, hidden_states=hidden_states, **extras)
+
+    def pad(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per-row values (T, ...) of this batch -> (B, L, ...); padding positions are zeros."""
+        if self.indices is None:
+            return rows.view(self.batch, self.seqlen, *rows.shape[1:])
+        return padding.pad_input(rows, self.indices, self.batch, self.seqlen)
+
+    def padded(self) -> torch.Tensor:
+        """(B, L, hidden) last hidden state; zeros at padding positions."""
+        return self.pad(self.hidden)
+
+    def padded_hidden_states(self) -> tuple[torch.Tensor, ...] | None:
+        """Each stage's (B, L, hidden) hidden state, or None when they were not asked for."""
+        return None if self.hidden_states is None else tuple(self.pad(h) for h in self.hidden_states)
+
+    def first_tokens(self) -> torch.Tensor:
+        """(B, hidden): each sequence's first row (its [CLS] on the packed path); zeros for a sequence
+        without rows."""
+        if self.hidden.shape[0] == 0:
+            return self.hidden.new_zeros(self.batch, self.hidden.shape[-1])
+        starts = self.cu_seqlens[:-1].long()
+        empty = self.cu_seqlens[1:].long() == starts
+        rows = self.hidden.index_select(0, starts.clamp(max=self.hidden.shape[0] - 1))
+        return rows.masked_fill(empty[:, None], 0.0)
+
+    def rows_at(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, hidden): the hidden rows at flat (B*L) positions `flat` (N,), without padding the whole
+        batch; a padding position reads a zero row, as `pad` would give."""
+        if self.indices is None:
+            return self.hidden.index_select(0, flat)
+        lookup = torch.full((self.batch * self.seqlen,), -1, dtype=torch.long, device=flat.device)
+        lookup[self.indices] = torch.arange(self.indices.shape[0], device=flat.device)
+        rows = lookup.index_select(0, flat)
+        picked = self.hidden.index_select(0, rows.clamp(min=0))
+        return picked.masked_fill((rows < 0)[:, None], 0.0)
+
+
+@dataclass
+class HostBatch:
+    """The packed inputs of a batch built on the host (int64 CPU tensors), for callers that lay them out
+    in buffers of their own before the device sees them (the CUDA-graph runner). Built by
+    `pack_on_host`."""
+
+    ids: torch.Tensor  # (T,)
+    positions: torch.Tensor  # (T,)
+    types: torch.Tensor  # (T,)
+    indices: torch.Tensor  # (T,) flat indices into batch * seqlen
+    lengths: torch.Tensor  # (B,) real tokens per sequence
+    batch: int
+    seqlen: int
+
+    @property
+    def tokens(self) -> int:
+        return self.ids.numel()
+
+    @property
+    def max_seqlen(self) -> int:
+        return int(self.lengths.max()) if self.batch else 0
+
+
+def pack_on_host(
+    config: Any,  # RemBertConfig (ours or transformers'): the tables' sizes
+    input_ids: torch.Tensor,  # (B, L) int
+    attention_mask: torch.Tensor | None = None,  # (B, L), non-zero = real token; None = all real
+    token_type_ids: torch.Tensor | None = None,  # (B, L) or None (zeros)
+    position_ids: torch.Tensor | None = None,  # (B, L) or (1, L) or None (the column index)
+) -> HostBatch:
+    """Pack the real tokens of a batch on the CPU and check every id against its table.
+
+    Inputs on a GPU are copied to the host first (one sync); inputs from a tokenizer cost none.
+    Position ids default to the column index, as in transformers, so left padding keeps its positions.
+    Raises ValueError naming a bad shape or the first id outside its table.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seqlen), got shape {tuple(input_ids.shape)}")
+    batch, seqlen = input_ids.shape
+    ids = input_ids.to("cpu", torch.int64)
+    mask = (torch.ones(batch, seqlen, dtype=torch.bool) if attention_mask is None
+            else attention_mask.to("cpu").bool())
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; input_ids has {tuple(ids.shape)}")
+    indices = mask.flatten().nonzero().flatten()
+    if position_ids is None:
+        positions = indices % seqlen
+    else:
+        positions = position_ids.to("cpu", torch.int64).expand(batch, seqlen).flatten()[indices]
+    types = (torch.zeros_like(indices) if token_type_ids is None
+             else token_type_ids.to("cpu", torch.int64).expand(batch, seqlen).flatten()[indices])
+    packed = ids.flatten()[indices]
+    ops.check_ids("input_ids", packed, config.vocab_size, "vocab_size")
+    ops.check_ids("position_ids", positions, config.max_position_embeddings, "max_position_embeddings")
+    ops.check_ids("token_type_ids", types, config.type_vocab_size, "type_vocab_size")
+    return HostBatch(packed, positions, types, indices, mask.sum(dim=1), batch, seqlen)
+
+
+# ----------------------------------------------------------------------------------------- the rule
+def packable(
+    model: nn.Module,  # a RemBertModel (ours or transformers'): config, embeddings, encoder, training
+    attention_mask: torch.Tensor | None,
+    *,
+    output_attentions: bool | None = None,  # None: config.output_attentions
+    use_cache: bool | None = None,  # None: config.use_cache (a cache is only ever returned by decoders)
+    head_mask: torch.Tensor | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    encoder_attention_mask: torch.Tensor | None = None,
+    past_key_values: Any = None,
+) -> bool:
+    """Whether a forward call with these arguments gives its answer on the packed path.
+
+    The packed path computes each real token's hidden state from the real tokens of its own sequence
+    (causally for a decoder); it has no attention probabilities, head masks, 3-D/4-D masks,
+    cross-attention or KV cache, no attention-probability dropout, and runs the ops' float dtypes and
+    activations. Any call that needs one of those runs the classic padded forward. Hidden dropout and
+    gradient checkpointing in training are applied on the packed path.
+    """
+    config = model.config
+    if output_attentions is None:
+        output_attentions = getattr(config, "output_attentions", False)
+    if use_cache is None:
+        use_cache = getattr(config, "use_cache", False)
+    returns_cache = bool(use_cache) and bool(config.is_decoder)
+    return (
+        (attention_mask is None or attention_mask.dim() == 2)
+        and not output_attentions
+        and not returns_cache
+        and head_mask is None
+        and encoder_hidden_states is None
+        and encoder_attention_mask is None
+        and past_key_values is None
+        and isinstance(config.hidden_act, str) and config.hidden_act in ops.ACTIVATIONS
+        and model.embeddings.word_embeddings.weight.dtype in ops.FLOAT_DTYPES
+        and not (model.training and any(layer.attention.self.dropout.p > 0 for layer in model.encoder.layer))
+    )
+
+
+# ----------------------------------------------------------------------------------------- fused QKV
+_FUSED = "_rembert_fast_fused_qkv"
+
+
+def fused_qkv(attention: nn.Module, rebuild: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (3*H, hidden) weight and (3*H,) bias for a module with `query`, `key` and `value` Linears.
+
+    The first call concatenates the three weights into one buffer and points the Linears'
+    parameters at views of it (same values, same state-dict keys, no second copy), caching the buffer
+    on the module. Later calls check, by data pointer, that the parameters still view the buffer (a
+    `.to()`, `load_state_dict(assign=True)` or a replaced parameter breaks that) and re-fuse if not.
+    In-place updates (`load_state_dict`, optimizer steps) write through the views. Works on
+    transformers' `RemBertSelfAttention` as well as ours.
+    """
+    linears = (attention.query, attention.key, attention.value)
+    has_bias = [lin.bias is not None for lin in linears]
+    if any(has_bias) != all(has_bias):
+        raise ValueError(f"query/key/value must all have biases or none; got {has_bias}")
+    cached = attention.__dict__.get(_FUSED)
+    if not rebuild and cached is not None and _views_of(linears, *cached):
+        return cached
+    with torch.inference_mode(False), torch.no_grad():
+        weight = torch.cat([lin.weight for lin in linears])  # (3H, hidden)
+        bias = torch.cat([lin.bias for lin in linears]) if all(has_bias) else None  # (3H,)
+        rows = linears[0].weight.shape[0]
+        for i, lin in enumerate(linears):
+            lin.weight.data = weight[i * rows : (i + 1) * rows]
+            if bias is not None:
+                lin.bias.data = bias[i * rows : (i + 1) * rows]
+    attention.__dict__[_FUSED] = (weight, bias)
+    return weight, bias
+
+
+def _views_of(linears: tuple[nn.Linear, ...], weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether each Linear's weight/bias is the i-th contiguous third of the fused buffers."""
+    rows = linears[0].weight.shape[0]
+    if weight.dtype != linears[0].weight.dtype or weight.device != linears[0].weight.device:
+        return False
+    for i, lin in enumerate(linears):
+        w = lin.weight
+        if w.shape != (rows, weight.shape[1]) or not w.is_contiguous():
+            return False
+        if w.data_ptr() != weight.data_ptr() + i * w.numel() * w.element_size():
+            return False
+        if bias is not None and lin.bias.data_ptr() != bias.data_ptr() + i * rows * bias.element_size():
+            return False
+    return True
+
+
+def _qkv_weights(attention: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fused buffers for inference; under autograd a differentiable concatenation instead, and so
+    while torch.compile traces (the buffers' pointer check cannot be traced, and a buffer used
+    unchecked could be stale after parameters were replaced)."""
+    linears = (attention.query, attention.key, attention.value)
+    if torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and any(p.requires_grad for lin in linears for p in lin.parameters())
+    ):
+        bias = torch.cat([lin.bias for lin in linears]) if linears[0].bias is not None else None
+        return torch.cat([lin.weight for lin in linears]), bias
+    return fused_qkv(attention)
+
+
+# ----------------------------------------------------------------------------------------- forwards
+def _packed_attention(
+    q: torch.Tensor,  # (T, heads, head_dim) strided views of the QKV GEMM's output
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,  # (B+1,) int32
+    max_seqlen: int,
+    causal: bool,
+) -> torch.Tensor:
+    """(T, heads*head_dim) context. A batch whose sequences all have max_seqlen tokens is a plain
+    (B, L) batch: the padded entry then needs no mask and no per-sequence bookkeeping."""
+    tokens, batch = q.shape[0], cu_seqlens.shape[0] - 1
+    if tokens == batch * max_seqlen:
+        shape = (batch, max_seqlen)
+        out = ops.attention_padded(
+            q.unflatten(0, shape), k.unflatten(0, shape), v.unflatten(0, shape), None, causal=causal
+        )
+    else:
+        out = ops.attention(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal)
+    return out.reshape(tokens, q.shape[1] * q.shape[2])
+
+
+def _linear_residual_norm(
+    dense: nn.Linear, norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor, dropout_p: float
+) -> torch.Tensor:
+    """LN(dropout(dense(x)) + residual); without dropout one GEMM + epilogue op."""
+    if dropout_p > 0.0:
+        y = F.dropout(F.linear(x, dense.weight, dense.bias), dropout_p, training=True)
+        return ops.layer_norm(y, norm.weight, norm.bias, norm.eps, residual=residual)
+    return ops.linear_residual_layer_norm(x, dense.weight, dense.bias, residual, norm.weight, norm.bias,
+                                          norm.eps)
+
+
+def packed_layer_forward(
+    layer: nn.Module,  # a RemBertLayer (ours or transformers'), without cross-attention
+    hidden: torch.Tensor,  # (T, hidden) packed real tokens
+    cu_seqlens: torch.Tensor,  # (B+1,) int32 cumulative lengths
+    max_seqlen: int,
+    activation: str,  # config.hidden_act, transformers' name ("gelu" = exact erf)
+    causal: bool = False,  # config.is_decoder
+) -> torch.Tensor:
+    """One post-LN block on packed rows -> (T, hidden). Hidden dropout applies when `layer.training`.
+
+    qkv = x Wqkv^T + bqkv (one GEMM) -> varlen attention on strided q/k/v views -> LN(ctx Wo^T + bo + x)
+    -> act(a W1^T + b1) -> LN(f W2^T + b2 + a). Attention-probability dropout is not applied here:
+    the caller sends training with attention dropout to the classic path.
+    """
+    attention = layer.attention.self
+    tokens = hidden.shape[0]
+    heads, head_dim = attention.num_attention_heads, attention.attention_head_size
+    dropout_p = layer.attention.output.dropout.p if layer.training else 0.0
+    weight, bias = _qkv_weights(attention)
+    qkv = F.linear(hidden, weight, bias).view(tokens, 3, heads, head_dim)  # (T, 3, heads, head_dim)
+    q, k, v = qkv.unbind(1)  # each (T, heads, head_dim), strided, no copies
+    context = _packed_attention(q, k, v, cu_seqlens, max_seqlen, causal)  # (T, H)
+    a = _linear_residual_norm(
+        layer.attention.output.dense, layer.attention.output.LayerNorm, context, hidden, dropout_p
+    )  # (T, hidden)
+    dense = layer.intermediate.dense
+    f = ops.linear_bias_act(a, dense.weight, dense.bias, activation)  # (T, intermediate)
+    return _linear_residual_norm(layer.output.dense, layer.output.LayerNorm, f, a, dropout_p)  # (T, hidden)
+
+
+def embed_tokens(
+    embeddings: nn.Module,  # RemBertEmbeddings (ours or transformers')
+    projection: nn.Linear | None,  # encoder.embedding_hidden_mapping_in, or None to stop at E
+    input_ids: torch.Tensor | None,  # (...) int
+    token_type_ids: torch.Tensor,  # (...) int
+    position_ids: torch.Tensor,  # (...) int
+    inputs_embeds: torch.Tensor | None = None,  # (..., E) instead of input_ids
+) -> torch.Tensor:
+    """LN(word[ids] + type[tt] + pos[pos]) -> dropout (training) -> optional projection; (..., E or hidden).
+
+    Without dropout the projection runs inside `ops.embed` (fused on CUDA). Ids outside their tables
+    raise ValueError naming the value.
+    """
+    dropout_p = embeddings.dropout.p if embeddings.training else 0.0
+    fuse_projection = projection is not None and dropout_p == 0.0
+    norm = embeddings.LayerNorm
+    if inputs_embeds is None:
+        x = ops.embed(
+            input_ids,
+            position_ids,
+            token_type_ids,
+            embeddings.word_embeddings.weight,
+            embeddings.position_embeddings.weight,
+            embeddings.token_type_embeddings.weight,
+            norm.weight,
+            norm.bias,
+            norm.eps,
+            projection.weight if fuse_projection else None,
+            projection.bias if fuse_projection else None,
+        )
+        if fuse_projection:
+            return x
+    else:
+        ops.check_ids(
+            "token_type_ids",
+            token_type_ids,
+            embeddings.token_type_embeddings.num_embeddings,
+            "type_vocab_size",
+        )
+        ops.check_ids(
+            "position_ids",
+            position_ids,
+            embeddings.position_embeddings.num_embeddings,
+            "max_position_embeddings",
+        )
+        x = inputs_embeds + embeddings.token_type_embeddings(token_type_ids)
+        x = x + embeddings.position_embeddings(position_ids)
+        x = norm(x)
+    if dropout_p > 0.0:
+        x = F.dropout(x, dropout_p, training=True)
+    return projection(x) if projection is not None else x
+
+
+def packed_encoder_forward(
+    embeddings: nn.Module,  # RemBertEmbeddings (ours or transformers')
+    encoder: nn.Module,  # RemBertEncoder: .embedding_hidden_mapping_in and .layer
+    input_ids: torch.Tensor | None,  # (B, L) int
+    attention_mask: torch.Tensor | None,  # (B, L), non-zero = real token; None = no padding
+    token_type_ids: torch.Tensor | None,  # (B, L); default zeros
+    position_ids: torch.Tensor | None,  # (B, L) or (1, L); default: the index in the padded row
+    config: Any,  # RemBertConfig (ours or transformers'): hidden_act, is_decoder
+    inputs_embeds: torch.Tensor | None = None,  # (B, L, E) instead of input_ids
+    output_hidden_states: bool = False,
+) -> PackedBatch:
+    """Unpad once, embed and run every layer on the real tokens only; see `PackedBatch`.
+
+    Padding positions keep transformers' position ids (left padding and holes in the mask give the
+    same numbers). One host read (token count and max_seqlen) when a mask is given, none without.
+    A mask row with no real token raises `padding.NoRealTokensError` naming the row.
+    """
+    source = input_ids if input_ids is not None else inputs_embeds
+    batch, seqlen = source.shape[:2]
+    device = source.device
+    if attention_mask is None:
+        indices = None
+        cu_seqlens = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device)
+        max_seqlen = seqlen
+        packed_source = source.reshape(batch * seqlen, *source.shape[2:])
+        default_positions = torch.arange(seqlen, device=device).repeat(batch)
+    else:
+        packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask,
+                                                                             allow_empty_rows=False)
+        default_positions = indices % seqlen
+
+    def gather(t: torch.Tensor) -> torch.Tensor:  # (B, L) -> (T,)
+        flat = t.expand(batch, seqlen).reshape(-1)
+        return flat if indices is None else flat.index_select(0, indices)
+
+    positions = gather(position_ids) if position_ids is not None else default_positions
+    token_types = gather(token_type_ids) if token_type_ids is not None else torch.zeros_like(positions)
+    hidden = embed_tokens(
+        embeddings,
+        encoder.embedding_hidden_mapping_in,
+        packed_source if input_ids is not None else None,
+        token_types,
+        positions,
+        packed_source if input_ids is None else None,
+    )  # (T, hidden)
+    all_hidden = [hidden] if output_hidden_states else None
+    recompute = recomputes(encoder)
+    for layer in encoder.layer:
+        layer_args = (layer, hidden, cu_seqlens, max_seqlen, config.hidden_act, bool(config.is_decoder))
+        if recompute:
+            hidden = torch.utils.checkpoint.checkpoint(packed_layer_forward, *layer_args,
+                                                       use_reentrant=False)
+        else:
+            hidden = packed_layer_forward(*layer_args)
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+    return PackedBatch(hidden, indices, cu_seqlens, max_seqlen, batch, seqlen,
+                       hidden_states=tuple(all_hidden) if all_hidden else None)
+
+
+def recomputes(encoder: nn.Module) -> bool:
+    """Gradient checkpointing: enabled on the encoder, training, and gradients being recorded."""
+    enabled = bool(getattr(encoder, "gradient_checkpointing", False))
+    return enabled and encoder.training and torch.is_grad_enabled()
+
+
+
+def prediction_head_forward(
+    head: nn.Module,  # a RemBertLMPredictionHead (ours or transformers'): dense, LayerNorm, decoder
+    hidden_states: torch.Tensor,  # (..., hidden)
+    activation: str,  # config.hidden_act
+) -> torch.Tensor:
+    """decoder(LN(act(dense(x)))) -> (..., vocab), with bias+activation and the LayerNorm through the ops."""
+    x = ops.linear_bias_act(hidden_states, head.dense.weight, head.dense.bias, activation)
+    x = ops.layer_norm(x, head.LayerNorm.weight, head.LayerNorm.bias, head.LayerNorm.eps)
+    return head.decoder(x)
