@@ -361,10 +361,22 @@ def test_gpu_check_script_commands_exist(tmp_path):
     commands, _ = _gpu_check_dry_run(tmp_path)
     # The issue-8 figures (end to end, torch.compile) come right after the GPU-marked tests, before the
     # broad kernel tests: a lease cut short still brings them back.
-    assert list(commands) == ["install", "doctor", "gpu_tests", "bench_e2e", "bench_compile", "kernel_tests",
-                              "bench_attention", "bench_layer_norm", "bench_bias_act", "bench_embed"]
+    # The install is checked at once; the reinstall without the extension runs only when that check
+    # fails (the dry run lists it).
+    assert list(commands) == ["install", "install_check", "install_without_extension",
+                              "install_check_without_extension", "doctor", "gpu_tests", "bench_e2e",
+                              "bench_compile", "kernel_tests", "bench_attention", "bench_layer_norm",
+                              "bench_bias_act", "bench_embed"]
     assert commands["install"][1:4] == ["-m", "pip", "install"]
-    assert "--no-build-isolation" in commands["install"] and "--no-deps" in commands["install"]
+    assert commands["install_without_extension"][:2] == ["env", "REMBERT_FAST_BUILD_CUDA=0"]
+    assert commands["install_without_extension"][2:] == commands["install"]
+    for flag in ("--no-build-isolation", "--no-deps", "--no-index"):  # no network on a lent machine
+        assert flag in commands["install"]
+    for name, what in (("install_check", "with extension"), ("install_check_without_extension",
+                                                             "without extension")):
+        assert commands[name][1] == "-c" and commands[name][-1] == what
+        assert "import rembert_fast.kernels" in commands[name][2]
+    assert "import rembert_fast._C" in commands["install_check"][2]
     assert "-m rembert_fast.cli doctor --json" in commands["doctor"][2]
     parser = cli.build_parser()
     for name in ("bench_e2e", "bench_compile"):
@@ -391,6 +403,44 @@ def test_gpu_check_script_commands_exist(tmp_path):
             assert (ROOT / argv[1]).exists() and "--json" in argv
             # Per-script tables go to a scratch directory and are merged: OUTDIR holds few files.
             assert Path(argv[argv.index("--json") + 1]).parent.name != "out"
+
+
+def test_gpu_check_arch_comes_from_the_device_and_pip_stays_offline(tmp_path):
+    env = dict(os.environ, GPU_CHECK_DRY_RUN="1", CUDA_VISIBLE_DEVICES="")
+    env.pop("TORCH_CUDA_ARCH_LIST", None)
+    script = [str(ROOT / "benches" / "gpu_check.sh"), str(tmp_path / "out")]
+    cpu = subprocess.run(["bash", *script], capture_output=True, text=True, env=env, timeout=60)
+    assert "== arch: no CUDA device visible; TORCH_CUDA_ARCH_LIST unset" in cpu.stdout
+    # A stand-in python on a GPU machine: the capability query answers 9.0.
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = -c ]; then echo 9.0; fi\n")
+    fake.chmod(0o755)
+    gpu = subprocess.run(["bash", *script], capture_output=True, text=True, env={**env, "PYTHON": str(fake)},
+                         timeout=60)
+    assert gpu.returncode == 0, gpu.stderr
+    assert "== arch: TORCH_CUDA_ARCH_LIST=9.0" in gpu.stdout
+
+
+def test_gpu_check_reinstalls_without_the_extension_when_it_does_not_import(tmp_path):
+    """The install check for real (the pip steps skipped): `rembert_fast._C` is missing on this machine,
+    so the check fails, the check of the build without it passes, and env.json says why."""
+    import importlib.util
+
+    if importlib.util.find_spec("rembert_fast._C") is not None:
+        pytest.skip("the extension is built here: its check passes and no reinstall follows")
+    skip = ("install install_without_extension doctor gpu_tests bench_e2e bench_compile kernel_tests "
+            "bench_attention bench_layer_norm bench_bias_act bench_embed")
+    env = dict(os.environ, GPU_CHECK_SKIP=skip, TORCH_CUDA_ARCH_LIST="9.0", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "benches" / "gpu_check.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    steps = dict(line.split("\t")[:2] for line in (tmp_path / "out" / "steps.tsv").read_text().splitlines())
+    assert steps["install_check"] == "fail(rc=1)" and steps["install_check_without_extension"] == "ok"
+    install = json.loads((tmp_path / "out" / "env.json").read_text())["install"]
+    assert install["torch_cuda_arch_list"] == "9.0" and install["extension"] == "missing"
+    with_ext, without = install["attempts"]
+    assert with_ext["build"] == "with extension" and "rembert_fast._C" in with_ext["import_error"]
+    assert without == {"build": "without extension", "build_messages": [], "import_error": None}
 
 
 def test_gpu_check_max_autotune_only_on_request(tmp_path):
