@@ -55,3 +55,16 @@ def test_a_failed_cuda_version_check_fails_a_required_extension(tmp_path, cuda_v
     command = _build_ext(tmp_path, optional=False)
     with pytest.raises(RuntimeError, match="mismatches the version"):
         command.run()
+
+
+def test_the_torch_floor_has_every_api_the_package_calls():
+    """torch.nonzero_static runs on CUDA from torch 2.6 (unpad_input calls it on the model's device);
+    torch.library.custom_op and register_fake need 2.4. The declared floor must exclude older torch."""
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    [torch_requirement] = [Requirement(d) for d in dependencies if Requirement(d).name == "torch"]
+    assert not torch_requirement.specifier.contains("2.5.1")
+    assert torch_requirement.specifier.contains("2.6.0")
