@@ -167,7 +167,7 @@ def _attention_cases() -> list[CompileCase]:
     Varlen (the model's path): fp32/fp16/bf16 x causal off/on x head_dim 16/32/64/128, q/k/v strided
     views of a fused (T, 3, 18, D) buffer. Padded (B, L) layout with a bool key-padding mask: head_dim
     64, bf16 and fp32, causal off/on. Under the interpreter (this process) the autotuner holds only the
-    interpreter's config, so each launch is expanded over `configs_for(head_dim, dtype size)` (what the
+    interpreter's config, so each launch is expanded over `configs_for(head_dim, dtype size, arch)` (what the
     GPU build's prune hook leaves), with DOT_UPCAST off as a compiled launch passes it (the bf16
     widening exists only for the interpreter's dot).
     """
@@ -193,8 +193,11 @@ def _attention_cases() -> list[CompileCase]:
                 attn.attention_padded(q, q, q, torch.ones(2, 128, dtype=torch.bool), causal=causal)
 
         label = f"{dname} D={head_dim} {mode} {'causal' if causal else 'full'}"
-        for case in capture_cases("rembert_fast.kernels.attention", "_attn_fwd", call, label=label,
-                                  configs=attn.configs_for(head_dim, dtype.itemsize)):
+        captured = [case for arch in (80, 90)  # keep() admits per arch
+                    for case in capture_cases("rembert_fast.kernels.attention", "_attn_fwd", call,
+                                              archs=(arch,), label=label,
+                                              configs=attn.configs_for(head_dim, dtype.itemsize, arch))]
+        for case in captured:
             c = case.constexprs
             tile = f"{c['BLOCK_M']}x{c['BLOCK_N']} w{case.num_warps} s{case.num_stages}"
             cases.append(dataclasses.replace(case, label=f"{label} {tile}",
