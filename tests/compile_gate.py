@@ -29,8 +29,10 @@ API (used by ``tests/test_compile.py``; each kernel family adds its own cases th
     come back in the order of ``cases``; a failing compile is a result with ``error`` set, not an
     exception.
 ``launch_problems(result) -> list[str]``
-    Why a compiled kernel could still not launch, or would launch slowly: shared memory over the arch's
-    per-block limit, registers x threads over the 64K register file, no PTX or cubin, register spills.
+    Why a compiled kernel could still not launch: shared memory over the arch's per-block limit,
+    registers x threads over the 64K register file, no PTX or cubin.
+``spill_problems(result) -> list[str]``
+    Register spills (stores or loads) of the compiled kernel, or that ptxas gave no report.
 
 Spills are read as ptxas reports them (``ptxas -v``: "N bytes stack frame, N bytes spill stores, N
 bytes spill loads"; cuobjdump's LOCAL does not count them). A fresh compile hands over the report of
@@ -299,12 +301,19 @@ def launch_problems(result: CompileResult) -> list[str]:
     if result.registers is not None and result.registers * 32 * warps > REGISTER_FILE:
         problems.append(f"{result.registers} registers x {32 * warps} threads exceed the {REGISTER_FILE} "
                         "register file")
-    if result.spill_bytes is None or result.spill_loads is None:
-        problems.append("spills unknown: ptxas -v gave no report")
-    elif result.spill_bytes or result.spill_loads:
-        problems.append(f"spills registers: {result.spill_bytes} B stores, {result.spill_loads} B loads per "
-                        f"thread ({result.stack_bytes} B stack frame, ptxas -v)")
     return problems
+
+
+def spill_problems(result: CompileResult) -> list[str]:
+    """Register spills of a compiled kernel as ptxas reports them (empty if none)."""
+    if not result.ok:
+        return [f"does not compile: {result.error}"]
+    if result.spill_bytes is None or result.spill_loads is None:
+        return ["spills unknown: ptxas -v gave no report"]
+    if result.spill_bytes or result.spill_loads:
+        return [f"spills registers: {result.spill_bytes} B stores, {result.spill_loads} B loads per thread "
+                f"({result.stack_bytes} B stack frame, ptxas -v)"]
+    return []
 
 
 # ----------------------------------------------------------------------------------------- report

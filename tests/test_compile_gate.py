@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from compile_gate import CompileCase, compile_cases, launch_problems, parse_ptxas_report
+from compile_gate import CompileCase, compile_cases, parse_ptxas_report, spill_problems
 
 ROWS, COLS = 128, 64
 
@@ -59,7 +59,7 @@ def test_gate_flags_a_kernel_that_spills(monkeypatch, tmp_path):
         assert result.ok, result.error
         assert result.spill_bytes > 0 and result.spill_loads > 0
         assert result.stack_bytes >= result.spill_bytes
-        [problem] = launch_problems(result)
+        [problem] = spill_problems(result)
         assert problem.startswith(f"spills registers: {result.spill_bytes} B stores")
     assert (fresh.registers, fresh.spill_bytes, fresh.spill_loads, fresh.stack_bytes) == (
         cached.registers, cached.spill_bytes, cached.spill_loads, cached.stack_bytes)
