@@ -2,8 +2,9 @@
 
 Set REMBERT_FAST_BUILD_CUDA=1 to require the extension (the build fails if it cannot be made) or 0
 to skip it. Without the variable it is built when torch has CUDA and nvcc is found, and skipped
-otherwise or when compiling it fails, with a warning (it is then compiled on first GPU use, or the eager
-op is used): the package itself always installs.
+otherwise or when building it fails in any way (torch's nvcc/compiler version checks included), with a
+message saying why (it is then compiled on first GPU use, or the eager op is used): the package itself
+always installs.
 
 pip builds in an isolated environment without torch unless told `--no-build-isolation`; there the
 extension is skipped (REMBERT_FAST_BUILD_CUDA=1 says so and fails). The C++/CUDA sources are shipped
@@ -30,6 +31,8 @@ DEFAULT_GENCODE = [
     "-gencode=arch=compute_90,code=sm_90",
     "-gencode=arch=compute_90,code=compute_90",
 ]
+WITHOUT_EXTENSION = ("; rembert_fast installs without it "
+                     "(it is compiled on first GPU use, or the eager op is used)")
 
 
 def _build_mode() -> str:
@@ -123,15 +126,27 @@ def get_cmdclass(extensions: list) -> dict:
         from torch.utils.cpp_extension import BuildExtension
 
         class BuildExtensionReportingCompileErrors(BuildExtension.with_options(use_ninja=True)):
-            """torch's BuildExtension, its compile failures (RuntimeError from ninja) raised as the
-            CompileError that setuptools tolerates for an optional extension."""
+            """torch's BuildExtension that, for an optional extension, turns any failure to build it into
+            "install without it, and say why": its compile failures (RuntimeError from ninja) are raised
+            as the CompileError setuptools tolerates, and a failure before any compile (torch's CUDA and
+            compiler version checks in build_extensions: RuntimeError, OSError, ValueError) drops it."""
+
+            def build_extensions(self) -> None:
+                try:
+                    super().build_extensions()
+                except Exception as err:
+                    if not all(ext.optional for ext in self.extensions):
+                        raise
+                    names = ", ".join(ext.name for ext in self.extensions)
+                    print(f"rembert_fast: building without the CUDA extension {names} "
+                          f"({type(err).__name__}: {err}){WITHOUT_EXTENSION}")
+                    self.extensions = []  # nothing built: nothing for the install to copy
 
             def build_extension(self, ext) -> None:
                 try:
                     super().build_extension(ext)
                 except RuntimeError as err:
-                    hint = ("; rembert_fast installs without it (it is compiled on first GPU use, or the "
-                            "eager op is used)") if ext.optional else ""
+                    hint = WITHOUT_EXTENSION if ext.optional else ""
                     raise CompileError(f"{err}{hint}") from err
 
         cmdclass["build_ext"] = BuildExtensionReportingCompileErrors

@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from bandwidth import CUDA, DEVICE, device_name, median_seconds, write_json
 
 from rembert_fast import ops
+from rembert_fast.bench.harness import CUDA, DEVICE, device_name, median_seconds, write_json
 
 DTYPE = torch.bfloat16 if CUDA else torch.float32
 HEADS = 18 if CUDA else 4

@@ -3,7 +3,7 @@
     python benches/bench_e2e.py [options of `rembert-fast bench`]    # the full table and JSON
     python -m pytest benches/bench_e2e.py --benchmark-columns=median,min,max,rounds
 
-The `__main__` entry is `rembert-fast bench` (see `rembert_fast/bench.py` for what it measures and
+The `__main__` entry is `rembert-fast bench` (see `rembert_fast/bench/` for what it measures and
 writes). Under pytest-benchmark, one case per implementation, on the device's default case:
 - CPU: RemBERT's widths with 2 layers, float32, 8 sequences padded to 512 with lengths uniform in
   32..512 (the padded-batch case the CPU target is about);
@@ -20,6 +20,8 @@ import sys
 import pytest
 import torch
 
+import rembert_fast
+import rembert_fast.bench.environment
 from rembert_fast import bench
 
 CUDA = torch.cuda.is_available()
@@ -36,7 +38,7 @@ _medians: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def setup():
     pytest.importorskip("transformers")
-    config = bench.rembert_fast.RemBertConfig().to_dict()
+    config = rembert_fast.RemBertConfig().to_dict()
     hf_model, fast_model = bench.build_masters(config, None, LAYERS, want_hf=True, want_fast=True)
     ids, mask = bench.make_inputs(SHAPE, config["vocab_size"], DEVICE, seed=0)
     with torch.inference_mode():  # the reference: transformers in float32, before the cast
@@ -48,7 +50,7 @@ def setup():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_e2e_forward(benchmark, setup, impl: str) -> None:
     models, ids, mask, reference = setup
-    fn = bench._make_callable(impl, models["transformers"], models["rembert_fast"])
+    fn = bench.e2e._make_callable(impl, models["transformers"], models["rembert_fast"])
 
     def forward() -> torch.Tensor:
         out = fn(ids, mask)
@@ -57,13 +59,13 @@ def test_e2e_forward(benchmark, setup, impl: str) -> None:
         return out
 
     with torch.inference_mode():
-        error = bench._max_error(forward(), reference, mask)
+        error = bench.e2e._max_error(forward(), reference, mask)
         benchmark.pedantic(forward, rounds=ROUNDS, warmup_rounds=1)
     real_tokens = int(mask.sum())
     median_s = statistics.median(benchmark.stats.stats.data)
     _medians[impl] = median_s
     benchmark.extra_info.update(
-        device=bench._device_name(DEVICE), dtype=str(DTYPE), batch=SHAPE.batch, seq=SHAPE.seq,
+        device=bench.environment.device_name(DEVICE), dtype=str(DTYPE), batch=SHAPE.batch, seq=SHAPE.seq,
         lengths=SHAPE.lengths, layers=LAYERS or "all", real_tokens=real_tokens,
         tokens_per_s=real_tokens / median_s, max_abs_err_vs_fp32=error,
     )

@@ -32,9 +32,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from bandwidth import write_json
 
 from rembert_fast import extension
+from rembert_fast.bench.harness import write_json
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

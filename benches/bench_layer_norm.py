@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from bandwidth import CUDA, DEVICE, OpBench, copy_of
 
 from rembert_fast import ops
+from rembert_fast.bench.harness import CUDA, DEVICE, OpBench, copy_of
 
 DTYPE = torch.bfloat16 if CUDA else torch.float32
 SHAPES = [(t, n) for t in (4096, 32768) for n in (1152, 1664, 4608)] if CUDA else [(256, 1152)]

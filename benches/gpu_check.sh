@@ -5,14 +5,19 @@
 #   usage: bash benches/gpu_check.sh OUTDIR
 #
 # Needs a CUDA machine with torch, triton, transformers, pytest, pytest-benchmark and nvcc installed;
-# no network (pip runs with --no-deps --no-build-isolation). pytest-xdist, where installed, runs the
+# no network (pip runs with --no-index --no-deps --no-build-isolation, its version check off). The
+# install builds for the visible GPU's arch only (TORCH_CUDA_ARCH_LIST from its compute capability,
+# unless set) and is checked at once by importing rembert_fast.kernels and rembert_fast._C; when that
+# fails, the package is reinstalled without the extension (REMBERT_FAST_BUILD_CUDA=0) so the other steps
+# still run, and env.json's "install" record says why. pytest-xdist, where installed, runs the
 # tests on 8 workers (Triton compiles each kernel specialisation once per process, and the tests
 # launch a hundred or so: serially that alone is minutes).
 #
 # What comes back is a handful of files (a lent GPU machine returns at most 8), all directly in OUTDIR:
 #   gpu_check.log           every step's output, in order, each under a "== step" header
 #   steps.tsv               step, status (ok / fail(rc=N) / timeout(Ns) / skipped(...)), seconds
-#   env.json                `rembert-fast doctor --json`: versions, device, backends and why not
+#   env.json                `rembert-fast doctor --json`: versions, device, backends and why not, and
+#                           "install": the arch built for, each install attempt, why the extension is missing
 #   gpu-STAMP-e2e.json      `rembert-fast bench`: full RemBERT bf16, rembert_fast vs transformers, and
 #                           every op at the model's widths (GB/s, fraction of a copy, TFLOP/s vs SDPA)
 #   gpu-STAMP-compile.json  the issue-8 variable-length batch against torch.compile (default mode)
@@ -69,7 +74,7 @@ export PYTHONUNBUFFERED=1
 START=$SECONDS
 
 # step NAME LIMIT_SECONDS COMMAND...: run COMMAND with a time limit (cut to what is left of the budget),
-# append its output to the log, record its status.
+# append its output to the log, record its status (and leave it in LAST_STATUS).
 step() {
     local name=$1 limit=$2
     shift 2
@@ -79,14 +84,17 @@ step() {
         printf ' %q' "$@"
         printf '\n'
         printf '%s\t%s\t%s\n' "$name" "dry-run" 0 >> "$STEPS"
+        LAST_STATUS=dry-run
         return
     fi
     if [ "${SKIP#* "$name" }" != "$SKIP" ]; then
         printf '%s\t%s\t%s\n' "$name" "skipped(GPU_CHECK_SKIP)" 0 >> "$STEPS"
+        LAST_STATUS=skipped
         return
     fi
     if [ "$left" -lt 20 ]; then
         printf '%s\t%s\t%s\n' "$name" "skipped(budget)" 0 >> "$STEPS"
+        LAST_STATUS=skipped
         echo "== $name skipped: the ${BUDGET}s budget is spent" | tee -a "$LOG"
         return
     fi
@@ -102,12 +110,78 @@ step() {
         status="fail(rc=$rc)"
     fi
     printf '%s\t%s\t%s\n' "$name" "$status" "$((SECONDS - began))" >> "$STEPS"
+    LAST_STATUS=$status
 }
 
-step install 180 "$PY" -m pip install --no-deps --no-build-isolation -e .
+# Build for this machine's GPU only (one arch instead of three: a third of nvcc's time), here and in
+# any first-use compile; a TORCH_CUDA_ARCH_LIST already set is kept.
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+    TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' \
+        2> /dev/null) || TORCH_CUDA_ARCH_LIST=
+fi
+if [ -n "$TORCH_CUDA_ARCH_LIST" ]; then
+    export TORCH_CUDA_ARCH_LIST
+    echo "== arch: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST" | tee -a "$LOG"
+else
+    unset TORCH_CUDA_ARCH_LIST
+    echo "== arch: no CUDA device visible; TORCH_CUDA_ARCH_LIST unset (setup.py's default archs)" | tee -a "$LOG"
+fi
+
+# Never the network: the lent machine has none, and pip's index or version check would only wait.
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1
+# -v: setup.py's reason for building without the extension is in the log (pip hides it otherwise).
+PIP_INSTALL=("$PY" -m pip install -v --no-index --no-deps --no-build-isolation -e .)
+INSTALL_JSON="$PARTS/install.json"
+# INSTALL_CHECK JSON LOG WHAT: import what WHAT ("with extension" or "without extension") must make
+# importable, append the attempt and the setup.py lines of the latest install step's log to JSON, exit 1
+# when an import fails.
+INSTALL_CHECK='
+import json, os, pathlib, re, sys
+record_path, log, what = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+record = json.loads(record_path.read_text()) if record_path.exists() else {
+    "torch_cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST"), "attempts": []}
+installs = re.split(r"^== install(?:_without_extension)? \(limit", log.read_text(errors="replace"), flags=re.M)
+section = installs[-1].split("\n== ", 1)[0] if len(installs) > 1 else ""
+said = [line.strip()[:500] for line in section.splitlines()
+        if "rembert_fast: " in line or "extension failed" in line]
+attempt = {"build": what, "build_messages": said[-20:], "import_error": None}
+try:
+    import rembert_fast.kernels  # importable only through the editable install
+    if what == "with extension":
+        import rembert_fast._C  # noqa: F401
+except Exception as err:
+    attempt["import_error"] = f"{type(err).__name__}: {err}"
+record["attempts"].append(attempt)
+record["extension"] = "built" if what == "with extension" and not attempt["import_error"] else "missing"
+record_path.write_text(json.dumps(record, indent=2) + "\n")
+print(json.dumps(attempt))
+sys.exit(1 if attempt["import_error"] else 0)
+'
+step install 180 "${PIP_INSTALL[@]}"
+step install_check 60 "$PY" -c "$INSTALL_CHECK" "$INSTALL_JSON" "$LOG" "with extension"
+# The extension did not build or does not import (an nvcc/torch mismatch, an ABI break): reinstall
+# without it, so every later step still imports rembert_fast (the eager op stands in for the extension).
+if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ] || [ "$LAST_STATUS" != ok ]; then
+    step install_without_extension 180 env REMBERT_FAST_BUILD_CUDA=0 "${PIP_INSTALL[@]}"
+    step install_check_without_extension 60 "$PY" -c "$INSTALL_CHECK" "$INSTALL_JSON" "$LOG" \
+        "without extension"
+fi
 DOCTOR='"$0" -m rembert_fast.cli doctor --json > "$1"; rc=$?; cat "$1"'
 SMI="nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv"
 step doctor 60 sh -c "$DOCTOR; $SMI; exit \$rc" "$PY" "$OUT/env.json"
+# env.json carries the install record: which build is installed and why the extension is missing.
+if [ -f "$INSTALL_JSON" ]; then
+    "$PY" - "$OUT/env.json" "$INSTALL_JSON" <<'EOF'
+import json, pathlib, sys
+env_path, install = pathlib.Path(sys.argv[1]), json.loads(pathlib.Path(sys.argv[2]).read_text())
+try:
+    env = json.loads(env_path.read_text())
+except (OSError, ValueError):  # doctor failed or was skipped: the install record still comes back
+    env = {}
+env["install"] = install
+env_path.write_text(json.dumps(env, indent=2) + "\n")
+EOF
+fi
 
 # Tests: the GPU-marked ones now; after the end-to-end figures, the kernel, extension and fast-path
 # files on real CUDA (conftest leaves TRITON_INTERPRET unset when a GPU is present, and these files put

@@ -31,8 +31,9 @@ tensor cores in the input dtype with fp32 accumulation (P is rounded to the inpu
 P V, as in FlashAttention); fp32 inputs use IEEE fp32 dots, not TF32, so fp32 stays exact to ~1e-6.
 
 Tuning: `triton.autotune` over CONFIGS (BLOCK_M, BLOCK_N in {32, 64, 128}, 4 or 8 warps, 2-4
-stages), pruned per head_dim and dtype by `keep()` to 2-4 configs, keyed on head_dim, the flags and
-a power-of-two bucket of max_seqlen_q. Under the interpreter one fixed 16 x 16 config is used.
+stages, plus the smaller fp32 tiles of FP32_TILES), pruned per head_dim and dtype by `keep()` to 1-4
+configs, keyed on head_dim, the flags and a power-of-two bucket of max_seqlen_q. Under the
+interpreter one fixed 16 x 16 config is used.
 
 Limits: head_dim in SUPPORTED_HEAD_DIMS (16, 32, 64, 128; rembert_fast.ops sends other sizes to eager);
 batches over 65535 sequences are launched in chunks (CUDA's grid z limit); fp32 dots are IEEE
@@ -89,26 +90,56 @@ def _deepest_stages(block_n: int, head_dim: int, elem_bytes: int) -> int:
     return max((s for s in (2, 3, 4) if s * ring_per_stage <= KV_RING_BYTES), default=0)
 
 
-def keep(conf: triton.Config, head_dim: int, elem_bytes: int) -> bool:
-    """Whether autotune should try `conf` for this head_dim and element size (2 to 4 configs each).
+# fp32 dots are IEEE (no TF32) and run on FMA units, which hold each thread's rows of both operands
+# in registers: larger tiles spill. These (BLOCK_M, BLOCK_N, num_warps) are the fp32 tiles that compile
+# without a register spill on sm_80 and sm_90, causal or not (the compile gate, tests/test_compile.py,
+# fails any admitted config that spills).
+FP32_TILES = {
+    16: ((128, 64, 8), (128, 128, 8)),
+    32: ((64, 32, 4),),
+    64: ((32, 16, 4), (64, 16, 8), (32, 32, 8)),
+    128: ((32, 16, 8),),
+}
+# 16-bit tiles that spill registers for sm_8x (sm_80's ptxas allocates the MMA fragments differently
+# from sm_90's), per head_dim: not admitted below sm_90.
+SM80_SPILLING_16BIT_TILES = {
+    64: ((128, 64, 4), (128, 128, 8)),
+    128: ((64, 64, 4), (128, 64, 8)),
+}
 
+
+def keep(conf: triton.Config, head_dim: int, elem_bytes: int, arch: int = 90) -> bool:
+    """Whether autotune should try `conf` for this head_dim, element size and compute capability
+    (`arch`: major * 10 + minor of the device); 1 to 4 configs each.
+
+    fp32: the tiles of FP32_TILES only. 16-bit, blocks of 32 to 128 rows and 4 or 8 warps:
     - at least 16 query rows per warp (one m16 MMA tile), so no warp computes only padding rows;
     - BLOCK_N <= BLOCK_M: more keys than queries per step only grows registers and the masked tail;
     - 8 warps exactly when a 128 x 128 fp32 tile (S or the O accumulator) would otherwise give each
       of 128 threads 128 registers of it and spill; 4 warps for smaller tiles;
-    - 32-key blocks only for rows of 256+ bytes (head_dim 128 16-bit, head_dim >= 64 fp32), where
-      larger K/V tiles would not fit the ring;
+    - 32-key blocks only for rows of 256+ bytes (head_dim 128), where larger K/V tiles would not fit
+      the ring;
+    - below sm_90, none of SM80_SPILLING_16BIT_TILES.
+    Both:
     - the deepest pipeline whose K/V ring fits KV_RING_BYTES (deeper hides more load latency; a
       tile that does not fit at 2 stages is dropped);
     - the whole block fits sm_80 shared memory (tests/test_compile.py measures each kept config).
     """
     block_m, block_n, num_warps = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"], conf.num_warps
-    if block_m // num_warps < 16 or block_n > block_m:
-        return False
-    if (num_warps == 8) != (block_m * max(block_n, head_dim) >= 128 * 128):
-        return False
-    if block_n == 32 and head_dim * elem_bytes < 256:
-        return False
+    if elem_bytes == 4:
+        if (block_m, block_n, num_warps) not in FP32_TILES.get(head_dim, ()):
+            return False
+    else:
+        if min(block_m, block_n) < 32 or num_warps not in (4, 8):  # the tiles FP32_TILES adds
+            return False
+        if block_m // num_warps < 16 or block_n > block_m:
+            return False
+        if (num_warps == 8) != (block_m * max(block_n, head_dim) >= 128 * 128):
+            return False
+        if block_n == 32 and head_dim * elem_bytes < 256:
+            return False
+        if arch < 90 and (block_m, block_n, num_warps) in SM80_SPILLING_16BIT_TILES.get(head_dim, ()):
+            return False
     if conf.num_stages != _deepest_stages(block_n, head_dim, elem_bytes):
         return False
     shared = shared_memory_estimate(block_m, block_n, conf.num_stages, head_dim, elem_bytes)
@@ -116,11 +147,12 @@ def keep(conf: triton.Config, head_dim: int, elem_bytes: int) -> bool:
 
 
 # The search space; `keep` narrows it per head_dim and dtype at launch (the autotuner's prune hook).
+_TILES = [(block_m, block_n, num_warps) for block_m in (32, 64, 128) for block_n in (32, 64, 128)
+          for num_warps in (4, 8)]
+_TILES += sorted({tile for tiles in FP32_TILES.values() for tile in tiles} - set(_TILES))
 CONFIGS = [
     triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
-    for block_m in (32, 64, 128)
-    for block_n in (32, 64, 128)
-    for num_warps in (4, 8)
+    for block_m, block_n, num_warps in _TILES
     for num_stages in (2, 3, 4)
 ]
 
@@ -133,15 +165,16 @@ CONFIGS = [
 INTERPRETER_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)
 
 
-def configs_for(head_dim: int, elem_bytes: int) -> list[triton.Config]:
-    """The configs autotune tries for one head_dim and element size (what the compile gate builds)."""
-    return [conf for conf in CONFIGS if keep(conf, head_dim, elem_bytes)]
+def configs_for(head_dim: int, elem_bytes: int, arch: int = 90) -> list[triton.Config]:
+    """The configs autotune tries for one head_dim, element size and arch (what the compile gate builds)."""
+    return [conf for conf in CONFIGS if keep(conf, head_dim, elem_bytes, arch)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     args = {**named_args, **kwargs}
     head_dim, elem_bytes = args["HEAD_DIM"], args["Q"].element_size()
-    return [conf for conf in configs if keep(conf, head_dim, elem_bytes)]
+    major, minor = torch.cuda.get_device_capability(args["Q"].device)
+    return [conf for conf in configs if keep(conf, head_dim, elem_bytes, 10 * major + minor)]
 
 
 @triton.jit

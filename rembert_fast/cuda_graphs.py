@@ -305,6 +305,11 @@ class CudaGraphRunner:
                             host.max_seqlen, host.batch, host.seqlen)
 
     def _capture(self, graph: _Graph, device: torch.device) -> None:
+        from rembert_fast import capture_failure
+
+        if capture_failure.disabled_reason() is not None:  # an earlier failure left torch unable to capture
+            self.capture_error = capture_failure.disabled_reason()
+            return
         # Written in place by every later call: made outside inference mode, or a graph captured under
         # torch.inference_mode() would refuse the batches of a later torch.no_grad() call.
         with torch.inference_mode(False):
@@ -343,6 +348,8 @@ class CudaGraphRunner:
             torch.cuda.set_stream(caller_stream)
             self.capture_error = f"{type(error).__name__}: {error}"
             graph.output = None
+            if capture_failure.record_failure(self.capture_error) is not None:
+                return  # capturing is off for the process: record_failure said so, once
             warnings.warn(f"rembert_fast: capturing a CUDA graph for bucket (tokens, max_seqlen, batch)="
                           f"{graph.key} failed ({self.capture_error}); batches run eagerly from now on "
                           "(same answers, without the graph's launch savings)", RuntimeWarning, stacklevel=2)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import importlib.util
 import logging
 import os
 import re
@@ -220,21 +219,25 @@ def load() -> ModuleType | None:
 
 
 def status() -> tuple[bool, str]:
-    """(available, reason) without compiling: `load()`'s outcome once known, else what it would do."""
+    """(available, reason) without compiling: `load()`'s outcome once known, else what it would do (a
+    prebuilt `rembert_fast._C` counts as available only once it imports)."""
     if _loaded is not None:
         return _loaded[0] is not None, _loaded[1]
     reason = _no_cuda_reason()
     if reason is not None:
         return False, reason
-    if importlib.util.find_spec("rembert_fast._C") is not None:
-        return True, "prebuilt rembert_fast._C (not loaded yet)"
+    # Imported, not only found: a module built against another torch fails only here (undefined symbols).
+    module, prebuilt_error = _prebuilt()
+    if module is not None:
+        return True, "prebuilt rembert_fast._C"
+    not_prebuilt = "" if prebuilt_error is None else f"{prebuilt_error}; "
     directory, reason = _jit_blocker()
     if directory is None:
-        return False, reason
+        return False, f"{not_prebuilt}{reason}"
     build_dir = cache_dir(directory)
     if any(build_dir.glob(f"{JIT_NAME}*.so")):
-        return True, f"JIT-compiled extension cached in {build_dir} (not loaded yet)"
-    return True, f"not compiled yet: built with nvcc on first GPU use into {build_dir}"
+        return True, f"{not_prebuilt}JIT-compiled extension cached in {build_dir} (not loaded yet)"
+    return True, f"{not_prebuilt}not compiled yet: built with nvcc on first GPU use into {build_dir}"
 
 
 def embed(

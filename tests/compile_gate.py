@@ -31,6 +31,13 @@ API (used by ``tests/test_compile.py``; each kernel family adds its own cases th
 ``launch_problems(result) -> list[str]``
     Why a compiled kernel could still not launch: shared memory over the arch's per-block limit,
     registers x threads over the 64K register file, no PTX or cubin.
+``spill_problems(result) -> list[str]``
+    Register spills (stores or loads) of the compiled kernel, or that ptxas gave no report.
+
+Spills are read as ptxas reports them (``ptxas -v``: "N bytes stack frame, N bytes spill stores, N
+bytes spill loads"; cuobjdump's LOCAL does not count them). A fresh compile hands over the report of
+Triton's own ptxas run; a kernel found in Triton's cache gets its stack frame from cuobjdump and, only
+when that frame is not empty (a kernel without one cannot spill), a ptxas run of its own on the PTX.
 ``report(request, title, results)``
     Prints the summary table through pytest's terminal reporter (shown with or without ``-s``) and
     writes every result to ``<pytest basetemp>/compile_gate_<title>.json``.
@@ -93,8 +100,10 @@ class CompileResult:
     seconds: float = 0.0  # wall time of this compile (0 for a duplicate of another case)
     cache_hit: bool = False  # Triton found the binary in its cache (same source, options and version)
     shared: int | None = None  # bytes of shared memory the kernel needs (compiled metadata `shared`)
-    registers: int | None = None  # registers per thread (cuobjdump resource usage of the cubin)
-    spill_bytes: int | None = None  # local memory per thread: register spills (cuobjdump LOCAL)
+    registers: int | None = None  # registers per thread (ptxas -v, else cuobjdump resource usage)
+    spill_bytes: int | None = None  # bytes of register spill stores per thread (ptxas -v)
+    spill_loads: int | None = None  # bytes of register spill loads per thread (ptxas -v)
+    stack_bytes: int | None = None  # stack frame per thread, where spills live (ptxas -v / cuobjdump STACK)
     ptx_bytes: int = 0
     cubin_bytes: int = 0
 
@@ -295,6 +304,18 @@ def launch_problems(result: CompileResult) -> list[str]:
     return problems
 
 
+def spill_problems(result: CompileResult) -> list[str]:
+    """Register spills of a compiled kernel as ptxas reports them (empty if none)."""
+    if not result.ok:
+        return [f"does not compile: {result.error}"]
+    if result.spill_bytes is None or result.spill_loads is None:
+        return ["spills unknown: ptxas -v gave no report"]
+    if result.spill_bytes or result.spill_loads:
+        return [f"spills registers: {result.spill_bytes} B stores, {result.spill_loads} B loads per thread "
+                f"({result.stack_bytes} B stack frame, ptxas -v)"]
+    return []
+
+
 # ----------------------------------------------------------------------------------------- report
 def _tile(case: CompileCase) -> str:
     """The constexprs that change code shape (upper-case ints: block sizes), plus num_warps."""
@@ -316,12 +337,13 @@ def format_table(results: Sequence[CompileResult]) -> str:
         return str(min(known)) if min(known) == max(known) else f"{min(known)}-{max(known)}"
 
     header = f"{'kernel':<28} {'arch':>5} {'tile':<34} {'cases':>5} {'shared B':>11} {'regs':>7} " \
-             f"{'spill B':>7} {'failed':>6}"
+             f"{'spill B':>7} {'stack B':>7} {'failed':>6}"
     lines = [header, "-" * len(header)]
     for (kernel, arch, tile), rs in sorted(groups.items()):
         lines.append(f"{kernel:<28} {'sm_' + str(arch):>5} {tile:<34} {len(rs):>5} "
                      f"{span([r.shared for r in rs]):>11} {span([r.registers for r in rs]):>7} "
-                     f"{span([r.spill_bytes for r in rs]):>7} {sum(not r.ok for r in rs):>6}")
+                     f"{span([r.spill_bytes for r in rs]):>7} {span([r.stack_bytes for r in rs]):>7} "
+                     f"{sum(not r.ok for r in rs):>6}")
     return "\n".join(lines)
 
 
@@ -345,8 +367,23 @@ def report(request: Any, title: str, results: Sequence[CompileResult], wall_s: f
 
 
 # ----------------------------------------------------------------------------------------- worker
-def _resource_usage(cubin: bytes, tmp: Path) -> tuple[int | None, int | None]:
-    """(registers, local bytes) per thread from `cuobjdump --dump-resource-usage`, or Nones."""
+_PTXAS_USED = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def parse_ptxas_report(report: str) -> dict[str, int] | None:
+    """{registers, stack_bytes, spill_bytes, spill_loads} from `ptxas -v` output for one kernel, or None
+    when the text holds no such report."""
+    spills, used = _PTXAS_SPILLS.search(report), _PTXAS_USED.search(report)
+    if spills is None or used is None:
+        return None
+    stack, stores, loads = (int(v) for v in spills.groups())
+    return {"registers": int(used.group(1)), "stack_bytes": stack, "spill_bytes": stores,
+            "spill_loads": loads}
+
+
+def _cuobjdump_usage(cubin: bytes, tmp: Path) -> tuple[int | None, int | None]:
+    """(registers, stack frame bytes) per thread from `cuobjdump --dump-resource-usage`, or Nones."""
     from triton import knobs
 
     path = tmp / "kernel.cubin"
@@ -357,11 +394,26 @@ def _resource_usage(cubin: bytes, tmp: Path) -> tuple[int | None, int | None]:
     except (OSError, subprocess.SubprocessError):
         return None, None
     regs = re.search(r"REG:(\d+)", out)
-    local = re.search(r"LOCAL:(\d+)", out)
-    return (int(regs.group(1)) if regs else None), (int(local.group(1)) if local else None)
+    stack = re.search(r"STACK:(\d+)", out)
+    return (int(regs.group(1)) if regs else None), (int(stack.group(1)) if stack else None)
+
+
+def _ptxas_report(ptx: str, arch: int, fp_fusion: bool, tmp: Path) -> str:
+    """`ptxas -v` output for `ptx`, run the way Triton runs it (its ptxas, its flags)."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    src, out = tmp / "kernel.ptx", tmp / "kernel.o"
+    src.write_text(ptx)
+    command = [get_ptxas(arch).path, "-lineinfo", *([] if fp_fusion else ["--fmad=false"]), "-v",
+               "--regAllocOptLevel=2", f"--gpu-name={sm_arch_from_capability(arch)}", str(src),
+               "-o", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S)
+    return done.stdout + done.stderr
 
 
 def _compile_one(case: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    import io
+
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -380,19 +432,29 @@ def _compile_one(case: dict[str, Any], tmp: Path) -> dict[str, Any]:
     options = {k: case[k] for k in ("num_warps", "num_stages") if case[k] is not None}
     hits: list[bool] = []
     knobs.compilation.listener = lambda **event: hits.append(event["cache_hit"])
+    knobs.nvidia.dump_ptxas_log = True  # Triton prints its own `ptxas -v` report: no second ptxas run
+    printed = io.StringIO()
     start = time.perf_counter()
-    compiled = triton.compile(
-        triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=case["constexprs"], attrs=attrs),
-        target=GPUTarget("cuda", case["arch"], 32),
-        options=options,
-    )
+    with contextlib.redirect_stdout(printed):
+        compiled = triton.compile(
+            triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=case["constexprs"], attrs=attrs),
+            target=GPUTarget("cuda", case["arch"], 32),
+            options=options,
+        )
     seconds = time.perf_counter() - start
     knobs.compilation.listener = None
     cubin = compiled.asm.get("cubin") or b""
-    registers, spills = _resource_usage(cubin, tmp) if cubin else (None, None)
+    ptx = compiled.asm.get("ptx") or ""
+    usage = parse_ptxas_report(printed.getvalue())
+    if usage is None and cubin:  # from Triton's cache: no ptxas ran
+        registers, stack = _cuobjdump_usage(cubin, tmp)
+        if stack == 0:  # spills live in the stack frame: none without one
+            usage = {"registers": registers, "stack_bytes": 0, "spill_bytes": 0, "spill_loads": 0}
+        elif ptx:
+            usage = parse_ptxas_report(_ptxas_report(ptx, case["arch"], compiled.metadata.enable_fp_fusion,
+                                                     tmp))
     return {"seconds": seconds, "cache_hit": bool(hits and hits[0]), "shared": compiled.metadata.shared,
-            "registers": registers, "spill_bytes": spills, "ptx_bytes": len(compiled.asm.get("ptx") or ""),
-            "cubin_bytes": len(cubin)}
+            **(usage or {}), "ptx_bytes": len(ptx), "cubin_bytes": len(cubin)}
 
 
 def _worker(src: str, dst: str) -> None:

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import rembert_fast
+import rembert_fast.bench.environment
+import rembert_fast.bench.timing
 from rembert_fast import bench, cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,9 +115,9 @@ def test_model_flops_match_a_flop_counter():
     model = transformers.RemBertModel(transformers.RemBertConfig(**TINY)).eval()
 
     def counted(batch: int, seqlen: int) -> int:
-        ids = bench.torch.randint(1, TINY["vocab_size"], (batch, seqlen))
-        with bench.torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            model(input_ids=ids, attention_mask=bench.torch.ones_like(ids))
+        ids = torch.randint(1, TINY["vocab_size"], (batch, seqlen))
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
         return counter.get_total_flops()
 
     assert bench.model_flops(model.config, [16, 16, 16]) == counted(3, 16)
@@ -125,7 +128,7 @@ def test_model_flops_match_a_flop_counter():
 def test_gemm_peak_and_fraction_per_row(tiny_config, tmp_path, monkeypatch):
     """--gemm-peak (on by default on CUDA): each GEMM's TFLOP/s is 2*m*k*n over its median, the peak is
     the best of them, and every row's model TFLOP/s is divided by that peak."""
-    monkeypatch.setattr(bench, "_kernel_ms", lambda fn, warmup, iters, device: fn() is None or 0.5)
+    monkeypatch.setattr(bench.timing, "kernel_ms", lambda fn, warmup, iters, device: fn() is None or 0.5)
     code, result = run_bench(tiny_config, tmp_path, "--impls", "rembert_fast,transformers", "--lengths",
                              "fixed", "--gemm-peak")
     assert code == 0
@@ -135,7 +138,7 @@ def test_gemm_peak_and_fraction_per_row(tiny_config, tmp_path, monkeypatch):
                 for k, n in ((64, 192), (64, 64), (64, 128), (128, 64))}
     assert peak["by_shape"] == pytest.approx(expected)
     assert peak["tflop_per_s"] == pytest.approx(max(expected.values()))
-    flops = bench.model_flops(bench.rembert_fast.RemBertConfig(**{**TINY, "num_hidden_layers": 1}), [16, 16])
+    flops = bench.model_flops(rembert_fast.RemBertConfig(**{**TINY, "num_hidden_layers": 1}), [16, 16])
     for row in result["rows"]:
         assert row["model_tflop_per_s"] == pytest.approx(flops / (row["median_ms"] / 1e3) / 1e12)
         assert row["fraction_of_gemm_peak"] == pytest.approx(row["model_tflop_per_s"] / peak["tflop_per_s"])
@@ -147,7 +150,7 @@ def test_gemm_peak_and_fraction_per_row(tiny_config, tmp_path, monkeypatch):
 def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, monkeypatch, dies_at):
     """A run killed mid-way (a GPU lease's time limit) leaves its metadata and the rows of every shape it
     finished: none when it dies in the first shape, the first shape's when it dies in the second."""
-    real, calls = bench._bench_shape, []
+    real, calls = bench.e2e._bench_shape, []
 
     def dies(*args, **kwargs):
         calls.append(1)
@@ -155,7 +158,7 @@ def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, mo
             raise KeyboardInterrupt  # what a timeout's SIGTERM/SIGINT looks like from inside
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "_bench_shape", dies)
+    monkeypatch.setattr(bench.e2e, "_bench_shape", dies)
     output = tmp_path / "result.json"
     args = cli.build_parser().parse_args(
         ["bench", "--device", "cpu", "--config", str(tiny_config), "--layers", "1", "--shapes",
@@ -173,14 +176,14 @@ def test_bench_json_holds_finished_shapes_when_cut_off(tiny_config, tmp_path, mo
 def test_a_failing_reference_keeps_the_kernel_row():
     """SDPA's flash backend refuses some inputs (fp32 on CUDA): that reference's error is recorded and
     the kernel's own figures are still reported."""
-    x = bench.torch.randn(64, 32)
+    x = torch.randn(64, 32)
 
     def refuses() -> None:
         raise RuntimeError("No available kernel. Aborting execution.")
 
-    case = bench._KernelCase("attention(varlen, d=16)", "1x64x2x16", lambda: x * 2,
+    case = bench.kernels.KernelCase("attention(varlen, d=16)", "1x64x2x16", lambda: x * 2,
                              {"eager": lambda: x * 2, "sdpa_flash": refuses}, None, 1e6)
-    row = bench._time_kernel(case, "float32", 1, 64, bench.torch.device("cpu"), 0, 2)
+    row = bench.kernels.time_kernel(case, "float32", 1, 64, torch.device("cpu"), 0, 2)
     assert row["status"] == "ok" and row["median_ms"] > 0 and row["tflop_per_s"] > 0
     assert row["eager_median_ms"] > 0 and "speedup_vs_eager" in row
     assert row["sdpa_flash_error"] == "RuntimeError: No available kernel. Aborting execution."
@@ -206,14 +209,14 @@ def test_summary_of_a_cut_off_record(tiny_config, tmp_path):
 def test_random_weights_follow_the_seed(tiny_config, tmp_path, monkeypatch):
     """Two runs with one --seed benchmark the same random model (gpu_check's e2e and compile steps are
     separate processes whose errors should be comparable); another seed gives another model."""
-    real, weights = bench.build_masters, []
+    real, weights = bench.e2e.build_masters, []
 
     def recording(*args, **kwargs):
         hf_model, fast_model = real(*args, **kwargs)
         weights.append(hf_model.encoder.layer[0].intermediate.dense.weight.clone())
         return hf_model, fast_model
 
-    monkeypatch.setattr(bench, "build_masters", recording)
+    monkeypatch.setattr(bench.e2e, "build_masters", recording)
     for seed in ("3", "3", "4"):
         run_bench(tiny_config, tmp_path, "--impls", "transformers", "--lengths", "fixed", "--seed", seed)
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
@@ -223,21 +226,21 @@ def test_commit_from_the_environment_where_there_is_no_git(monkeypatch, tmp_path
     """A lent GPU machine gets a copy of the working tree without .git: REMBERT_FAST_COMMIT names the
     commit the records were measured at (gpu_check.sh passes it through)."""
     monkeypatch.setenv("REMBERT_FAST_COMMIT", "0123abcd")
-    assert bench._git_commit() == "0123abcd"
+    assert bench.environment.git_commit() == "0123abcd"
     monkeypatch.delenv("REMBERT_FAST_COMMIT")
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable
-    assert bench._git_commit() is None
+    assert bench.environment.git_commit() is None
 
 
 def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
     """The agreement check can fail: corrupt rembert_fast's output and the row is flagged, exit 1."""
-    real = bench._make_callable
+    real = bench.e2e._make_callable
 
     def corrupted(impl, hf_model, fast_model):
         fn = real(impl, hf_model, fast_model)
         return (lambda ids, mask: fn(ids, mask) + 0.01) if impl == "rembert_fast" else fn
 
-    monkeypatch.setattr(bench, "_make_callable", corrupted)
+    monkeypatch.setattr(bench.e2e, "_make_callable", corrupted)
     code, result = run_bench(tiny_config, tmp_path, "--lengths", "fixed")
     assert code == 1
     by_impl = {r["impl"]: r for r in result["rows"]}
@@ -247,7 +250,7 @@ def test_bench_flags_a_wrong_implementation(tiny_config, tmp_path, monkeypatch):
 
 
 def test_bench_without_transformers_runs_rembert_fast_alone(tiny_config, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "_transformers", lambda: None)
+    monkeypatch.setattr(bench.e2e, "load_transformers", lambda: None)
     code, result = run_bench(tiny_config, tmp_path, "--lengths", "fixed")
     assert code == 0
     assert [r["impl"] for r in result["rows"]] == ["rembert_fast"]
@@ -302,13 +305,13 @@ def test_bench_settings_that_cannot_work_are_usage_errors(tiny_config, tmp_path,
 
 def test_cpu_defaults_skip_compile_and_graphs():
     args = cli.build_parser().parse_args(["bench"])
-    plan = bench._resolve(args, bench.torch.device("cpu"), have_hf=True)
+    plan = bench.resolve(args, torch.device("cpu"), have_hf=True)
     assert plan["impls"] == ["rembert_fast", "transformers"]
     assert plan["dtypes"] == ["float32"] and plan["layers"] == 2 and plan["kernels"] is False
-    compiled = bench._resolve(cli.build_parser().parse_args(["bench", "--compile", "--no-max-autotune"]),
-                              bench.torch.device("cpu"), have_hf=True)
+    compiled = bench.resolve(cli.build_parser().parse_args(["bench", "--compile", "--no-max-autotune"]),
+                              torch.device("cpu"), have_hf=True)
     assert compiled["impls"] == ["rembert_fast", "transformers", "torch.compile"]
-    gpu = bench._resolve(args, bench.torch.device("cuda"), have_hf=True)
+    gpu = bench.resolve(args, torch.device("cuda"), have_hf=True)
     assert gpu["impls"] == list(bench.IMPLS) and gpu["dtypes"] == ["bfloat16", "float16"]
     assert gpu["layers"] is None and gpu["kernels"] is True
 
@@ -361,10 +364,22 @@ def test_gpu_check_script_commands_exist(tmp_path):
     commands, _ = _gpu_check_dry_run(tmp_path)
     # The issue-8 figures (end to end, torch.compile) come right after the GPU-marked tests, before the
     # broad kernel tests: a lease cut short still brings them back.
-    assert list(commands) == ["install", "doctor", "gpu_tests", "bench_e2e", "bench_compile", "kernel_tests",
-                              "bench_attention", "bench_layer_norm", "bench_bias_act", "bench_embed"]
+    # The install is checked at once; the reinstall without the extension runs only when that check
+    # fails (the dry run lists it).
+    assert list(commands) == ["install", "install_check", "install_without_extension",
+                              "install_check_without_extension", "doctor", "gpu_tests", "bench_e2e",
+                              "bench_compile", "kernel_tests", "bench_attention", "bench_layer_norm",
+                              "bench_bias_act", "bench_embed"]
     assert commands["install"][1:4] == ["-m", "pip", "install"]
-    assert "--no-build-isolation" in commands["install"] and "--no-deps" in commands["install"]
+    assert commands["install_without_extension"][:2] == ["env", "REMBERT_FAST_BUILD_CUDA=0"]
+    assert commands["install_without_extension"][2:] == commands["install"]
+    for flag in ("--no-build-isolation", "--no-deps", "--no-index"):  # no network on a lent machine
+        assert flag in commands["install"]
+    for name, what in (("install_check", "with extension"), ("install_check_without_extension",
+                                                             "without extension")):
+        assert commands[name][1] == "-c" and commands[name][-1] == what
+        assert "import rembert_fast.kernels" in commands[name][2]
+    assert "import rembert_fast._C" in commands["install_check"][2]
     assert "-m rembert_fast.cli doctor --json" in commands["doctor"][2]
     parser = cli.build_parser()
     for name in ("bench_e2e", "bench_compile"):
@@ -393,6 +408,44 @@ def test_gpu_check_script_commands_exist(tmp_path):
             assert Path(argv[argv.index("--json") + 1]).parent.name != "out"
 
 
+def test_gpu_check_arch_comes_from_the_device_and_pip_stays_offline(tmp_path):
+    env = dict(os.environ, GPU_CHECK_DRY_RUN="1", CUDA_VISIBLE_DEVICES="")
+    env.pop("TORCH_CUDA_ARCH_LIST", None)
+    script = [str(ROOT / "benches" / "gpu_check.sh"), str(tmp_path / "out")]
+    cpu = subprocess.run(["bash", *script], capture_output=True, text=True, env=env, timeout=60)
+    assert "== arch: no CUDA device visible; TORCH_CUDA_ARCH_LIST unset" in cpu.stdout
+    # A stand-in python on a GPU machine: the capability query answers 9.0.
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = -c ]; then echo 9.0; fi\n")
+    fake.chmod(0o755)
+    gpu = subprocess.run(["bash", *script], capture_output=True, text=True, env={**env, "PYTHON": str(fake)},
+                         timeout=60)
+    assert gpu.returncode == 0, gpu.stderr
+    assert "== arch: TORCH_CUDA_ARCH_LIST=9.0" in gpu.stdout
+
+
+def test_gpu_check_reinstalls_without_the_extension_when_it_does_not_import(tmp_path):
+    """The install check for real (the pip steps skipped): `rembert_fast._C` is missing on this machine,
+    so the check fails, the check of the build without it passes, and env.json says why."""
+    import importlib.util
+
+    if importlib.util.find_spec("rembert_fast._C") is not None:
+        pytest.skip("the extension is built here: its check passes and no reinstall follows")
+    skip = ("install install_without_extension doctor gpu_tests bench_e2e bench_compile kernel_tests "
+            "bench_attention bench_layer_norm bench_bias_act bench_embed")
+    env = dict(os.environ, GPU_CHECK_SKIP=skip, TORCH_CUDA_ARCH_LIST="9.0", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "benches" / "gpu_check.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    steps = dict(line.split("\t")[:2] for line in (tmp_path / "out" / "steps.tsv").read_text().splitlines())
+    assert steps["install_check"] == "fail(rc=1)" and steps["install_check_without_extension"] == "ok"
+    install = json.loads((tmp_path / "out" / "env.json").read_text())["install"]
+    assert install["torch_cuda_arch_list"] == "9.0" and install["extension"] == "missing"
+    with_ext, without = install["attempts"]
+    assert with_ext["build"] == "with extension" and "rembert_fast._C" in with_ext["import_error"]
+    assert without == {"build": "without extension", "build_messages": [], "import_error": None}
+
+
 def test_gpu_check_max_autotune_only_on_request(tmp_path):
     commands, files = _gpu_check_dry_run(tmp_path, GPU_CHECK_MAX_AUTOTUNE="1")
     assert "bench_max_autotune" in commands
@@ -415,7 +468,7 @@ def test_kernel_timing_on_cuda_is_device_time(monkeypatch):
         return 0.25
 
     monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
-    assert bench._kernel_ms(lambda: None, 1, 1, bench.torch.device("cuda")) == 0.25
+    assert bench.timing.kernel_ms(lambda: None, 1, 1, torch.device("cuda")) == 0.25
     assert calls == ["median"]
-    assert bench._kernel_ms(lambda: None, 0, 3, bench.torch.device("cpu")) >= 0.0
+    assert bench.timing.kernel_ms(lambda: None, 0, 3, torch.device("cpu")) >= 0.0
     assert calls == ["median"]  # CPU: wall-clock median, do_bench untouched

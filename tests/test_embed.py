@@ -502,11 +502,11 @@ def test_extension_under_cuda_graph_capture(ext) -> None:
     static_ids = _random_ids(1024)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up outside capture, on a side stream as capture wants
-        extension.embed(ext, *static_ids, *weights[:5], 1e-12, *weights[5:])
+    with torch.cuda.stream(stream):  # warm-up outside capture, on the stream the capture then uses,
+        extension.embed(ext, *static_ids, *weights[:5], 1e-12, *weights[5:])  # so its workspaces exist
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         captured = extension.embed(ext, *static_ids, *weights[:5], 1e-12, *weights[5:])
     fresh = _random_ids(1024)
     for static, new in zip(static_ids, fresh, strict=True):

@@ -1,26 +1,26 @@
-"""Bandwidth measurement shared by the memory-bound kernel benchmarks (bench_layer_norm, bench_bias_act).
+"""The harness of the per-op benchmark scripts (benches/bench_*.py): timing, GB/s, tables and JSON.
 
 A memory-bound op is judged by GB/s = (bytes read + bytes written) / median time, against a
 device-to-device copy of the same number of bytes measured in the same run: the copy is the
 achievable bandwidth of the device, so ``fraction_of_copy`` is how close the op comes to it.
 
-Timing: on CUDA, ``triton.testing.do_bench`` (median, L2 cleared before every call, CPU launch
-overhead hidden behind that clear, so the figure is GPU time); on CPU, the median of wall times
-after warm-up (only the eager path runs there, so CI exercises the scripts).
+Timing is `timing.kernel_ms`: on CUDA ``triton.testing.do_bench`` (median, L2 cleared before every
+call, CPU launch overhead hidden behind that clear, so the figure is GPU time); on CPU, the median of
+wall times after warm-up (only the eager path runs there, so CI exercises the scripts).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rembert_fast.bench import timing
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -33,18 +33,7 @@ def device_name() -> str:
 
 def median_seconds(fn: Callable[[], object]) -> float:
     """Median time of one call of `fn`, after warm-up (see the module docstring for the method)."""
-    if CUDA:
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
-    for _ in range(CPU_WARMUP):
-        fn()
-    times = []
-    for _ in range(CPU_ROUNDS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timing.kernel_ms(fn, CPU_WARMUP, CPU_ROUNDS, torch.device(DEVICE)) / 1e3
 
 
 def copy_of(nbytes: int) -> Callable[[], torch.Tensor]:
