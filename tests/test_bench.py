@@ -398,9 +398,10 @@ def test_gpu_check_script_commands_exist(tmp_path):
         assert "--continue-on-collection-errors" in argv
         for path in (a for a in argv if a.startswith("tests")):
             assert (ROOT / path).exists(), path
-    # Every kernel test file runs on the GPU (a new one must be added to the script's list).
+    # Every kernel and op test file runs on the GPU (a new one must be added to the script's list).
     kernel_files = {a for a in commands["kernel_tests"] if a.startswith("tests/")}
-    assert {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_kernel_*.py")} <= kernel_files
+    for pattern in ("test_kernel_*.py", "test_ops_*.py"):
+        assert {f"tests/{p.name}" for p in (ROOT / "tests").glob(pattern)} <= kernel_files, pattern
     for name, argv in commands.items():
         if name.startswith("bench_") and argv[1] != "-m":
             assert (ROOT / argv[1]).exists() and "--json" in argv
