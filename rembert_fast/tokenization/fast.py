@@ -365,7 +365,7 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
             else (options.max_length if padding == "max_length" else None, options.pad_to_multiple_of),
         )
         inputs = [text if pair is None else (text, pair) for text, pair in pairs]
-        # tokenizers >= 0.20 offers encode_batch_fast, which skips offset tracking (~20% faster); the
+        # tokenizers >= 0.20 offers encode_batch_fast, which skips offset tracking (less work); the
         # ids, masks and type ids are the same, and a BatchEncoding's alignment methods encode again.
         encode_batch = self._tokenizer.encode_batch
         if not with_offsets:
