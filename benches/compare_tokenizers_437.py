@@ -25,6 +25,7 @@ its own jobs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -57,6 +58,8 @@ EDGE_CASES = [
     "MiXeD CaSe ÀÉÎÕÜ ñÑ",
     "can't won't I'm you're they've it's",
     "Hello , world . Really ? Yes ! ' quoted '",
+    "hello newword <extra> world tok_one",
+    "tok_one<extra>NEWWORD newwordy",
 ]
 CONFIGS = {
     "slow-default": ("slow", {}),
@@ -68,103 +71,18 @@ CONFIGS = {
     "slow-fast-specials": ("slow", {"unk_token": "<unk>", "pad_token": "<pad>"}),
     "fast-slow-specials": ("fast", {"unk_token": "[UNK]", "pad_token": "[PAD]"}),
 }
+# Configurations with tokens added after construction (their saved directories are loaded by both
+# libraries, like every configuration's).
+ADDED = [
+    ["add_tokens", ["newword", "tok_one"], {}],
+    ["add_special_tokens", {"additional_special_tokens": ["<extra>"], "pad_token": "<newpad>"}],
+]
+SETUPS = {"slow-added": ("slow", {}, ADDED), "fast-added": ("fast", {}, ADDED)}
 
 
-# ------------------------------------------------------------------------------------------ worker side
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, dict) or hasattr(value, "keys"):
-        return {str(key): _jsonable(value[key]) for key in value.keys()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def _load_classes(library: str) -> tuple[type, type]:
-    if library == "transformers":
-        from transformers import RemBertTokenizer, RemBertTokenizerFast
-    else:
-        from rembert_fast.tokenization import RemBertTokenizer, RemBertTokenizerFast
-    return RemBertTokenizer, RemBertTokenizerFast
-
-
-def _saved_files(directory: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        if name == "tokenizer.json":
-            # The serialization format differs between tokenizers versions; what it encodes is compared
-            # through the load jobs instead.
-            out[name] = "present"
-        elif name.endswith(".json"):
-            with open(path, encoding="utf-8") as handle:
-                out[name] = json.load(handle)
-        else:
-            out[name] = os.path.getsize(path)
-    return out
-
-
-def run_jobs(library: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run `jobs` with `library`'s classes ("transformers" or "rembert_fast"); job id -> result."""
-    slow_cls, fast_cls = _load_classes(library)
-    cache: dict[str, Any] = {}
-    results: dict[str, Any] = {}
-    for job in jobs:
-        key = json.dumps([job["cls"], job["source"], job["init"]], sort_keys=True)
-        try:
-            if key not in cache:
-                cls = slow_cls if job["cls"] == "slow" else fast_cls
-                source = job["source"]
-                if "dir" in source:
-                    cache[key] = cls.from_pretrained(source["dir"], **job["init"])
-                elif job["cls"] == "slow":
-                    cache[key] = cls(source["vocab_file"], **job["init"])
-                else:
-                    cache[key] = cls(vocab_file=source["vocab_file"], **job["init"])
-            results[job["id"]] = {"ok": _run_op(cache[key], job)}
-        except Exception as err:  # a job that fails in both libraries matches; the type is not compared
-            results[job["id"]] = {"error": f"{type(err).__name__}: {err}"[:200]}
-    return results
-
-
-def _run_op(tok: Any, job: dict[str, Any]) -> Any:
-    op, args, kwargs = job["op"], job.get("args", []), job.get("kwargs", {})
-    if op == "call":
-        return _jsonable(dict(tok(*args, **kwargs)))
-    if op == "tokenize":
-        return [tok.tokenize(text) for text in args[0]]
-    if op == "decode":
-        return [tok.decode(ids, **kwargs) for ids in args[0]]
-    if op == "batch_decode":
-        return tok.batch_decode(args[0], **kwargs)
-    if op in (
-        "convert_ids_to_tokens",
-        "convert_tokens_to_ids",
-        "build_inputs_with_special_tokens",
-        "get_special_tokens_mask",
-        "create_token_type_ids_from_sequences",
-        "encode",
-    ):
-        return _jsonable(getattr(tok, op)(*args, **kwargs))
-    if op == "attrs":
-        names = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
-        out = {name: getattr(tok, name) for name in names}
-        out.update({name + "_id": getattr(tok, name + "_id") for name in names})
-        out.update(
-            len=len(tok),
-            vocab_size=tok.vocab_size,
-            all_special_tokens=tok.all_special_tokens,
-            all_special_ids=tok.all_special_ids,
-            model_max_length=tok.model_max_length,
-            do_lower_case=tok.do_lower_case,
-            keep_accents=tok.keep_accents,
-        )
-        return out
-    if op == "save":
-        tok.save_pretrained(args[0])
-        return _saved_files(args[0])
-    raise ValueError(f"unknown op {op!r}")
+# The job runner and the feature jobs live beside the tests, which replay the recorded answers.
+sys.path.insert(0, str(ROOT / "tests"))
+from tokenizer_jobs import MODEL_FILE, RECORD_FILE, feature_jobs, run_jobs  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ parent side
@@ -172,7 +90,8 @@ def build_jobs(model: str, lines: list[str], save_root: str) -> list[dict[str, A
     texts = lines + EDGE_CASES
     pair_a, pair_b = lines[0::2][:60], lines[1::2][:60]
     jobs: list[dict[str, Any]] = []
-    for name, (cls, init) in CONFIGS.items():
+    configs = {name: (cls, init, []) for name, (cls, init) in CONFIGS.items()}
+    for name, (cls, init, setup) in {**configs, **SETUPS}.items():
         source = {"vocab_file": model}
 
         def add(
@@ -183,6 +102,7 @@ def build_jobs(model: str, lines: list[str], save_root: str) -> list[dict[str, A
             _init: dict = init,
             _source: dict = source,
             _name: str = name,
+            _setup: list = setup,
             **kwargs: Any,
         ) -> None:
             jobs.append(
@@ -194,6 +114,7 @@ def build_jobs(model: str, lines: list[str], save_root: str) -> list[dict[str, A
                     "op": op,
                     "args": list(args),
                     "kwargs": kwargs,
+                    **({"setup": _setup} if _setup else {}),
                 }
             )
 
@@ -259,7 +180,7 @@ def add_decode_jobs(jobs: list[dict[str, Any]], reference: dict[str, Any]) -> li
     for job in jobs:
         if not job["id"].endswith("/lines") or "ok" not in reference.get(job["id"], {}):
             continue
-        ids = reference[job["id"]]["ok"]["input_ids"]
+        ids = _result(reference[job["id"]])["input_ids"]
         base = job["id"][: -len("lines")]
         for skip in (False, True):
             extra.append(
@@ -323,7 +244,34 @@ def _resolve_save_dirs(jobs: list[dict[str, Any]], library: str) -> list[dict[st
     ]
 
 
-def run_reference(python: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+def record(python: str, out_file: str, lines: list[str]) -> int:
+    """Write the 4.37.2 answers of the feature jobs to `out_file` (JSON: versions, the model's sha256,
+    jobs, answers)."""
+    jobs = feature_jobs(lines)
+    answers = run_reference(python, jobs, model=str(MODEL_FILE))
+    versions = subprocess.run(
+        [python, "-c", "import transformers, tokenizers, sentencepiece as s; "
+         "print(transformers.__version__, tokenizers.__version__, s.__version__)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    content = {
+        "generated_by": "benches/compare_tokenizers_437.py --record",
+        "transformers": versions[0],
+        "tokenizers": versions[1],
+        "sentencepiece": versions[2],
+        "model_sha256": hashlib.sha256(MODEL_FILE.read_bytes()).hexdigest(),
+        "jobs": jobs,
+        "answers": answers,
+    }
+    with open(out_file, "w", encoding="utf-8") as handle:
+        json.dump(content, handle, ensure_ascii=False, separators=(",", ":"))
+        handle.write("\n")
+    errors = sum("error" in answer for answer in answers.values())
+    print(f"recorded {len(jobs)} jobs ({errors} raise under 4.37.2) into {out_file}")
+    return 0
+
+
+def run_reference(python: str, jobs: list[dict[str, Any]], model: str = "") -> dict[str, Any]:
     jobs = _resolve_save_dirs(jobs, "transformers")
     env = {
         **os.environ,
@@ -333,7 +281,7 @@ def run_reference(python: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     proc = subprocess.run(
         [python, __file__, "--worker"],
-        input=json.dumps(jobs),
+        input=json.dumps({"jobs": jobs, "model": model}),
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -351,11 +299,17 @@ def run_ours(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     return run_jobs("rembert_fast", _resolve_save_dirs(jobs, "rembert_fast"))
 
 
+def _result(answer: dict[str, Any]) -> Any:
+    """A job's answer without the results of its setup steps."""
+    ok = answer.get("ok")
+    return ok["result"] if isinstance(ok, dict) and sorted(ok) == ["result", "setup"] else ok
+
+
 def _line_mismatches(ours: Any, reference: Any) -> list[int]:
     """Indices of batch rows that differ in any field."""
     if "ok" not in ours or "ok" not in reference:
         return [-1]
-    a, b = ours["ok"], reference["ok"]
+    a, b = _result(ours), _result(reference)
     if isinstance(a, dict) and isinstance(b, dict):
         if sorted(a) != sorted(b):
             return [-1]
@@ -372,9 +326,9 @@ def compare(ours: dict[str, Any], reference: dict[str, Any]) -> tuple[list[str],
         if job_id.endswith(("/lines", "/tokenize")) or "/decode/" in job_id:
             bad = _line_mismatches(got, expected)
             rows = (
-                len(expected["ok"]["input_ids"])
-                if isinstance(expected.get("ok"), dict)
-                else len(expected.get("ok", []))
+                len(_result(expected)["input_ids"])
+                if isinstance(_result(expected), dict)
+                else len(_result(expected) or [])
             )
             per_line[job_id] = (rows - len(bad), rows)
             if bad:
@@ -401,13 +355,27 @@ def main() -> int:
         "--model", help="sentencepiece .model to compare on (default: train the tiny test model)"
     )
     parser.add_argument("--data", default=str(ROOT / "tests" / "data" / "multilingual.txt"))
+    parser.add_argument(
+        "--record",
+        nargs="?",
+        const=str(RECORD_FILE),
+        help="run the feature jobs (tests/tokenizer_jobs.py) under 4.37.2 on tests/data's model and write "
+        f"their answers as the tests' reference (default {RECORD_FILE.relative_to(ROOT)})",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        json.dump(run_jobs("transformers", json.load(sys.stdin)), sys.stdout, ensure_ascii=False)
+        request = json.load(sys.stdin)
+        if isinstance(request, list):
+            request = {"jobs": request}
+        with tempfile.TemporaryDirectory() as save:
+            answers = run_jobs("transformers", request["jobs"], request.get("model", ""), save)
+        json.dump(answers, sys.stdout, ensure_ascii=False)
         return 0
     if not args.python:
         parser.error("pass --python /path/to/venv437/bin/python or set REMBERT_FAST_TF437_PYTHON")
+    if args.record:
+        return record(args.python, args.record, Path(args.data).read_text(encoding="utf-8").splitlines())
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:

@@ -81,7 +81,7 @@ def _resolve_weight_files(path: str | os.PathLike) -> list[Path]:
             raise ValueError(
                 f"no weights file in {str(path)!r}: looked for {', '.join(_WEIGHTS_SEARCH_ORDER)}"
             )
-        path = found[0]
+        path = _inside(found[0], path)
     if not path.name.endswith(".index.json"):
         return [path]
     try:
@@ -101,7 +101,20 @@ def _resolve_weight_files(path: str | os.PathLike) -> list[Path]:
     for shard in shards:
         if not shard.is_file():
             raise ValueError(f"shard {shard.name!r} named by the index {str(path)!r} does not exist")
-    return shards
+    return [_inside(shard, path.parent) for shard in shards]
+
+
+def _inside(file: Path, directory: Path) -> Path:
+    """`file`, refused when it is a link to a file outside `directory` (a checkpoint could otherwise
+    read any file on the disk); a Hub cache snapshot's links into its repository's blobs/ are fine."""
+    target, home = file.resolve(), directory.resolve()
+    allowed = [home]
+    if home.parent.name == "snapshots":  # <cache>/models--org--name/snapshots/<revision>/ -> ../../blobs/
+        allowed.append(home.parent.parent / "blobs")
+    if not any(target.is_relative_to(place) for place in allowed):
+        raise ValueError(f"weights file {str(file)!r} links to {str(target)!r}, outside the model directory "
+                         f"{str(directory)!r}: refusing to read it (copy the file into the directory)")
+    return file
 
 
 def _read_file(file: Path) -> Iterator[tuple[str, torch.Tensor]]:

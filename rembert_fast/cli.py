@@ -4,10 +4,16 @@
     rembert-fast embed --model DIR --input texts.txt --output vectors.npy
     rembert-fast classify | fill-mask | token-classify --model DIR --input in.jsonl --output out.jsonl
 
-The batch subcommands are a thin shell over `rembert_fast.inference`: they check the arguments (a
-usage error prints one line and exits 2), pick the writer for the output's suffix, continue a partial
-output with `--resume`, and under `torchrun` split the input across processes and merge the parts.
-Exit status: 0 when every line has a result, 1 when some lines are error records, 2 for usage errors.
+The batch subcommands are a thin shell over `rembert_fast.inference`: they check the arguments, lock
+the output, pick the writer for the output's suffix, continue a partial output with `--resume` (same
+settings only), and under `torchrun` split the input across processes and merge the parts.
+
+Exit status of a batch subcommand, each failure with a one-line message (a traceback with --debug):
+    0    every line has a result
+    1    the output is complete and some lines are error records
+    2    usage or settings error: bad arguments, a --resume with other settings, an output in use
+    3    the run failed (I/O error, crash): the .partial output is kept for --resume
+    130  interrupted (Ctrl-C): the .partial output is kept for --resume
 """
 
 from __future__ import annotations
@@ -16,9 +22,17 @@ import argparse
 import datetime
 import json
 import os
+import shlex
+import signal
+import socket
 import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 from typing import Any
+
+EXIT_ERROR_RECORDS, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -139,8 +153,36 @@ def _result_key(args: argparse.Namespace) -> str:
     return inference.RESULT_KEYS[args.command]
 
 
+# The files of a model directory a run reads (besides weights, matched by suffix below).
+_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "sentencepiece.model", "spiece.model")
+
+
+def _settings(args: argparse.Namespace, engine: Any, jsonl: bool, world: int) -> dict[str, Any]:
+    """What a run's output bytes depend on: a --resume must match it (recorded beside the .partial)."""
+    import torch
+
+    from rembert_fast import __version__, ops
+
+    model = Path(args.model).resolve()
+    read = [p for p in model.iterdir() if p.is_file()
+            and (p.name in _MODEL_FILES or p.name.endswith((".safetensors", ".bin", ".index.json")))]
+    files = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in read)
+    options = ("pooling", "npy_dtype", "top_k", "all_scores", "aggregate")
+    return {
+        "command": args.command, "model": str(model), "model_files": files,
+        "input": args.input if args.input == "-" else str(Path(args.input).resolve()),
+        "input_format": "jsonl" if jsonl else "txt", "max_length": engine.max_length,
+        "dtype": str(engine.dtype).removeprefix("torch."), "device": engine.device.type,
+        "cpu_threads": torch.get_num_threads() if engine.device.type == "cpu" else None,
+        "backend": ops.requested_backend(), "batch_tokens": engine.batch_tokens, "window": args.window,
+        "world_size": world, "rembert_fast": __version__, "torch": torch.__version__,
+        **{name: getattr(args, name) for name in options if hasattr(args, name)},
+    }
+
+
 def _make_writer(args: argparse.Namespace, output: Path, errors: Path | None, width: int,
-                 rank: int, world: int) -> Any:
+                 rank: int, world: int, settings: dict[str, Any]) -> Any:
     from rembert_fast import inference
 
     def part(path: Path) -> Path:
@@ -149,13 +191,43 @@ def _make_writer(args: argparse.Namespace, output: Path, errors: Path | None, wi
     try:
         if errors is None:
             return inference.JsonlWriter(part(output), resume=args.resume,
-                                         result_key=_result_key(args))
+                                         result_key=_result_key(args), settings=settings)
         return inference.NpyWriter(
             part(output), part(errors), width, dtype=args.npy_dtype, resume=args.resume,
-            line_of_row=lambda row: inference.shard_line(row, rank, world, args.window),
+            line_of_row=lambda row: inference.shard_line(row, rank, world, args.window), settings=settings,
         )
     except inference.ResumeError as error:
         raise UsageError(str(error)) from None
+
+
+def _lock(paths: list[Path]) -> list[Any]:
+    from rembert_fast import inference
+
+    locks: list[Any] = []
+    try:
+        for path in paths:
+            locks.append(inference.OutputLock(path))
+    except inference.OutputInUse as error:
+        for lock in locks:
+            lock.release()
+        raise UsageError(str(error)) from None
+    return locks
+
+
+def _other_ranks_exited(pids: list[tuple[str, int]]) -> None:
+    """Wait (30 s at most) until the other ranks on this host have exited: torchrun, seeing a rank exit
+    non-zero while others still run, kills them and reports them failed too."""
+    deadline = time.monotonic() + 30
+    for host, pid in pids:
+        while host == socket.gethostname() and pid != os.getpid() and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):  # exited, not yet reaped by torchrun
+                break
+            time.sleep(0.02)
 
 
 def _run_task(args: argparse.Namespace) -> int:
@@ -180,8 +252,20 @@ def _run_on(args: argparse.Namespace, stream: Any, model: Path, output: Path, er
         device = inference.resolve_device(device)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    locks = _lock([_part(output, rank, world)] + ([output] if rank == 0 and world > 1 else []))
     try:
-        engine = inference.InferenceEngine(
+        engine = _load_engine(args, model, device)
+        return _write(args, stream, engine, jsonl, output, errors, rank, world)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _load_engine(args: argparse.Namespace, model: Path, device: Any) -> Any:
+    from rembert_fast import inference
+
+    try:
+        return inference.InferenceEngine(
             model, args.command, device=device, dtype=args.dtype, batch_tokens=args.batch_tokens,
             max_length=args.max_length, pooling=getattr(args, "pooling", "cls"),
             top_k=getattr(args, "top_k", 5), all_scores=getattr(args, "all_scores", False),
@@ -191,7 +275,15 @@ def _run_on(args: argparse.Namespace, stream: Any, model: Path, output: Path, er
         raise UsageError(f"{args.model}: {_first_line(error)}") from None
     except (OSError, RuntimeError) as error:
         raise UsageError(f"cannot load model {args.model!r}: {_first_line(error)}") from None
-    writer = _make_writer(args, output, errors, engine.hidden_size, rank, world)
+
+
+def _write(args: argparse.Namespace, stream: Any, engine: Any, jsonl: bool, output: Path, errors: Path | None,
+           rank: int, world: int) -> int:
+    from rembert_fast import inference
+
+    settings = _settings(args, engine, jsonl, world)
+    writer = _make_writer(args, output, errors, engine.hidden_size, rank, world, settings)
+    args.written = writer.partial
     progress = rank == 0 and (args.progress or sys.stderr.isatty())
     total = None
     if progress and args.input != "-":
@@ -219,13 +311,18 @@ def _run_on(args: argparse.Namespace, stream: Any, model: Path, output: Path, er
         # Both reductions also wait for every rank to finish its part before rank 0 merges.
         counts = [int(c) for c in _reduce(counts, "sum")]
         seconds = _reduce([seconds], "max")[0]
+        errors_now, prior_errors = counts[1], counts[5]
         if rank == 0 and errors is None:
             inference.merge_jsonl([_part(output, r, world) for r in range(world)], output)
         elif rank == 0:
             parts = [(_part(output, r, world), _part(errors, r, world)) for r in range(world)]
             inference.merge_npy(parts, output, errors, args.window)
+        pids: list[Any] = [None] * world
+        dist.all_gather_object(pids, (socket.gethostname(), os.getpid()))
         dist.barrier()
         dist.destroy_process_group()
+        if rank == 0 and errors_now + prior_errors:
+            _other_ranks_exited(pids)
     lines, errors_now, truncated, tokens, prior_records, prior_errors = counts
     if rank == 0:
         summary = inference.RunStats(lines, errors_now, truncated, tokens, seconds).summary()
@@ -233,15 +330,38 @@ def _run_on(args: argparse.Namespace, stream: Any, model: Path, output: Path, er
         print(f"rembert-fast {args.command}: {summary}{resumed} -> {args.output}", file=sys.stderr)
     # Rank 0 alone reports error lines: under torchrun a rank exiting 1 first would get the others,
     # rank 0 before its summary among them, killed as if it had crashed.
-    return 1 if errors_now + prior_errors and rank == 0 else 0
+    return EXIT_ERROR_RECORDS if errors_now + prior_errors and rank == 0 else 0
 
 
 def _infer(args: argparse.Namespace) -> int:
+    """Run a batch subcommand; every failure is one line on stderr and its exit status."""
+    name = f"rembert-fast {args.command}"
+    args.written = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        # A shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it: `kill
+        # -INT` would not stop the run. Ctrl-C always stops a batch run (keeping its .partial).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run_task(args)
     except UsageError as error:
-        print(f"rembert-fast {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        again = shlex.join(["rembert-fast", *args.argv, *([] if args.resume else ["--resume"])])
+        kept = f"what was written is kept in {str(args.written)!r}; " if args.written else ""
+        print(f"{name}: interrupted: {kept}to continue, run: {again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # I/O failures and crashes: not the input's fault, not a usage error
+        if args.debug:
+            traceback.print_exc()
+        kept = f"; what was written is kept in {str(args.written)!r} for --resume" if args.written else ""
+        hint = "" if args.debug else " (--debug shows the traceback)"
+        print(f"{name}: failed: {type(error).__name__}: {_first_line(error)}{kept}{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _positive(text: str) -> int:
@@ -270,7 +390,8 @@ def _add_task(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--device",
                    help="cpu, cuda or cuda:N (default: cuda when available); under torchrun cuda:LOCAL_RANK")
     p.add_argument("--resume", action="store_true",
-                   help="continue a partial output (same arguments); lines already written are not redone")
+                   help="continue a partial output; refused (exit 2) unless written with the same settings")
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     p.add_argument("--progress", action="store_true",
                    help="show the progress bar even when stderr is not a TTY")
     p.add_argument("--window", type=_positive, default=DEFAULT_WINDOW,
@@ -310,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args.func(args)
 
 

@@ -48,7 +48,29 @@ _DEFAULTS: dict[str, Any] = {
     "chunk_size_feed_forward": 0,
 }
 
+# The largest value of each size a model can be built with here: past these a field is a typo or a
+# hostile config.json, refused before anything of that size is allocated.
+MAX_SIZES = {
+    "vocab_size": 1 << 24,
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 1 << 10,
+    "num_attention_heads": 1 << 12,
+    "input_embedding_size": 1 << 16,
+    "output_embedding_size": 1 << 16,
+    "intermediate_size": 1 << 18,
+    "max_position_embeddings": 1 << 20,
+    "type_vocab_size": 1 << 10,
+    "num_labels": 1 << 20,
+}
+MAX_PARAMETERS = 1 << 36  # 64 Gi weights (256 GiB in float32): more than any device holds
+
 _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
+def _check_label_count(count: int | None) -> None:
+    if count is not None and count > MAX_SIZES["num_labels"]:
+        raise ValueError(f"num_labels={count} is larger than a classification head can be built with "
+                         f"(at most {MAX_SIZES['num_labels']})")
 
 
 class RemBertConfig:
@@ -71,10 +93,12 @@ class RemBertConfig:
         if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int)
                                        or num_labels < 0):
             raise ValueError(f"num_labels={num_labels!r} must be a non-negative integer")
+        _check_label_count(num_labels)
         for name, mapping in (("id2label", id2label), ("label2id", label2id)):
             if mapping is not None and not isinstance(mapping, dict):
                 raise ValueError(f"{name} must be a JSON object (a dict), got {type(mapping).__name__}")
         if id2label is not None:
+            _check_label_count(len(id2label))
             try:
                 self.id2label = {int(k): v for k, v in id2label.items()}
             except ValueError as err:
@@ -108,6 +132,7 @@ class RemBertConfig:
 
     @num_labels.setter
     def num_labels(self, value: int) -> None:
+        _check_label_count(value)
         if value != len(self.id2label):
             self.id2label = {i: f"LABEL_{i}" for i in range(value)}
             self.label2id = {v: k for k, v in self.id2label.items()}
@@ -124,6 +149,9 @@ class RemBertConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{key}={value!r} must be a positive integer")
+            if value > MAX_SIZES[key]:
+                raise ValueError(f"{key}={value} is larger than a RemBERT model can be built with "
+                                 f"(at most {MAX_SIZES[key]})")
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -145,6 +173,11 @@ class RemBertConfig:
                 f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads="
                 f"{self.num_attention_heads}"
             )
+        parameters = self.parameter_count()
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(f"this config describes {parameters:.3g} weights, more than "
+                             f"{MAX_PARAMETERS:.3g}: no device holds such a model (a size in config.json is "
+                             "wrong)")
         if self.problem_type not in _PROBLEM_TYPES:
             raise ValueError(f"problem_type={self.problem_type!r} is not one of {_PROBLEM_TYPES}")
         if self.problem_type == "single_label_classification" and self.num_labels < 2:
@@ -154,6 +187,14 @@ class RemBertConfig:
             )
         if self.add_cross_attention and not self.is_decoder:
             raise ValueError("add_cross_attention=True needs is_decoder=True")
+
+    def parameter_count(self) -> int:
+        """About how many weights the largest model of this config (a masked-LM head) holds."""
+        embed, hidden, out = self.input_embedding_size, self.hidden_size, self.output_embedding_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * embed
+        layer = 4 * hidden * hidden + 2 * hidden * self.intermediate_size
+        head = hidden * out + out * self.vocab_size + hidden * self.num_labels
+        return embeddings + embed * hidden + self.num_hidden_layers * layer + head
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -8,6 +8,9 @@ pooler included, also serve `embed`), "mlm" (masked LM) and "tok" (token classif
 `Reference` computes what a line should give by calling transformers' model on that one line alone
 (no batching, no padding), with ids from rembert_fast's tokenizer `__call__`: independent of the
 engine's batching, sorting, packing and post-processing.
+
+Also a pytest plugin (`pytest_plugins = ["batch_fixtures"]`) with the fixtures `dirs` (the
+directories), `ref` (a `Reference`) and `one_thread` (torch on one thread for the module).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from tokenizer_fixtures import read_multilingual_lines, train_tiny_sentencepiece
 
@@ -117,3 +121,22 @@ class Reference:
     def token_probs(self, text: str) -> tuple[dict, torch.Tensor]:
         encoding = self.encode(text)
         return encoding, self.tagger(**self._inputs(encoding)).logits[0].softmax(-1)
+
+
+@pytest.fixture(scope="module")
+def dirs() -> dict[str, Path]:
+    return tiny_model_dirs()
+
+
+@pytest.fixture(scope="module")
+def ref(dirs: dict[str, Path]) -> Reference:
+    return Reference(dirs)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared CPU they only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

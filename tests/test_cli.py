@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from batch_fixtures import Reference, sample_texts, tiny_model_dirs
+from batch_fixtures import Reference, sample_texts
 
 from rembert_fast import inference
 from rembert_fast.cli import main
@@ -26,25 +26,26 @@ MIXED = Path(__file__).parent / "data" / "batch_mixed.jsonl"  # good, malformed 
 MIXED_ERRORS = {3, 4, 5, 10}  # not JSON, no "text", non-string "text", empty line
 TASK_DIR = {"embed": "cls", "classify": "cls", "fill-mask": "mlm", "token-classify": "tok"}
 
-
-@pytest.fixture(scope="module")
-def dirs():
-    return tiny_model_dirs()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared CPU they only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytest_plugins = ["batch_fixtures"]  # the fixtures dirs, ref and one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(capsys, task, model, inp, out, *extra):
     code = main([task, "--model", str(model), "--input", str(inp), "--output", str(out), "--window", "4",
                  "--batch-tokens", "80", *extra])
     return code, capsys.readouterr().err
+
+
+def _started(monkeypatch, capsys, task, model, inp, out, *extra):
+    """Run the command, stopped (Ctrl-C) at its first record: the output's settings record and its
+    .partial exist, as a crash leaves them; the caller then writes what the crash left in the .partial."""
+    def interrupt(self, record):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(inference.JsonlWriter, "write", interrupt)
+        patch.setattr(inference.NpyWriter, "write", interrupt)
+        assert _run(capsys, task, model, inp, out, *extra)[0] == 130
 
 
 def _lines(path: Path) -> list[dict]:
@@ -174,12 +175,13 @@ def test_outputs_that_would_destroy_something_are_usage_errors(dirs, capsys, tmp
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".npy"])
-def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffix):
+def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffix, monkeypatch):
     texts = sample_texts() * 2
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / f"out{suffix}"
     assert _run(capsys, "embed", dirs["cls"], tmp_path / "in.txt", out)[0] == 0
     complete = out.read_bytes()
+    _started(monkeypatch, capsys, "embed", dirs["cls"], tmp_path / "in.txt", out)
     # A crash while line 11's record (or row) was being written leaves a torn .partial file.
     cut = complete.index(b'{"line": 11,') + 40 if suffix == ".jsonl" else 128 + 10 * 32 * 4 + 17
     partial = tmp_path / f"out{suffix}.partial"
@@ -194,7 +196,7 @@ def test_resume_after_a_crash_gives_the_same_bytes(dirs, capsys, tmp_path, suffi
 
 
 @pytest.mark.parametrize("aggregate", ["first", "average"])
-def test_resume_of_aggregated_token_classify(dirs, capsys, tmp_path, aggregate):
+def test_resume_of_aggregated_token_classify(dirs, capsys, tmp_path, aggregate, monkeypatch):
     """Aggregated records hold "words", not "tokens": --resume must still know its own output."""
     texts = sample_texts()
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
@@ -202,6 +204,7 @@ def test_resume_of_aggregated_token_classify(dirs, capsys, tmp_path, aggregate):
     extra = ("--aggregate", aggregate)
     assert _run(capsys, "token-classify", dirs["tok"], tmp_path / "in.txt", out, *extra)[0] == 0
     complete = out.read_bytes()
+    _started(monkeypatch, capsys, "token-classify", dirs["tok"], tmp_path / "in.txt", out, *extra)
     partial = tmp_path / "out.jsonl.partial"
     partial.write_bytes(complete[:complete.index(b'{"line": 6,') + 20])
     out.unlink()
@@ -209,7 +212,7 @@ def test_resume_of_aggregated_token_classify(dirs, capsys, tmp_path, aggregate):
     assert code == 0 and "continued after 5 lines" in err and out.read_bytes() == complete
 
 
-def test_npy_run_killed_before_its_first_flush_resumes(dirs, capsys, tmp_path):
+def test_npy_run_killed_before_its_first_flush_resumes(dirs, capsys, tmp_path, monkeypatch):
     """The .npy header is on disk when the run starts; an empty .partial (a run killed before even
     that) starts over instead of refusing to resume."""
     texts = sample_texts()
@@ -222,6 +225,7 @@ def test_npy_run_killed_before_its_first_flush_resumes(dirs, capsys, tmp_path):
     writer = NpyWriter(tmp_path / "early.npy", tmp_path / "early.errors.jsonl", 8)
     assert (tmp_path / "early.npy.partial").stat().st_size == 128  # the header, before any write
     writer.close()
+    _started(monkeypatch, capsys, "embed", dirs["cls"], tmp_path / "in.txt", out)
     out.unlink()
     (tmp_path / "out.npy.partial").write_bytes(b"")
     (tmp_path / "out.errors.jsonl.partial").write_bytes(b"")

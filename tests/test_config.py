@@ -150,3 +150,35 @@ def test_a_torch_dtype_field_is_written_by_name(tmp_path):
     config.save_pretrained(tmp_path)
     again = RemBertConfig.from_pretrained(tmp_path)
     assert again.dtype == "float16" and again.torch_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"num_labels": 2_000_000_000}, "num_labels=2000000000 is larger"),
+        ({"vocab_size": 1 << 30}, "vocab_size=1073741824 is larger"),
+        ({"num_hidden_layers": 100_000}, "num_hidden_layers=100000 is larger"),
+        ({"intermediate_size": 1 << 40}, "intermediate_size=1099511627776 is larger"),
+        ({"hidden_size": 1 << 16, "num_attention_heads": 16, "num_hidden_layers": 1000,
+          "intermediate_size": 1 << 18}, "weights, more than"),
+    ],
+)
+def test_sizes_no_model_can_have_are_refused_at_once(tmp_path, monkeypatch, fields, message):
+    """A config.json with a huge size fails before anything of that size is built (a 2e9-label dict
+    took minutes to a MemoryError)."""
+    import time
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "rembert", **fields}))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        RemBertConfig.from_pretrained(tmp_path)
+    assert time.perf_counter() - start < 5
+    config = RemBertConfig()
+    with pytest.raises(ValueError, match="num_labels=2000000000 is larger"):
+        config.num_labels = 2_000_000_000
+    assert config.num_labels == 2
+    from rembert_fast import configuration
+
+    monkeypatch.setitem(configuration.MAX_SIZES, "num_labels", 4)  # id2label's length is bounded too
+    with pytest.raises(ValueError, match="num_labels=5 is larger"):
+        RemBertConfig(id2label={i: str(i) for i in range(5)})

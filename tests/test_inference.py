@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from batch_fixtures import MAX_POSITIONS, Reference, sample_texts, tiny_model_dirs
+from batch_fixtures import MAX_POSITIONS, sample_texts
 
 from rembert_fast import inference
 from rembert_fast.inference import InferenceEngine, LineError
@@ -23,24 +23,8 @@ from rembert_fast.tokenization import RemBertTokenizerFast
 
 ATOL = 1e-5
 
-
-@pytest.fixture(scope="module")
-def dirs():
-    return tiny_model_dirs()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared CPU they only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ref(dirs):
-    return Reference(dirs)
+pytest_plugins = ["batch_fixtures"]  # the fixtures dirs, ref and one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _engine(dirs, task, **kwargs):

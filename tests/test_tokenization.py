@@ -2,13 +2,18 @@
 expectations (truncation, padding, masks, offsets, decode, save/load, errors).
 
 A tiny Unigram sentencepiece model with RemBERT's special pieces is trained once per session on the
-multilingual sentences in tests/data (tests/tokenizer_fixtures.py). The comparison with transformers
-4.37.2 itself needs that version in a separate virtualenv: it runs when REMBERT_FAST_TF437_PYTHON
-points at that venv's python (benches/compare_tokenizers_437.py does the work).
+multilingual sentences in tests/data (tests/tokenizer_fixtures.py). The features the task guides use
+(is_split_into_words, added and settable special tokens, the fast BatchEncoding's alignment, overflow
+with stride, the guides' own functions) are checked against transformers 4.37.2's answers recorded in
+tests/data/tokenizers_437.json on the committed tests/data/tiny_sentencepiece.model (jobs in
+tests/tokenizer_jobs.py). The live comparison with transformers 4.37.2 needs that version in a separate
+virtualenv: it runs when REMBERT_FAST_TF437_PYTHON points at that venv's python
+(benches/compare_tokenizers_437.py does the work).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +27,7 @@ import pytest
 import sentencepiece as spm
 import torch
 from tokenizer_fixtures import SPECIAL_PIECES, read_multilingual_lines, train_tiny_sentencepiece
+from tokenizer_jobs import MODEL_FILE, RECORD_FILE, run_jobs
 
 from rembert_fast import RemBertTokenizer, RemBertTokenizerFast
 from rembert_fast.tokenization import REMBERT_MAX_POSITIONS
@@ -759,3 +765,163 @@ def test_pad_and_data_collator_match_transformers(slow, fast_equal, lines, tmp_p
     assert all(torch.equal(collated[key], reference[key]) for key in reference)
     with pytest.raises(ValueError, match="pad needs input_ids"):
         ours.pad([{"labels": 1}])
+
+
+# ------------------------------------------------- issue 15's features against recorded 4.37.2 answers
+def _recorded() -> dict:
+    return json.loads(RECORD_FILE.read_text(encoding="utf-8"))
+
+
+RECORDED = _recorded()
+
+
+def _group(job_id: str) -> str:
+    parts = job_id.split("/")
+    return "/".join(parts[:3] if parts[1] in ("setup", "guide") else parts[:2])
+
+
+RECORDED_GROUPS = sorted({_group(job["id"]) for job in RECORDED["jobs"]})
+
+
+def test_recording_came_from_transformers_4_37_2():
+    assert sum(len([j for j in RECORDED["jobs"] if _group(j["id"]) == g]) for g in RECORDED_GROUPS) == len(
+        RECORDED["jobs"]
+    )
+    assert (RECORDED["transformers"], RECORDED["tokenizers"]) == ("4.37.2", "0.15.2")
+    assert RECORDED["model_sha256"] == hashlib.sha256(MODEL_FILE.read_bytes()).hexdigest()
+    assert len(RECORDED["jobs"]) == len(RECORDED["answers"]) > 250
+
+
+def _first_difference(ours, theirs, path: str = "") -> str:
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        if sorted(ours) != sorted(theirs):
+            return f"{path}: keys {sorted(ours)} | 4.37.2 {sorted(theirs)}"
+        key = next(k for k in theirs if ours[k] != theirs[k])
+        return _first_difference(ours[key], theirs[key], f"{path}/{key}")
+    if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        i = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
+        return _first_difference(ours[i], theirs[i], f"{path}[{i}]")
+    return f"{path}: ours {json.dumps(ours)[:200]} | 4.37.2 {json.dumps(theirs)[:200]}"
+
+
+@pytest.mark.parametrize("group", RECORDED_GROUPS)
+def test_matches_recorded_transformers_4_37_2(group, tmp_path):
+    """is_split_into_words, return_length, settable and added special tokens, sides, the fast
+    BatchEncoding's alignment, overflow with stride and the guides' functions, job by job (ids, masks,
+    word/sequence ids, offsets, sample mapping, saved files) against 4.37.2's recorded answers; where
+    4.37.2 raises, rembert_fast raises too."""
+    jobs = [job for job in RECORDED["jobs"] if _group(job["id"]) == group]
+    assert jobs
+    ours = run_jobs("rembert_fast", jobs, model=str(MODEL_FILE), save=str(tmp_path))
+    differences = []
+    for job in jobs:
+        want, got = RECORDED["answers"][job["id"]], ours[job["id"]]
+        if "error" in want:
+            if "error" not in got:
+                differences.append(f"{job['id']}: 4.37.2 raises {want['error'][:80]}; ours returned")
+        elif got != want:
+            differences.append(f"{job['id']}: {_first_difference(got, want)}")
+    assert not differences, f"{len(differences)}/{len(jobs)} differ:\n" + "\n".join(differences[:8])
+
+
+@pytest.mark.parametrize("which", ["slow", "fast"])
+def test_added_tokens_survive_save_and_load(model_file, tmp_path, which):
+    """Tokens added after construction keep their ids through save_pretrained -> from_pretrained here,
+    and transformers (the installed version) reads the fast tokenizer's directory with the same ids."""
+    cls = RemBertTokenizer if which == "slow" else RemBertTokenizerFast
+    tok = cls(model_file) if which == "slow" else cls(vocab_file=model_file)
+    base = len(tok)
+    assert tok.add_tokens(["newword", "tok_one"]) == 2
+    assert tok.add_special_tokens({"additional_special_tokens": ["<extra>"], "pad_token": "<newpad>"}) == 2
+    assert len(tok) == base + 4 and tok.pad_token_id == base + 3
+    texts = ["hello newword <extra> world tok_one", "tok_one<extra>newwordy", "plain text"]
+    ids = tok(texts, padding=True)["input_ids"]
+    assert {base, base + 1, base + 2} <= {i for row in ids for i in row}
+    tok.save_pretrained(tmp_path)
+    again = cls.from_pretrained(tmp_path)
+    assert again(texts, padding=True)["input_ids"] == ids
+    assert again.get_vocab() == tok.get_vocab() and again.additional_special_tokens == ["<extra>"]
+    if which == "fast":
+        transformers = pytest.importorskip("transformers")
+        theirs = transformers.RemBertTokenizerFast.from_pretrained(tmp_path)
+        assert theirs(texts, padding=True)["input_ids"] == ids
+        assert len(theirs) == len(tok) and theirs.pad_token_id == tok.pad_token_id
+
+
+def test_fast_padding_side_set_after_a_call_takes_effect(fast_equal, lines):
+    """The backend's padding/truncation settings are cached between calls; a side or pad token set in
+    between must reach it."""
+    texts = lines[:3]
+    right = fast_equal(texts, padding=True)["input_ids"]
+    try:
+        fast_equal.padding_side = "left"
+        left = fast_equal(texts, padding=True)["input_ids"]
+        fast_equal.pad_token = "[SEP]"
+        left_sep = fast_equal(texts, padding=True)["input_ids"]
+    finally:
+        fast_equal.padding_side = "right"
+        fast_equal.pad_token = "[PAD]"
+    for r, lft, sep in zip(right, left, left_sep, strict=True):
+        body = [i for i in r if i != PAD]
+        assert lft == [PAD] * (len(r) - len(body)) + body
+        assert sep == [SEP] * (len(r) - len(body)) + body
+    assert fast_equal(texts, padding=True)["input_ids"] == right
+
+
+@pytest.mark.parametrize("which", ["slow", "fast"])
+def test_feature_arguments_bad_input(slow, fast_equal, which):
+    tok = slow if which == "slow" else fast_equal
+    with pytest.raises(TypeError, match=r"text\[1\] must be a list of str"):
+        tok([["a", "b"], "c d"], is_split_into_words=True)
+    with pytest.raises(TypeError, match="list of str"):
+        tok("a b", is_split_into_words=True)
+    with pytest.raises(ValueError, match="stride must be an int >= 0; got -1"):
+        tok("a b", stride=-1)
+    with pytest.raises(ValueError, match="padding_side must be 'right' or 'left'; got 'up'"):
+        tok.padding_side = "up"
+    with pytest.raises(ValueError, match="truncation_side"):
+        tok.truncation_side = None
+    with pytest.raises(ValueError, match="non-empty"):
+        tok.pad_token = ""
+    with pytest.raises(TypeError, match="pad_token must be a str"):
+        tok.pad_token = 3
+    with pytest.raises(TypeError, match="must be str or SpecialToken; got int"):
+        tok.add_tokens(["ok", 5])
+    with pytest.raises(ValueError, match="'bad_token' is not a special-token attribute"):
+        tok.add_special_tokens({"bad_token": "x"})
+    assert tok.padding_side == "right" and tok.pad_token == "[PAD]" and len(tok) == 1000
+
+
+def test_slow_alignment_and_overflow_name_the_fast_tokenizer(slow, lines):
+    encoding = slow(lines[:2])
+    assert not encoding.is_fast and encoding.encodings is None
+    for method in ("word_ids", "sequence_ids", "tokens"):
+        with pytest.raises(ValueError, match=f"{method}\\(\\) is not available with RemBertTokenizer.*"
+                                             "use RemBertTokenizerFast"):
+            getattr(encoding, method)(0)
+    with pytest.raises(ValueError, match="RemBertTokenizerFast"):
+        encoding.char_to_token(0, 3)
+    for kwargs in (dict(return_overflowing_tokens=True, truncation=True, max_length=8, stride=2),
+                   dict()):
+        with pytest.raises(NotImplementedError, match="RemBertTokenizerFast"):
+            slow(lines[:2], return_offsets_mapping=True, **kwargs)
+    with pytest.raises(ValueError, match="only_second"):
+        slow(lines[:2], lines[2:4], truncation=True, max_length=8, return_overflowing_tokens=True)
+
+
+def test_fast_alignment_without_offsets_matches_with_offsets(fast_equal, lines):
+    """A call without offsets uses encode_batch_fast; its alignment answers equal a call with offsets."""
+    plain = fast_equal(lines[:5], lines[5:10], truncation=True, max_length=20, stride=4,
+                       return_overflowing_tokens=True)
+    full = fast_equal(lines[:5], lines[5:10], truncation=True, max_length=20, stride=4,
+                      return_overflowing_tokens=True, return_offsets_mapping=True)
+    rows = len(full["input_ids"])
+    assert plain["input_ids"] == full["input_ids"] and rows > 5
+    for i in range(rows):
+        assert plain.word_ids(i) == full.word_ids(i) and plain.tokens(i) == full.tokens(i)
+        chars = [plain.token_to_chars(i, t) for t in range(20)]
+        assert chars == [full.token_to_chars(i, t) for t in range(20)]
+        assert plain.encodings[i].offsets == [tuple(o) for o in full["offset_mapping"][i]]
+        assert plain.char_to_token(i, 5, 1) == full.char_to_token(i, 5, 1)
+        with pytest.raises(IndexError, match="batch index"):
+            plain.word_ids(rows)
