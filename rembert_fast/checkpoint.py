@@ -38,7 +38,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from rembert_fast.configuration import LOADER_ONLY_KEYWORDS, RemBertConfig
+from rembert_fast import hub
+from rembert_fast.configuration import CONFIG_NAME, LOADER_ONLY_KEYWORDS, RemBertConfig
 
 if TYPE_CHECKING:
     from rembert_fast.modeling import RemBertPreTrainedModel
@@ -51,6 +52,9 @@ WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 # Looked for in this order: safetensors wins over pickle-based .bin when a directory holds both.
 _WEIGHTS_SEARCH_ORDER = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+# What a Hub repository's weights are fetched as, in the same order (an index with its shards).
+HUB_WEIGHT_FILES = ((SAFE_WEIGHTS_NAME,), (SAFE_WEIGHTS_INDEX_NAME, "model-*-of-*.safetensors"),
+                    (WEIGHTS_NAME,), (WEIGHTS_INDEX_NAME, "pytorch_model-*-of-*.bin"))
 # Every file name this module may write; stale ones are removed before a save.
 _WRITTEN_FILE_RE = re.compile(
     r"^(model(-\d{5}-of-\d{5})?\.safetensors|pytorch_model(-\d{5}-of-\d{5})?\.bin|"
@@ -109,8 +113,9 @@ def _inside(file: Path, directory: Path) -> Path:
     read any file on the disk); a Hub cache snapshot's links into its repository's blobs/ are fine."""
     target, home = file.resolve(), directory.resolve()
     allowed = [home]
-    if home.parent.name == "snapshots":  # <cache>/models--org--name/snapshots/<revision>/ -> ../../blobs/
-        allowed.append(home.parent.parent / "blobs")
+    # <cache>/models--org--name/snapshots/<revision>/[<subfolder>/]<file> -> <cache>/models--org--name/blobs/
+    allowed += [place.parent.parent / "blobs" for place in (home, *home.parents)
+                if place.parent.name == "snapshots"]
     if not any(target.is_relative_to(place) for place in allowed):
         raise ValueError(f"weights file {str(file)!r} links to {str(target)!r}, outside the model directory "
                          f"{str(directory)!r}: refusing to read it (copy the file into the directory)")
@@ -274,7 +279,9 @@ def load_pretrained(
 
     Args:
         model_cls: a RemBert* model class of `rembert_fast.modeling`.
-        path: a directory written by `save_pretrained` here or in transformers.
+        path: a directory written by `save_pretrained` here or in transformers, or a Hub model id
+            ("google/rembert") fetched into (or, offline, found in) the Hub cache; a local directory
+            of the same name wins.
         dtype: floating dtype of the parameters: a torch.dtype, "float32", "float16", "bfloat16", or
             "auto" (the config's `dtype`/`torch_dtype`, else the checkpoint's). None means
             torch.get_default_dtype() (float32), as transformers does for dtype=None (its own default
@@ -286,8 +293,9 @@ def load_pretrained(
             `device_map` (one device, or "auto"), `config` (a RemBertConfig to use instead of
             config.json), `output_loading_info`, `ignore_mismatched_sizes` (weights whose shape differs,
             e.g. a classifier of another num_labels, are initialised anew and listed); the Hub's and
-            loader's own (`local_files_only`, `revision`, `cache_dir`, `low_cpu_mem_usage`,
-            `attn_implementation`, ...) have no effect on a local directory and are dropped.
+            loader's own (`low_cpu_mem_usage`, `attn_implementation`, ...) have no effect and are
+            dropped; the Hub's (`revision`, `cache_dir`, `local_files_only`, `token`, `subfolder`,
+            `force_download`) apply when `path` is a Hub model id (see `rembert_fast.hub`).
 
     Returns:
         The model in eval mode; its `newly_initialized_keys` lists the weights the checkpoint lacked
@@ -295,9 +303,12 @@ def load_pretrained(
         `(model, {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"})` as transformers.
 
     Raises:
-        ValueError: a missing directory or weights file, a damaged file, missing or unexpected keys,
+        ValueError: a missing directory or weights file (a missing Hub model: `hub.PretrainedNotFoundError`,
+            also an OSError), a damaged file, missing or unexpected keys,
             a shape mismatch (each message names the path, keys and shapes).
     """
+    hub_keywords = hub.pop_hub_keywords(config_overrides)
+    path = hub.resolve_directory(path, (CONFIG_NAME,), HUB_WEIGHT_FILES, **hub_keywords)
     if Path(path).is_file():
         raise ValueError(f"{str(path)!r} is a file; pass the model directory that holds config.json and "
                          f"the weights ({str(Path(path).parent)!r}?)")

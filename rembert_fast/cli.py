@@ -1,7 +1,7 @@
 """The `rembert-fast` command.
 
     rembert-fast doctor                          versions and available backends
-    rembert-fast embed --model DIR --input texts.txt --output vectors.npy
+    rembert-fast embed --model DIR_OR_HUB_ID --input texts.txt --output vectors.npy
     rembert-fast classify | fill-mask | token-classify --model DIR --input in.jsonl --output out.jsonl
 
 The batch subcommands are a thin shell over `rembert_fast.inference`: they check the arguments, lock
@@ -115,10 +115,26 @@ def _reduce(values: list[float], op: str) -> list[float]:
     return tensor.tolist()
 
 
+def _model_directory(name: str) -> Path:
+    """`--model`: a local directory, or a Hub model id fetched into (offline: found in) the Hub cache."""
+    if Path(name).is_dir():
+        return Path(name)
+    from rembert_fast import hub
+    from rembert_fast.checkpoint import HUB_WEIGHT_FILES
+    from rembert_fast.tokenization import RemBertTokenizerFast
+
+    try:
+        wanted = ("config.json", *RemBertTokenizerFast.hub_files)
+        return Path(hub.resolve_directory(name, wanted, HUB_WEIGHT_FILES))
+    except hub.PretrainedNotFoundError as error:
+        raise UsageError(f"model directory: {error}") from None
+
+
 def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
-    model = Path(args.model)
+    model = _model_directory(args.model)
     if not model.is_dir():
         raise UsageError(f"model directory {args.model!r} does not exist")
+    args.model = str(model)  # a Hub id's snapshot directory: what the engine loads and a --resume records
     if not (model / "config.json").is_file():
         raise UsageError(f"{args.model!r} has no config.json: not a model directory")
     output = Path(args.output)
@@ -375,7 +391,8 @@ def _add_task(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     from rembert_fast.inference import DEFAULT_WINDOW, DTYPES
 
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--model", required=True, help="model directory (config.json, weights, tokenizer files)")
+    p.add_argument("--model", required=True,
+                   help="model directory (config.json, weights, tokenizer files) or Hub model id")
     p.add_argument("--input", required=True,
                    help='.txt (a text per line), .jsonl ({"text", "text_pair"?, "id"?} a line) or - (stdin)')
     p.add_argument("--output", required=True, help=".jsonl: one record per input line, in input order")

@@ -12,14 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rembert_fast import hub
+
 CONFIG_NAME = "config.json"
-# transformers' from_pretrained keywords that concern the Hub, its cache or its loader, with no effect on a
-# local directory: the models' and tokenizers' from_pretrained accept them (so a transformers call works
-# unchanged) and drop them, never storing them in a config. `attn_implementation`: rembert_fast's
-# attention is its own on every path; `use_fast`: each tokenizer class is what it is.
-LOADER_ONLY_KEYWORDS = ("local_files_only", "revision", "cache_dir", "trust_remote_code", "force_download",
-                        "token", "proxies", "low_cpu_mem_usage", "attn_implementation", "use_safetensors",
-                        "_fast_init", "resume_download", "use_fast")
+# transformers' from_pretrained keywords for its loader, with no effect here: the models' and tokenizers'
+# from_pretrained accept them (so a transformers call works unchanged) and drop them, never storing them in
+# a config. `attn_implementation`: rembert_fast's attention is its own on every path; `use_fast`: each
+# tokenizer class is what it is. The Hub's keywords (revision, cache_dir, ...) are `hub.HUB_KEYWORDS`.
+LOADER_ONLY_KEYWORDS = ("trust_remote_code", "proxies", "low_cpu_mem_usage", "attn_implementation",
+                        "use_safetensors", "_fast_init", "resume_download", "use_fast")
 
 _DEFAULTS: dict[str, Any] = {
     "vocab_size": 250300,
@@ -235,8 +236,16 @@ class RemBertConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> RemBertConfig:
-        """Read `config.json` from a directory (or the file itself)."""
-        path = Path(path)
+        """Read `config.json` from a directory (or the file itself), or from a Hub model id such as
+        "google/rembert" (see `rembert_fast.hub.resolve_directory` for `revision`, `cache_dir`,
+        `local_files_only`, `token`, `subfolder`); the other keywords override the file's fields.
+
+        Raises:
+            ValueError: a missing path or id (`hub.PretrainedNotFoundError`), no or unreadable config.json.
+        """
+        for name in LOADER_ONLY_KEYWORDS:
+            overrides.pop(name, None)
+        path = Path(hub.resolve_directory(path, (CONFIG_NAME,), **hub.pop_hub_keywords(overrides)))
         file = path / CONFIG_NAME if path.is_dir() else path
         if not path.exists():
             raise ValueError(f"model path {str(path)!r} does not exist")

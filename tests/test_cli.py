@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from batch_fixtures import Reference, sample_texts
+from hub_cache import add_to_hub_cache
 
 from rembert_fast import inference
 from rembert_fast.cli import main
@@ -119,6 +120,19 @@ def test_npy_output_has_nan_rows_and_an_errors_file(dirs, capsys, tmp_path):
     half = np.load(tmp_path / "h.npy")
     assert half.dtype == np.float16
     np.testing.assert_array_equal(half, rows.astype(np.float16))
+
+
+def test_embed_takes_a_hub_model_id_from_the_cache(dirs, capsys, tmp_path, monkeypatch):
+    cache = tmp_path / "hub-cache"
+    add_to_hub_cache(cache, "tiny-org/cls", dirs["cls"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    assert _run(capsys, "embed", dirs["cls"], MIXED, tmp_path / "dir.npy")[0] == 1
+    assert _run(capsys, "embed", "tiny-org/cls", MIXED, tmp_path / "hub.npy")[0] == 1
+    np.testing.assert_array_equal(np.load(tmp_path / "hub.npy"), np.load(tmp_path / "dir.npy"))
+    code, err = _run(capsys, "embed", "tiny-org/absent", MIXED, tmp_path / "none.npy")
+    assert code == 2 and err.count("\n") == 1 and "'tiny-org/absent'" in err and str(cache) in err
 
 
 def test_truncation_is_counted_and_empty_text_is_valid(dirs, capsys, tmp_path):

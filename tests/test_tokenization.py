@@ -532,7 +532,7 @@ def test_missing_or_unreadable_vocab_file(tmp_path):
         RemBertTokenizerFast(tokenizer_file=tmp_path / "nothing.json")
     with pytest.raises(ValueError, match="vocab_file"):
         RemBertTokenizerFast()
-    with pytest.raises(NotADirectoryError, match="no_dir"):
+    with pytest.raises(FileNotFoundError, match="no_dir.*does not exist"):
         RemBertTokenizer.from_pretrained(tmp_path / "no_dir")
     with pytest.raises(FileNotFoundError, match="sentencepiece.model"):
         RemBertTokenizer.from_pretrained(tmp_path)

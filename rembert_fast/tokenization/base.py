@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rembert_fast import hub
 from rembert_fast.configuration import LOADER_ONLY_KEYWORDS
 from rembert_fast.tokenization.batch_encoding import BatchEncoding, to_tensors
 from rembert_fast.tokenization.files import (
@@ -98,6 +99,10 @@ class RemBertTokenizerBase(SpecialTokensMixin, ABC):
 
     model_input_names = ("input_ids", "token_type_ids", "attention_mask")
     is_fast = False
+    # What from_pretrained fetches from a Hub repository (the ones it has).
+    hub_files: tuple[str, ...] = (
+        VOCAB_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE
+    )
     pad_token_type_id = 0
 
     def __init__(
@@ -541,11 +546,19 @@ class RemBertTokenizerBase(SpecialTokensMixin, ABC):
         return []
 
     @classmethod
-    def _read_pretrained_config(cls, directory: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _read_pretrained_config(
+        cls, name_or_path: str | os.PathLike, kwargs: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The local directory `name_or_path` names (a Hub model id is fetched, see `rembert_fast.hub`) and
+        the __init__ keywords its tokenizer_config.json / special_tokens_map.json give, updated by
+        `kwargs` (the Hub's keywords taken out of it)."""
+        name_or_path = as_path(name_or_path, "pretrained_model_name_or_path")
+        directory = hub.resolve_directory(name_or_path, cls.hub_files, **hub.pop_hub_keywords(kwargs))
+        if not os.path.exists(directory):  # a subfolder missing from a local directory
+            raise FileNotFoundError(f"{cls.__name__}.from_pretrained: {directory!r} does not exist")
         if not os.path.isdir(directory):
             raise NotADirectoryError(
-                f"{cls.__name__}.from_pretrained loads a local directory; {directory!r} is not one (download "
-                "the checkpoint first, e.g. with huggingface_hub.snapshot_download)."
+                f"{cls.__name__}.from_pretrained loads a directory or a Hub model id; {directory!r} is a file"
             )
         init: dict[str, Any] = {}
         for name in (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE):
@@ -563,11 +576,11 @@ class RemBertTokenizerBase(SpecialTokensMixin, ABC):
                     f"got a {type(content).__name__}"
                 )
             init.update({key: value for key, value in content.items() if key in _INIT_CONFIG_KEYS})
-        # transformers' Hub and loader keywords: no effect on a local directory (as for the models).
+        # transformers' loader keywords: no effect here (as for the models).
         for name in LOADER_ONLY_KEYWORDS:
             kwargs.pop(name, None)
         init.update(kwargs)
-        return init
+        return directory, init
 
     @abstractmethod
     def __len__(self) -> int:

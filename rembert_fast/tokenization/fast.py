@@ -42,6 +42,7 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
     """
 
     is_fast = True
+    hub_files = (TOKENIZER_FILE, *RemBertTokenizerBase.hub_files)
 
     def __init__(
         self,
@@ -218,9 +219,10 @@ class RemBertTokenizerFast(RemBertTokenizerBase):
     ) -> RemBertTokenizerFast:
         """Load from a directory holding `tokenizer.json` and/or `sentencepiece.model` (plus optional
         tokenizer_config.json / special_tokens_map.json). `tokenizer.json` wins when both exist, as in
-        transformers; keyword arguments override the saved configuration."""
-        directory = as_path(pretrained_model_name_or_path, "pretrained_model_name_or_path")
-        init = cls._read_pretrained_config(directory, kwargs)
+        transformers. A Hub model id such as "google/rembert" loads too (the Hub keywords `revision`,
+        `cache_dir`, `local_files_only`, `token`, `subfolder` apply; see `rembert_fast.hub`). Other
+        keyword arguments override the saved configuration."""
+        directory, init = cls._read_pretrained_config(pretrained_model_name_or_path, kwargs)
         for key, name in (("vocab_file", VOCAB_FILE), ("tokenizer_file", TOKENIZER_FILE)):
             path = os.path.join(directory, name)
             init.setdefault(key, path if os.path.isfile(path) else None)

@@ -151,9 +151,10 @@ class RemBertTokenizer(RemBertTokenizerBase):
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
     ) -> RemBertTokenizer:
         """Load from a directory holding `sentencepiece.model` (and optionally tokenizer_config.json and
-        special_tokens_map.json). Keyword arguments override the saved configuration."""
-        directory = as_path(pretrained_model_name_or_path, "pretrained_model_name_or_path")
-        init = cls._read_pretrained_config(directory, kwargs)
+        special_tokens_map.json), or a Hub model id such as "google/rembert" (the Hub keywords
+        `revision`, `cache_dir`, `local_files_only`, `token`, `subfolder` apply; see `rembert_fast.hub`).
+        Other keyword arguments override the saved configuration."""
+        directory, init = cls._read_pretrained_config(pretrained_model_name_or_path, kwargs)
         vocab_file = init.pop("vocab_file", os.path.join(directory, VOCAB_FILE))
         return cls(vocab_file, **init)
 
