@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rembert_fast.configuration import RemBertConfig
+from rembert_fast.hf_base import GenerationBase
 from rembert_fast.modeling.inputs import (
     check_labels,
     check_num_labels,
@@ -104,7 +105,7 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
         return out if return_dict_of(self.config, return_dict) else out.to_tuple()
 
 
-class RemBertForCausalLM(_RemBertWithLMHead):
+class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
     """RemBERT as a left-to-right decoder (`config.is_decoder=True`), with KV cache and cross-attention.
 
     `past_key_values` is transformers' legacy format: one tuple per layer of self-attention (k, v),
