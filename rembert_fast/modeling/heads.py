@@ -11,6 +11,7 @@ from torch import nn
 
 from rembert_fast.configuration import RemBertConfig
 from rembert_fast.hf_base import GenerationBase
+from rembert_fast.modeling.cache_bridge import cache_length, is_cache_object, legacy_past, store_presents
 from rembert_fast.modeling.inputs import (
     check_labels,
     check_num_labels,
@@ -111,7 +112,8 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
     `past_key_values` is transformers' legacy format: one tuple per layer of self-attention (k, v),
     each (B, heads, past_length, head_dim), followed by the cross-attention (k, v) when the model has
     cross-attention. It is returned when `use_cache` (default `config.use_cache`; off when `labels`
-    are given, as in transformers 4).
+    are given, as in transformers 4). A transformers `DynamicCache` (what `generate()` passes) is read
+    and extended in place, and returned as `past_key_values`.
     """
 
     def forward(
@@ -134,6 +136,11 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
     ) -> CausalLMOutputWithCrossAttentions | tuple[Any, ...]:
         if labels is not None:
             use_cache = False
+        past = one_cache(past_key_values, cache)
+        cache_object = past if is_cache_object(past) else None  # generate()'s DynamicCache
+        if cache_object is not None:
+            past = legacy_past(cache_object)
+            use_cache = True if use_cache is None else use_cache
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -143,11 +150,15 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
             inputs_embeds,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
-            past_key_values=one_cache(past_key_values, cache),
+            past_key_values=past,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
+        presents = enc.past_key_values
+        if cache_object is not None and presents is not None:
+            store_presents(cache_object, presents, cache_length(past))
+            presents = cache_object
         logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
         loss = None
         if labels is not None:
@@ -157,7 +168,7 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         out = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
-            past_key_values=enc.past_key_values,
+            past_key_values=presents,
             hidden_states=enc.padded_hidden_states(),
             attentions=enc.attentions,
             cross_attentions=enc.cross_attentions,
