@@ -4,14 +4,14 @@ with transformers' model on the same weights (and the same tokenizer)."""
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
-import torch
 import transformers
 from tokenizer_fixtures import train_tiny_sentencepiece
 
 import rembert_fast
-from tests.hf_pairs import config_kwargs, randomize
+from tests.hf_pairs import config_kwargs, needs_causal_reference, randomize
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,10 @@ def tokenizer(tmp_path_factory) -> rembert_fast.RemBertTokenizerFast:
     return rembert_fast.RemBertTokenizerFast(vocab_file=model_file)
 
 
-def _pair(class_name: str, vocab_size: int, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
-    kwargs = config_kwargs("h60", vocab_size=vocab_size, max_position_embeddings=64, num_labels=3)
+def _pair(class_name: str, vocab_size: int, seed: int, **overrides) -> tuple[Any, Any]:
+    """(transformers model, rembert_fast model) of `class_name`, eval mode, the same random weights."""
+    kwargs = config_kwargs("h60", vocab_size=vocab_size, max_position_embeddings=64, num_labels=3,
+                           **overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = getattr(transformers, class_name)(transformers.RemBertConfig(attn_implementation="eager",
@@ -65,3 +67,17 @@ def test_pipeline_with_rembert_fast_objects_gives_transformers_numbers(tokenizer
         got = transformers.pipeline(task, model=ours, tokenizer=tokenizer, **options)(texts)
     assert len(got) == len(texts)
     _assert_same(got, expected)
+
+
+@needs_causal_reference
+def test_text_generation_pipeline_gives_transformers_text(tokenizer):
+    theirs, ours = _pair("RemBertForCausalLM", len(tokenizer), seed=14, is_decoder=True)
+    options = dict(max_new_tokens=6, do_sample=False)
+    texts = ["hello world", "une phrase"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = transformers.pipeline("text-generation", model=theirs, tokenizer=tokenizer)(texts,
+                                                                                                **options)
+        got = transformers.pipeline("text-generation", model=ours, tokenizer=tokenizer)(texts, **options)
+    assert got == expected
+    assert all(item[0]["generated_text"].startswith(text) for item, text in zip(got, texts, strict=True))
