@@ -169,3 +169,40 @@ print('ok')
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _trainer(model, output_dir, rows, **options):
+    args = transformers.TrainingArguments(output_dir=str(output_dir), max_steps=4,
+                                          per_device_train_batch_size=4, learning_rate=1e-2, report_to=[],
+                                          use_cpu=True, save_strategy="steps", save_steps=2,
+                                          disable_tqdm=True, seed=3, **options)
+    return transformers.Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
+
+
+def test_trainer_resume_from_checkpoint_and_load_best_model_at_end(tmp_path):
+    pytest.importorskip("accelerate")
+
+    def fresh():
+        config = RemBertConfig(**config_kwargs("h60", num_labels=3))
+        model = rembert_fast.RemBertForSequenceClassification(config)
+        randomize(model, seed=4)
+        return model
+
+    gen = torch.Generator().manual_seed(5)
+    rows = [{"input_ids": torch.randint(3, 97, (7,), generator=gen), "labels": i % 3} for i in range(8)]
+    straight = fresh()
+    _trainer(straight, tmp_path / "straight", rows).train()
+    resumed = fresh()
+    _trainer(resumed, tmp_path / "resumed", rows).train(resume_from_checkpoint=str(tmp_path / "straight" /
+                                                                                   "checkpoint-2"))
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)
+
+    best = fresh()
+    trainer = _trainer(best, tmp_path / "best", rows, eval_strategy="steps", eval_steps=2,
+                       load_best_model_at_end=True, metric_for_best_model="loss")
+    trainer.train()
+    best_dir = trainer.state.best_model_checkpoint
+    chosen = rembert_fast.RemBertForSequenceClassification.from_pretrained(best_dir)
+    for key, value in chosen.state_dict().items():
+        torch.testing.assert_close(best.state_dict()[key], value, rtol=0, atol=0, msg=key)
