@@ -165,7 +165,7 @@ def _resolve_dtype(dtype: torch.dtype | str | None, config: RemBertConfig) -> to
             return None
         name = str(stored).removeprefix("torch.")
         if name not in _DTYPE_NAMES:
-            raise ValueError(f"dtype='auto' found dtype={stored!r} in config.json; pass one of "
+            raise ValueError(f"dtype='auto' found dtype={name!r} in config.json; pass one of "
                              f"{sorted(_DTYPE_NAMES)} instead")
         return _DTYPE_NAMES[name]
     if isinstance(dtype, str):

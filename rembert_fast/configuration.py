@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rembert_fast import hub
+from rembert_fast.hf_base import TRANSFORMERS, ConfigBase
 
 CONFIG_NAME = "config.json"
 # transformers' from_pretrained keywords for its loader, with no effect here: the models' and tokenizers'
@@ -68,14 +69,27 @@ MAX_PARAMETERS = 1 << 36  # 64 Gi weights (256 GiB in float32): more than any de
 _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 
+def _torch_dtype(name: str) -> Any:
+    """torch.float16 for "float16" or "torch.float16"; ValueError naming the string otherwise."""
+    import torch
+
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype={name!r} is not a torch dtype (such as 'float16', 'bfloat16', 'float32')")
+    return dtype
+
+
 def _check_label_count(count: int | None) -> None:
     if count is not None and count > MAX_SIZES["num_labels"]:
         raise ValueError(f"num_labels={count} is larger than a classification head can be built with "
                          f"(at most {MAX_SIZES['num_labels']})")
 
 
-class RemBertConfig:
+class RemBertConfig(ConfigBase):
     """Configuration of a RemBERT model; the same fields, defaults and JSON as transformers'.
+
+    With transformers installed this is a `transformers.PreTrainedConfig` (model_type "rembert"); its
+    JSON is still the one described here. `torch_dtype`/`dtype` strings ("float16") become torch dtypes.
 
     Args:
         num_labels: number of labels of a classification head (default 2); sets `id2label`/`label2id`
@@ -86,6 +100,14 @@ class RemBertConfig:
     model_type = "rembert"
 
     def __init__(self, num_labels: int | None = None, **kwargs: Any) -> None:
+        if "torch_dtype" in kwargs:  # transformers' old name for `dtype`
+            torch_dtype = kwargs.pop("torch_dtype")
+            kwargs.setdefault("dtype", torch_dtype)
+        if isinstance(kwargs.get("dtype"), str):
+            kwargs["dtype"] = _torch_dtype(kwargs["dtype"])
+        if TRANSFORMERS:
+            # transformers' own fields (return_dict, name_or_path, ...) at their defaults; ours follow
+            super().__init__(id2label={0: "LABEL_0", 1: "LABEL_1"})
         for key, value in _DEFAULTS.items():
             setattr(self, key, kwargs.pop(key, value))
         id2label = kwargs.pop("id2label", None)
@@ -169,11 +191,6 @@ class RemBertConfig:
                                 or not 0 <= pad < self.vocab_size):
             raise ValueError(f"pad_token_id={pad!r} must be None or an id in [0, {self.vocab_size}) "
                              f"(vocab_size={self.vocab_size})")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not a multiple of num_attention_heads="
-                f"{self.num_attention_heads}"
-            )
         parameters = self.parameter_count()
         if parameters > MAX_PARAMETERS:
             raise ValueError(f"this config describes {parameters:.3g} weights, more than "
@@ -226,7 +243,9 @@ class RemBertConfig:
             raise ValueError(f"config has model_type={model_type!r}; rembert_fast loads only 'rembert'")
         return cls(**merged)
 
-    def to_json_string(self) -> str:
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """The config as JSON; `use_diff` is transformers' keyword, accepted and ignored (every field is
+        written)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:

@@ -204,7 +204,30 @@ def packable(
         and isinstance(config.hidden_act, str) and config.hidden_act in ops.ACTIVATIONS
         and model.embeddings.word_embeddings.weight.dtype in ops.FLOAT_DTYPES
         and not (model.training and any(layer.attention.self.dropout.p > 0 for layer in model.encoder.layer))
+        and plain_modules(model)
     )
+
+
+_PLAIN_TORCH = (nn.Linear, nn.Embedding, nn.LayerNorm)
+
+
+def plain_modules(model: nn.Module) -> bool:
+    """Whether every weight-holding module of the embeddings and encoder is a plain torch layer (or
+    RemBERT's own), and no layer is wrapped by PEFT (`base_layer`).
+
+    The packed path reads `.weight`/`.bias` of these modules instead of calling them, so a wrapped layer
+    (PEFT's LoRA, a quantized Linear, a hooked replacement) would be bypassed: such a model runs the
+    classic path, which calls every module.
+    """
+    for part in (model.embeddings, model.encoder):
+        for module in part.modules():
+            if hasattr(module, "base_layer"):  # PEFT's wrapper of a layer
+                return False
+            kind = type(module)
+            if (module._parameters and kind not in _PLAIN_TORCH
+                    and not kind.__module__.startswith(("rembert_fast.", "transformers.models.rembert."))):
+                return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------- fused QKV

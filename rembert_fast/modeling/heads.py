@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rembert_fast.configuration import RemBertConfig
+from rembert_fast.hf_base import GenerationBase
+from rembert_fast.modeling.cache_bridge import cache_length, is_cache_object, legacy_past, store_presents
 from rembert_fast.modeling.inputs import (
     check_labels,
     check_num_labels,
@@ -104,13 +106,14 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
         return out if return_dict_of(self.config, return_dict) else out.to_tuple()
 
 
-class RemBertForCausalLM(_RemBertWithLMHead):
+class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
     """RemBERT as a left-to-right decoder (`config.is_decoder=True`), with KV cache and cross-attention.
 
     `past_key_values` is transformers' legacy format: one tuple per layer of self-attention (k, v),
     each (B, heads, past_length, head_dim), followed by the cross-attention (k, v) when the model has
     cross-attention. It is returned when `use_cache` (default `config.use_cache`; off when `labels`
-    are given, as in transformers 4).
+    are given, as in transformers 4). A transformers `DynamicCache` (what `generate()` passes) is read
+    and extended in place, and returned as `past_key_values`.
     """
 
     def forward(
@@ -133,6 +136,11 @@ class RemBertForCausalLM(_RemBertWithLMHead):
     ) -> CausalLMOutputWithCrossAttentions | tuple[Any, ...]:
         if labels is not None:
             use_cache = False
+        past = one_cache(past_key_values, cache)
+        cache_object = past if is_cache_object(past) else None  # generate()'s DynamicCache
+        if cache_object is not None:
+            past = legacy_past(cache_object)
+            use_cache = True if use_cache is None else use_cache
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -142,11 +150,15 @@ class RemBertForCausalLM(_RemBertWithLMHead):
             inputs_embeds,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
-            past_key_values=one_cache(past_key_values, cache),
+            past_key_values=past,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
+        presents = enc.past_key_values
+        if cache_object is not None and presents is not None:
+            store_presents(cache_object, presents, cache_length(past))
+            presents = cache_object
         logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
         loss = None
         if labels is not None:
@@ -156,7 +168,7 @@ class RemBertForCausalLM(_RemBertWithLMHead):
         out = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
-            past_key_values=enc.past_key_values,
+            past_key_values=presents,
             hidden_states=enc.padded_hidden_states(),
             attentions=enc.attentions,
             cross_attentions=enc.cross_attentions,

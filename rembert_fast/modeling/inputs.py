@@ -17,11 +17,7 @@ def config_flag(config: Any, name: str, value: bool | None) -> bool:
 
 
 def return_dict_of(config: Any, value: bool | None) -> bool:
-    return (
-        value
-        if value is not None
-        else getattr(config, "use_return_dict", getattr(config, "return_dict", True))
-    )
+    return value if value is not None else getattr(config, "return_dict", True)
 
 
 def one_cache(past_key_values: PastKeyValues | None, cache: PastKeyValues | None) -> PastKeyValues | None:

@@ -167,6 +167,11 @@ class RemBertSelfAttention(nn.Module):
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__()
+        if config.hidden_size % config.num_attention_heads != 0:  # transformers' check and message
+            raise ValueError(
+                f"The hidden size ({config.hidden_size}) is not a multiple of the number of attention "
+                f"heads ({config.num_attention_heads})"
+            )
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.hidden_size // config.num_attention_heads
         self.all_head_size = self.num_attention_heads * self.attention_head_size

@@ -12,6 +12,7 @@ from torch import nn
 
 from rembert_fast import ops
 from rembert_fast.configuration import RemBertConfig
+from rembert_fast.hf_base import TRANSFORMERS, ModelBase
 from rembert_fast.modeling.modules import RemBertEmbeddings, RemBertSelfAttention
 
 if TYPE_CHECKING:
@@ -20,8 +21,13 @@ from rembert_fast.packed import fused_qkv
 
 
 # ================================================================================== base class
-class RemBertPreTrainedModel(nn.Module):
+class RemBertPreTrainedModel(ModelBase):
     """Base of every RemBERT model: the config, transformers' weight init, loading and saving.
+
+    With transformers installed this is a `transformers.PreTrainedModel` (see `rembert_fast.hf_base`),
+    so Trainer, pipelines and PEFT take these models; `from_pretrained`, `save_pretrained`, the weight
+    init and the embedding resizing stay rembert_fast's own (strict loading, its errors). Without
+    transformers it is a `torch.nn.Module` with the same methods.
 
     Models can be built on the meta device (`with torch.device("meta"): Model(config)`); after weights
     are assigned, `_post_load()` rebuilds the derived state (position ids, fused QKV weights).
@@ -29,22 +35,42 @@ class RemBertPreTrainedModel(nn.Module):
 
     config_class = RemBertConfig
     base_model_prefix = "rembert"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RemBertEmbeddings", "RemBertLayer"]
+    _supports_sdpa = True
+    _tied_weights_keys = None  # RemBERT ties nothing; q/k/v share one buffer but are distinct weights
 
     def __init__(self, config: RemBertConfig) -> None:
-        super().__init__()
         if not isinstance(config, RemBertConfig):
             raise ValueError(f"config must be a rembert_fast.RemBertConfig, got {type(config).__name__}")
         if config.hidden_act not in ops.ACTIVATIONS:
             raise ValueError(
                 f"hidden_act={config.hidden_act!r} is not supported; choose one of {ops.ACTIVATIONS}"
             )
+        if TRANSFORMERS:
+            super().__init__(config)
+        else:
+            super().__init__()
         self.config = config
 
     def post_init(self, *modules: nn.Module) -> None:
-        """Initialise `modules` (default: the whole model) like transformers, then build derived state."""
+        """Initialise `modules` (default: the whole model) like transformers, then build derived state
+        (and, with transformers, its bookkeeping: tied keys, no-split modules, ...)."""
         for module in modules or (self,):
             module.apply(self._init_weights)
+        if TRANSFORMERS:
+            self.__dict__["_weights_initialised"] = True
+            try:
+                super().post_init()
+            finally:
+                del self.__dict__["_weights_initialised"]
         self._post_load()
+
+    def init_weights(self) -> None:
+        """Re-initialise every weight as transformers does (transformers' name for it)."""
+        if not self.__dict__.get("_weights_initialised"):
+            self.apply(self._init_weights)
+            self._post_load()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -117,7 +143,7 @@ class RemBertPreTrainedModel(nn.Module):
         """The vocabulary projection of a language-model head; None for the others."""
         return None
 
-    def tie_weights(self) -> None:
+    def tie_weights(self, *args: Any, **kwargs: Any) -> None:
         """Nothing to tie: RemBERT's output embeddings are separate from its input embeddings."""
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
@@ -140,6 +166,13 @@ class RemBertPreTrainedModel(nn.Module):
         old = self.get_input_embeddings()
         size = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
         if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int):
+                raise ValueError(  # transformers' message, word for word
+                    f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is "
+                    "not and integer. Please make sure to pass an integer"
+                )
+            if pad_to_multiple_of < 1:
+                raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of} must be a positive integer")
             size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
         if size < 1:
             raise ValueError(f"new_num_tokens must be at least 1, got {new_num_tokens}")
