@@ -10,9 +10,10 @@ import torch
 from conftest import needs_triton
 
 from rembert_fast import ops
+from rembert_fast.cli import main
 from rembert_fast.kernels import activation as act_kernel
 from rembert_fast.kernels import layer_norm as ln_kernel
-from rembert_fast.ops import dispatch, probe, tuning
+from rembert_fast.ops import dispatch, probe, timing, tuning
 
 pytestmark = needs_triton
 
@@ -167,3 +168,57 @@ def test_no_probe_under_torch_compile(fresh, monkeypatch):
     torch.testing.assert_close(out, ops.bias_act_ref(x, b, "gelu"))
     torch._dynamo.reset()
     assert dispatch.backend_for("bias_act", x.device, x.dtype) == "triton" and len(probes) == 1
+
+
+# ----------------------------------------------------------------------------------------- measure, choose
+TINY = timing.Shapes(hidden=32, intermediate=48, heads=2)
+
+
+def _fake_timer(eager_s, triton_s):
+    """Calls each candidate once (so it must run) and reports eager_s / triton_s by call order."""
+    calls = []
+
+    def timer(fn):
+        fn()
+        calls.append(1)
+        return eager_s if len(calls) % 2 else triton_s  # candidates come eager first, then triton
+
+    return timer
+
+
+def test_the_fastest_correct_candidate_is_chosen(fresh):
+    rows = timing.tune(torch.device("cpu"), torch.float32, TINY, (4, 8), timer=_fake_timer(2e-3, 1e-3))
+    assert {(r.op, r.tokens) for r in rows} == {(op, t) for op in probe.CASES for t in (4, 8)}
+    assert all(r.choice == "triton" and r.ms == {"eager": 2.0, "triton": 1.0} for r in rows)
+    assert dispatch.backend_for("bias_act", torch.device("cpu"), torch.float32) == "triton"
+    table = timing.format_table(rows, "cpu-interpreter float32")
+    assert table.count("\n") == len(rows) and "triton ms" in table
+
+
+def test_a_slower_fused_path_loses_to_eager(fresh, monkeypatch):
+    probes = []
+    rows = timing.tune(torch.device("cpu"), torch.float32, TINY, (4,), timer=_fake_timer(1e-3, 3e-3))
+    assert all(r.choice == "eager" for r in rows)
+    monkeypatch.setattr(probe, "run_probe", lambda *a: probes.append(a))
+    assert dispatch.backend_for("layer_norm", torch.device("cpu"), torch.float32) == "eager"
+    assert probes == []  # the tuned verdict is used, not probed again
+    assert "slower than eager" in tuning.describe()["disabled"]["layer_norm|float32"]
+
+
+def test_a_wrong_kernel_is_not_timed(fresh, monkeypatch):
+    monkeypatch.setattr(act_kernel, "bias_act", lambda x, *a, **k: x)
+    rows = timing.tune(torch.device("cpu"), torch.float32, TINY, (4,), timer=_fake_timer(9.0, 1e-9))
+    bias = [r for r in rows if r.op == "bias_act"][0]
+    assert bias.choice == "eager" and "triton" not in bias.ms and "max error" in bias.probe_error
+
+
+def test_the_tune_command_prints_the_table_and_fills_the_cache(fresh, tmp_path, capsys):
+    model = tmp_path / "config.json"
+    model.write_text(json.dumps({"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 2}))
+    assert main(["tune", "--model", str(model), "--shapes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert all(op in out for op in probe.CASES) and "cpu-interpreter" in out
+    saved = json.loads((fresh / "tune-cpu-interpreter.json").read_text())
+    assert set(saved["verdicts"]) == {f"{op}|float32" for op in probe.CASES}
+    assert main(["tune", "--shapes", "0"]) == 2
+    assert "positive" in capsys.readouterr().err

@@ -224,6 +224,7 @@ def backend_info() -> dict[str, Any]:
     except Exception:
         triton_version = None
     ext_ok, ext_reason = extension.status()
+    from rembert_fast.ops import tuning
     try:
         requested = requested_backend()
     except ValueError as error:  # a bad $REMBERT_FAST_BACKEND: what a diagnosis should show, not crash on
@@ -240,4 +241,5 @@ def backend_info() -> dict[str, Any]:
             "triton": {"available": triton_ok, "reason": triton_reason},
             "cuda": {"available": ext_ok, "reason": ext_reason},
         },
+        "tuning": tuning.describe(),
     }

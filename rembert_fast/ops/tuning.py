@@ -148,7 +148,8 @@ def _probing_forbidden() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def _entry(op: str, dtype: torch.dtype) -> str:
+def entry(op: str, dtype: torch.dtype) -> str:
+    """The cache's name for a verdict: "op|dtype"."""
     return f"{op}|{str(dtype).removeprefix('torch.')}"
 
 
@@ -170,11 +171,11 @@ def fused_ok(op: str, device_type: str, dtype: torch.dtype) -> bool | None:
     later). With $REMBERT_FAST_TUNE=off always True."""
     if mode() == "off":
         return True
-    entry = _entry(op, dtype)
+    name = entry(op, dtype)
     with _lock:
         path, key = _load(device_type)
-        if entry in _verdicts:
-            return _verdicts[entry] is None
+        if name in _verdicts:
+            return _verdicts[name] is None
         if _probing_forbidden():
             return None
         from rembert_fast.ops.probe import run_probe
@@ -182,17 +183,48 @@ def fused_ok(op: str, device_type: str, dtype: torch.dtype) -> bool | None:
         device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else \
             torch.device("cpu")
         reason = run_probe(op, device, dtype)
-        _verdicts[entry] = reason
+        _verdicts[name] = reason
         if reason is not None:
             warnings.warn(f"rembert_fast: fused {op} disabled for {key['gpu']} "
                           f"(capability {key['capability']}), {dtype}: {reason}; running it eagerly",
                           RuntimeWarning, stacklevel=3)
         try:
-            write_cache(path, key, {entry: reason})
+            write_cache(path, key, {name: reason})
         except OSError as error:
             warnings.warn(f"rembert_fast: tuning cache {path} cannot be written ({error})",
                           RuntimeWarning, stacklevel=3)
         return reason is None
+
+
+def record(device_type: str, decided: dict[str, str | None]) -> None:
+    """Hold and persist verdicts made elsewhere (by `timing.tune`): "op|dtype" -> None or why not."""
+    with _lock:
+        path, key = _load(device_type)
+        _verdicts.update(decided)
+        write_cache(path, key, decided)
+
+
+def describe() -> dict[str, Any]:
+    """What `doctor` shows: the mode, this device's cache file and the verdicts it holds (None where no
+    fused path runs here: plain CPU, or triton not importable)."""
+    from rembert_fast.kernels._launch import interpreting
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu" if interpreting() else None
+    try:
+        tune_mode = mode()
+    except ValueError as error:
+        tune_mode = f"invalid: {error}"
+    if device_type is None:
+        return {"mode": tune_mode, "cache": None, "verdicts": None}
+    try:
+        key, path = device_key(device_type), cache_path(device_type)
+    except Exception as error:  # triton missing or broken: nothing fused runs, nothing cached
+        return {"mode": tune_mode, "cache": None, "verdicts": None, "error": str(error)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        held = read_cache(path, key)
+    disabled = {name: why for name, why in held.items() if why is not None}
+    return {"mode": tune_mode, "cache": str(path), "verdicts": len(held), "disabled": disabled}
 
 
 def verdicts() -> dict[str, str | None]:
