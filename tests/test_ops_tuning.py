@@ -43,7 +43,7 @@ def test_correct_kernels_pass_their_probe_and_are_used(fresh, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = ops.layer_norm(*args)
-    assert len(calls) == 2  # the probe, then the call itself
+    assert len(calls) == 3  # the probe (two variants), then the call itself
     torch.testing.assert_close(out, ops.layer_norm_ref(*args), rtol=1e-5, atol=1e-5)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for op in probe.CASES:
@@ -62,6 +62,14 @@ def test_a_wrong_kernel_is_caught_and_never_used(fresh, monkeypatch):
     assert dispatch.backend_for("layer_norm", torch.device("cpu"), torch.float32) == "eager"
     saved = json.loads((fresh / "tune-cpu-interpreter.json").read_text())
     assert "max error" in saved["verdicts"]["layer_norm|float32"]
+
+
+def test_a_kernel_wrong_for_one_activation_only_is_caught(fresh, monkeypatch):
+    real = act_kernel.bias_act
+    monkeypatch.setattr(act_kernel, "bias_act",
+                        lambda x, b, act, **k: real(x, b, "relu" if act == "selu" else act, **k))
+    with pytest.warns(RuntimeWarning, match="fused bias_act disabled"):
+        assert dispatch.backend_for("bias_act", torch.device("cpu"), torch.float16) == "eager"
 
 
 def test_a_raising_kernel_falls_back_with_one_warning(fresh, monkeypatch):

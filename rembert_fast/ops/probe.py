@@ -9,11 +9,13 @@ exception a compile or launch raised).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 
 from rembert_fast.ops import reference
+from rembert_fast.ops.contract import ACTIVATIONS
 
 _ROWS, _WIDTH = 8, 96  # the probe's class of input: small, a width that is not a power of two
 _HEADS, _HEAD_DIM, _LENGTHS = 2, 64, (5, 9)
@@ -29,16 +31,23 @@ def _layer_norm_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH), _rand(gen, _WIDTH), 1e-12,
             _rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH))
 
-    def ref(x, w, b, eps, res, xb):
+    def variants(fn: Callable) -> Callable:  # with bias, residual and x_bias, then with none of them
+        return lambda x, w, b, eps, res, xb: torch.cat([fn(x, w, b, eps, res, xb), fn(x, w, None, eps)])
+
+    def ref(x, w, b, eps, res=None, xb=None):
         return reference.layer_norm_ref(x, w, b, eps, residual=res, x_bias=xb)
 
-    return args, kernel.layer_norm, ref
+    return args, variants(lambda *a: kernel.layer_norm(*a)), variants(ref)
 
 
 def _bias_act_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     from rembert_fast.kernels import activation as kernel
 
-    return (_rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH), "gelu"), kernel.bias_act, reference.bias_act_ref
+    def every_activation(fn: Callable) -> Callable:  # each activation, with and without a bias
+        return lambda x, b: torch.cat([fn(x, bias, act) for act in ACTIVATIONS for bias in (b, None)])
+
+    args = (2 * _rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH))
+    return args, every_activation(lambda *a: kernel.bias_act(*a)), every_activation(reference.bias_act_ref)
 
 
 def _attention_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
@@ -96,7 +105,8 @@ def run_probe(op: str, device: torch.device, dtype: torch.dtype) -> str | None:
     gen = torch.Generator().manual_seed(17)
     try:
         args, fused, ref = CASES[op](gen)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the interpreter's numpy warnings; the verdict is the output
             truth = _valid_rows(op, ref(*_to(args, device, torch.float32))).double()
             same = _to(args, device, dtype)
             eager = _valid_rows(op, ref(*same)).double()
