@@ -1,6 +1,7 @@
 """The `rembert-fast` command.
 
     rembert-fast doctor                          versions and available backends
+    rembert-fast tune                            probe and time the fused ops, fill the tuning cache
     rembert-fast embed --model DIR_OR_HUB_ID --input texts.txt --output vectors.npy
     rembert-fast classify | fill-mask | token-classify --model DIR --input in.jsonl --output out.jsonl
 
@@ -44,11 +45,15 @@ def _doctor(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
-        if key != "backends":
+        if key not in ("backends", "tuning"):
             print(f"{key:>18}: {value}")
     for name, entry in info["backends"].items():
         mark = "yes" if entry["available"] else "no "
         print(f"{'backend ' + name:>18}: {mark}  {entry['reason']}")
+    tune = info["tuning"]
+    print(f"{'tuning':>18}: {tune['mode']}, cache {tune['cache']} ({tune['verdicts']} verdicts)")
+    for name, why in (tune.get("disabled") or {}).items():
+        print(f"{'disabled ' + name:>18}: {why}")
     return 0
 
 
@@ -456,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
                            description=bench_module.__doc__.splitlines()[0])
     bench_module.add_arguments(bench)
     bench.set_defaults(func=bench_module.run)
+    from rembert_fast.ops import timing
+
+    tune = sub.add_parser("tune", help="probe and time the fused ops on this GPU, fill the tuning cache",
+                          description=timing.__doc__.splitlines()[0])
+    timing.add_arguments(tune)
+    tune.set_defaults(func=timing.run)
     return parser
 
 

@@ -2,7 +2,9 @@
 
 Without a GPU, Triton kernels run under the interpreter: TRITON_INTERPRET must be set before any
 kernel module is imported (triton reads it when `@triton.jit` decorates). Tests run on the eager
-backend unless they ask for another (`use_backend("triton")`), so model tests stay fast on CPU.
+backend unless they ask for another (`use_backend("triton")`), so model tests stay fast on CPU. The
+probe-before-use of `auto` is off (tests count kernel calls and must not write the user's cache);
+tests/test_ops_tuning.py turns it on with a private cache directory.
 
 Test files import the shared pieces from here (`from conftest import DEVICE, ...`): the device the
 kernels run on, the skip mark for tests that need Triton, and the accuracy rule for reduced precision.
@@ -15,6 +17,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("REMBERT_FAST_BACKEND", "eager")
+os.environ.setdefault("REMBERT_FAST_TUNE", "off")
 
 import pytest  # noqa: E402
 

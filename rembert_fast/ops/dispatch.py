@@ -155,7 +155,15 @@ def _decision(op: str, device_type: str, dtype: torch.dtype, requested: str) -> 
     key = (op, device_type, dtype, requested)
     backend = _decisions.get(key)
     if backend is None:
-        backend = _decisions[key] = _decide(op, device_type, requested)
+        backend = _decide(op, device_type, requested)
+        if backend == "triton" and requested == "auto":  # an explicit request is trusted, never probed
+            from rembert_fast.ops import tuning
+
+            verdict = tuning.fused_ok(op, device_type, dtype)
+            if verdict is None:  # inside a capture or a trace, before any probe: eager, ask again later
+                return "eager"
+            backend = "triton" if verdict else "eager"
+        _decisions[key] = backend
     return backend
 
 
@@ -163,10 +171,12 @@ def backend_for(op: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs `op` on tensors of this device and dtype: "triton", "cuda" or "eager".
 
     The one place a backend is chosen. Decided once per (op, device type, dtype, requested backend)
-    and cached; what depends on the call's tensors (autograd, a width or head_dim a kernel cannot
-    take, weights the extension cannot read) is decided by the op. RuntimeError with the reason where
-    a backend asked for explicitly cannot run; ValueError for a bad $REMBERT_FAST_BACKEND. Under
-    torch.compile the decision is made at trace time; a use_backend block entered or left retraces.
+    and cached; on `auto` a fused path is first probed against eager (`rembert_fast.ops.tuning`) and
+    serves only if it agrees. What depends on the call's tensors (autograd, a width or head_dim a
+    kernel cannot take, weights the extension cannot read) is decided by the op. RuntimeError with
+    the reason where a backend asked for explicitly cannot run; ValueError for a bad
+    $REMBERT_FAST_BACKEND or $REMBERT_FAST_TUNE. Under torch.compile the decision is made at trace
+    time; a use_backend block entered or left retraces.
     """
     return _decision(op, device.type, dtype, requested_backend())
 
@@ -214,6 +224,7 @@ def backend_info() -> dict[str, Any]:
     except Exception:
         triton_version = None
     ext_ok, ext_reason = extension.status()
+    from rembert_fast.ops import tuning
     try:
         requested = requested_backend()
     except ValueError as error:  # a bad $REMBERT_FAST_BACKEND: what a diagnosis should show, not crash on
@@ -230,4 +241,5 @@ def backend_info() -> dict[str, Any]:
             "triton": {"available": triton_ok, "reason": triton_reason},
             "cuda": {"available": ext_ok, "reason": ext_reason},
         },
+        "tuning": tuning.describe(),
     }

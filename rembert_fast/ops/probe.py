@@ -1,0 +1,127 @@
+"""Probes: run one fused op and its eager reference on a small random input and say whether they agree.
+
+A probe compares the fused kernel's output on a fixed-seed input with an fp32 reference of the same
+inputs; it passes where the kernel's max error is at most twice the same-dtype eager error plus a floor
+(the error a correct kernel cannot avoid: rounding to its output dtype once, and fp32 reassociation).
+`run_probe(op, device, dtype)` returns None on agreement, else a one-line reason (mismatch, or the
+exception a compile or launch raised).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from rembert_fast.ops import reference
+from rembert_fast.ops.contract import ACTIVATIONS
+
+_ROWS, _WIDTH = 8, 96  # the probe's class of input: small, a width that is not a power of two
+_HEADS, _HEAD_DIM, _LENGTHS = 2, 64, (5, 9)
+
+
+def _rand(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=torch.float32)
+
+
+def _layer_norm_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+    from rembert_fast.kernels import layer_norm as kernel
+
+    args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH), _rand(gen, _WIDTH), 1e-12,
+            _rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH))
+
+    def variants(fn: Callable) -> Callable:  # with bias, residual and x_bias, then with none of them
+        return lambda x, w, b, eps, res, xb: torch.cat([fn(x, w, b, eps, res, xb), fn(x, w, None, eps)])
+
+    def ref(x, w, b, eps, res=None, xb=None):
+        return reference.layer_norm_ref(x, w, b, eps, residual=res, x_bias=xb)
+
+    return args, variants(lambda *a: kernel.layer_norm(*a)), variants(ref)
+
+
+def _bias_act_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+    from rembert_fast.kernels import activation as kernel
+
+    def every_activation(fn: Callable) -> Callable:  # each activation, with and without a bias
+        return lambda x, b: torch.cat([fn(x, bias, act) for act in ACTIVATIONS for bias in (b, None)])
+
+    args = (2 * _rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH))
+    return args, every_activation(lambda *a: kernel.bias_act(*a)), every_activation(reference.bias_act_ref)
+
+
+def _attention_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+    from rembert_fast.kernels import attention as kernel
+
+    total = sum(_LENGTHS)
+    cu = torch.tensor([0, _LENGTHS[0], total], dtype=torch.int32)
+    qkv = [_rand(gen, total, _HEADS, _HEAD_DIM) for _ in range(3)]
+    args = (*qkv, cu, cu, max(_LENGTHS), max(_LENGTHS))
+    return args, kernel.attention_varlen, reference.attention_ref
+
+
+def _attention_padded_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+    from rembert_fast.kernels import attention as kernel
+
+    length = max(_LENGTHS)
+    qkv = [_rand(gen, len(_LENGTHS), length, _HEADS, _HEAD_DIM) for _ in range(3)]
+    mask = torch.arange(length)[None, :] < torch.tensor(_LENGTHS)[:, None]
+
+    def fused(q, k, v, m):
+        return kernel.attention_padded(q, k, v, m)
+
+    def ref(q, k, v, m):
+        return reference.attention_padded_ref(q, k, v, m)
+
+    return (*qkv, mask), fused, ref
+
+
+CASES: dict[str, Callable[[torch.Generator], tuple[tuple, Callable, Callable]]] = {
+    "layer_norm": _layer_norm_case,
+    "bias_act": _bias_act_case,
+    "attention": _attention_case,
+    "attention_padded": _attention_padded_case,
+}
+
+
+def _to(args: tuple, device: torch.device, dtype: torch.dtype) -> tuple:
+    return tuple(a.to(device=device, dtype=dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                 else a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _valid_rows(op: str, out: torch.Tensor) -> torch.Tensor:
+    """The probe's rows a kernel must write: attention_padded's padding queries are unspecified."""
+    if op != "attention_padded":
+        return out
+    return torch.cat([out[b, :length] for b, length in enumerate(_LENGTHS)])
+
+
+def run_probe(op: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """None if `op`'s fused kernel agrees with eager on `device`/`dtype`, else why not (one line).
+
+    ValueError for an op without a probe. Never raises for what the kernel does."""
+    if op not in CASES:
+        raise ValueError(f"op {op!r} has no probe; probed ops are {tuple(CASES)}")
+    gen = torch.Generator().manual_seed(17)
+    try:
+        args, fused, ref = CASES[op](gen)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the interpreter's numpy warnings; the verdict is the output
+            truth = _valid_rows(op, ref(*_to(args, device, torch.float32))).double()
+            same = _to(args, device, dtype)
+            eager = _valid_rows(op, ref(*same)).double()
+            out = fused(*same)
+            if tuple(out.shape) != tuple(ref(*same).shape):
+                return f"output shape {tuple(out.shape)}, eager gives {tuple(ref(*same).shape)}"
+            out = _valid_rows(op, out).double()
+    except Exception as error:  # a compile error, a launch error, anything the kernel raises
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    if not torch.isfinite(out).all():
+        return "non-finite output where eager is finite"
+    err = (out - truth).abs().max().item()
+    eager_err = (eager - truth).abs().max().item()
+    scale = max(truth.abs().max().item(), 1.0)
+    floor = (0.5 * torch.finfo(dtype).eps + 1e-5) * scale
+    if err > 2 * eager_err + floor:
+        return f"max error {err:.3g} against fp32, over twice eager's {eager_err:.3g} plus {floor:.3g}"
+    return None
