@@ -19,7 +19,8 @@ the cancellation of ``1 + tanh(u)`` for negative u, and without needing a tanh i
 every digit. ``erf`` is ``tl.math.erf`` (libdevice ``erff`` on NVIDIA).
 
 Grid: 2-D, ``(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))`` over the (M, N) view of x, one tile of
-``_TILE`` elements per program; the bias slice is loaded once per tile. BLOCK_N is the power of two
+``_TILE`` elements per program (4 warps; 8 when N is not a multiple of 16, whose unaligned
+rows need an address per element); the bias slice is loaded once per tile. BLOCK_N is the power of two
 in 128..1024 that leaves the fewest masked columns (the larger on a tie), so RemBERT's widths tile
 exactly: 4608 = 9 x 512, 1152 = 9 x 128, 1664 = 13 x 128 (1024 would leave 10%, 44% and 38% of the
 lanes idle); narrower rows take the next power of two. Rows may be strided (a view
@@ -113,7 +114,10 @@ def launch_config(n: int) -> tuple[int, int, int]:
         block_n = triton.next_power_of_2(n)
     else:
         block_n = min(_BLOCK_N_CHOICES, key=lambda b: (triton.cdiv(n, b) * b - n, -b))
-    return _TILE // block_n, block_n, _NUM_WARPS
+    # A width that is not a multiple of 16 (unaligned rows: no vector loads, an address per element)
+    # spills at 32 values a thread (fp16 tanh/sigmoid GELUs, sm_90): twice the warps hold 16.
+    num_warps = _NUM_WARPS if n % 16 == 0 else 2 * _NUM_WARPS
+    return _TILE // block_n, block_n, num_warps
 
 
 def bias_act(

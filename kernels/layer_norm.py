@@ -15,8 +15,9 @@ Grid: one program per ``ROWS`` rows, ``(cdiv(M, ROWS),)``. A whole row lives in 
 the next power of two >= N (masked). Narrow rows are packed several to a program so every program
 moves at least ``_MIN_TILE`` elements: at N=256 a one-row program would be a 1-warp block holding 512
 bytes, and an SM runs at most 32 blocks, so half its warp slots would stay empty. ``num_warps`` grows
-with the tile so each thread holds 16-32 elements (16-byte vector loads, no spills; the compile gate in
-``tests/test_compile.py`` records registers and spills per configuration).
+with the tile so each thread holds 16-32 elements (16-byte vector loads, no spills), except fp32 rows
+of the 8192 block, 8 a thread over 32 warps (16 with x_bias spill); the compile gate in
+``tests/test_compile.py`` records registers and spills per configuration.
 
 Dtypes: x, residual and x_bias in one of fp32/fp16/bf16; weight and bias in x's dtype or fp32 (the
 mixed-type rule of ``torch.nn.functional.layer_norm``, what autocast produces); loads are upcast to
@@ -41,6 +42,7 @@ from rembert_fast.kernels._launch import on_device_of, output_buffer, rows_view
 MAX_N = 16384  # widest row held in registers: 16384 fp32 values over 16 warps = 32 per thread
 _MIN_TILE = 2048  # elements per program below which narrow rows are packed together
 _MAX_WARPS = 16
+_WIDE_FP32_BLOCK = 8192  # fp32 rows of this block take 32 warps (see launch_config)
 
 
 @triton.jit(do_not_specialize=["M"])  # the token count changes every batch: one binary for all
@@ -91,11 +93,13 @@ def _layer_norm_fwd_kernel(
     tl.store(Y + rows[:, None] * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-def launch_config(n: int) -> tuple[int, int, int]:
-    """(BLOCK_N, ROWS, num_warps) of the launch for rows of width `n`."""
+def launch_config(n: int, elem_bytes: int) -> tuple[int, int, int]:
+    """(BLOCK_N, ROWS, num_warps) of the launch for rows of width `n` with `elem_bytes`-byte elements."""
     block_n = triton.next_power_of_2(n)
     rows = max(1, _MIN_TILE // block_n)
     num_warps = min(max(rows * block_n // 512, 1), _MAX_WARPS)
+    if elem_bytes == 4 and block_n == _WIDE_FP32_BLOCK:
+        num_warps = 32  # 16 masked fp32 values a thread plus x_bias spill (sm_80); 8 do not
     return block_n, rows, num_warps
 
 
@@ -129,7 +133,7 @@ def layer_norm(
     y2 = out.view(-1, n)
     weight = weight.contiguous()
     m = x2.shape[0]
-    block_n, rows, num_warps = launch_config(n)
+    block_n, rows, num_warps = launch_config(n, x.element_size())
     with on_device_of(x):
         _layer_norm_fwd_kernel[(triton.cdiv(m, rows),)](
             x2, res2,
