@@ -9,30 +9,17 @@ figure is device time); on CPU the median of wall times after warm-up.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from rembert_fast.ops.timing import time_call
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], Any], device: torch.device) -> float:
-    """One call's time in ms (CUDA events on GPU, so only the device's time counts)."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def time_ms(fn: Callable[[], Any], warmup: int, iters: int, device: torch.device) -> list[float]:

@@ -49,25 +49,26 @@ class Row:
     probe_error: str | None = None
 
 
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """One call's time in ms (CUDA events on CUDA, so only the device's time counts; perf_counter else)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def default_timer(device: torch.device, repeats: int = 5) -> Timer:
     """Median of `repeats` timed calls after one warm-up: CUDA events on CUDA, perf_counter elsewhere."""
 
     def measure(fn: Callable[[], object]) -> float:
         fn()
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return statistics.median(time_call(fn, device) / 1e3 for _ in range(repeats))
 
     return measure
 
