@@ -31,6 +31,8 @@ __all__ = [
     "HostBatch",
     "pack_on_host",
     "packable",
+    "plain_modules",
+    "reads_what_it_would_call",
     "fused_qkv",
     "embed_tokens",
     "packed_layer_forward",
@@ -178,6 +180,7 @@ def packable(
     encoder_hidden_states: torch.Tensor | None = None,
     encoder_attention_mask: torch.Tensor | None = None,
     past_key_values: Any = None,
+    unhooked: bool = False,  # also no hooks or foreign wrappers anywhere (see `plain_modules`)
 ) -> bool:
     """Whether a forward call with these arguments gives its answer on the packed path.
 
@@ -204,21 +207,40 @@ def packable(
         and isinstance(config.hidden_act, str) and config.hidden_act in ops.ACTIVATIONS
         and model.embeddings.word_embeddings.weight.dtype in ops.FLOAT_DTYPES
         and not (model.training and any(layer.attention.self.dropout.p > 0 for layer in model.encoder.layer))
-        and plain_modules(model)
+        and plain_modules(model, unhooked=unhooked)
     )
 
 
 _PLAIN_TORCH = (nn.Linear, nn.Embedding, nn.LayerNorm)
+# Modules a transformers model's packed path may read instead of calling: exactly these types, or
+# transformers' own (RemBERT's blocks, its activation modules).
+_PLAIN_TYPES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Dropout, nn.ModuleList)
 
 
-def plain_modules(model: nn.Module) -> bool:
+def _global_hooks() -> bool:
+    hooks = torch.nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+
+
+def _read_as_called(module: nn.Module) -> bool:
+    """No forward hook or pre-hook on `module`, and its type is one whose forward the packed path
+    reproduces (a plain torch layer or container, or transformers' own)."""
+    return (not module._forward_hooks and not module._forward_pre_hooks
+            and (type(module) in _PLAIN_TYPES or type(module).__module__.startswith("transformers.")))
+
+
+def plain_modules(model: nn.Module, *, unhooked: bool = False) -> bool:
     """Whether every weight-holding module of the embeddings and encoder is a plain torch layer (or
     RemBERT's own), and no layer is wrapped by PEFT (`base_layer`).
 
     The packed path reads `.weight`/`.bias` of these modules instead of calling them, so a wrapped layer
     (PEFT's LoRA, a quantized Linear, a hooked replacement) would be bypassed: such a model runs the
-    classic path, which calls every module.
+    classic path, which calls every module. `unhooked=True` (an `optimize()`d transformers model) also
+    asks, in the same walk, that no module has a forward hook (nor a global one is set) and that every
+    module is a plain torch layer or transformers' own (`reads_what_it_would_call`).
     """
+    if unhooked and _global_hooks():
+        return False
     for part in (model.embeddings, model.encoder):
         for module in part.modules():
             if hasattr(module, "base_layer"):  # PEFT's wrapper of a layer
@@ -227,7 +249,18 @@ def plain_modules(model: nn.Module) -> bool:
             if (module._parameters and kind not in _PLAIN_TORCH
                     and not kind.__module__.startswith(("rembert_fast.", "transformers.models.rembert."))):
                 return False
+            if unhooked and not _read_as_called(module):
+                return False
     return True
+
+
+def reads_what_it_would_call(*roots: nn.Module) -> bool:
+    """Whether a fused forward that reads the weights of the modules under `roots` instead of calling
+    them gives what calling them would: no forward hook or pre-hook on any of them (nor a global one),
+    and no module replaced by a wrapper with a forward of its own (a PEFT LoRA layer, a quantised
+    Linear), whose extra term would be silently skipped. A walk of the modules on every call, since
+    hooks and wrappers can come at any time."""
+    return not _global_hooks() and all(_read_as_called(m) for root in roots for m in root.modules())
 
 
 # ----------------------------------------------------------------------------------------- fused QKV

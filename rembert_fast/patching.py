@@ -131,33 +131,6 @@ def _signature(cls: type) -> inspect.Signature:
     return inspect.signature(cls.forward)
 
 
-# Modules the packed path may read the weights of without calling them: exactly these types, or
-# transformers' own (RemBERT's blocks, its activation modules).
-_PLAIN_TYPES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Dropout, nn.ModuleList)
-
-
-def _plain(module: nn.Module) -> bool:
-    return type(module) in _PLAIN_TYPES or type(module).__module__.startswith("transformers.")
-
-
-def _reads_what_it_would_call(*roots: nn.Module) -> bool:
-    """Whether the packed path, which reads the weights of the modules under `roots` instead of calling
-    them, gives what calling them would: no forward hook or pre-hook on any of them (nor a global one),
-    and no module replaced by a wrapper with a forward of its own (a PEFT LoRA layer, a quantised
-    Linear), whose extra term the packed path would silently skip. A walk of a few hundred modules,
-    on every call, since hooks and wrappers can come at any time."""
-    hooks = torch.nn.modules.module
-    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
-        return False
-    stack = list(roots)
-    while stack:
-        module = stack.pop()
-        if module._forward_hooks or module._forward_pre_hooks or not _plain(module):
-            return False
-        stack.extend(module._modules.values())
-    return True
-
-
 def _packable(self: nn.Module, args: dict[str, Any], extra: dict[str, Any]) -> bool:
     """Whether this call can take the packed path (everything else runs the original forward):
     `packed.packable`'s rule, on a call the packed path reads as transformers would (one of input_ids
@@ -179,8 +152,8 @@ def _packable(self: nn.Module, args: dict[str, Any], extra: dict[str, Any]) -> b
             encoder_hidden_states=args.get("encoder_hidden_states"),
             encoder_attention_mask=args.get("encoder_attention_mask"),
             past_key_values=args.get("past_key_values"),
+            unhooked=True,
         )
-        and _reads_what_it_would_call(self._modules["embeddings"], self._modules["encoder"])
     )
 
 
@@ -253,7 +226,8 @@ def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:
 
 def _lm_head_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """transformers' RemBertLMPredictionHead: decoder(LN(act(dense(x)))), with the ops fusing bias+act."""
-    if hidden_states.dtype not in ops.FLOAT_DTYPES or not _reads_what_it_would_call(  # transformers' own head
-            self._modules["dense"], self._modules["LayerNorm"]):  # for float64, hooks, wrapped layers
+    # transformers' own head for float64, hooks and wrapped layers
+    if hidden_states.dtype not in ops.FLOAT_DTYPES or not packed.reads_what_it_would_call(
+            self._modules["dense"], self._modules["LayerNorm"]):
         return type(self).forward(self, hidden_states)
     return packed.prediction_head_forward(self, hidden_states, self.__dict__[_STATE]["activation"])
