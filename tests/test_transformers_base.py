@@ -38,6 +38,30 @@ def test_config_and_every_model_are_transformers_classes():
         modeling.RemBertModel(transformers.RemBertConfig(**config_kwargs("h60")))
 
 
+OUTPUT_CLASSES = {
+    "RemBertModel": "BaseModelOutputWithPoolingAndCrossAttentions", "RemBertForMaskedLM": "MaskedLMOutput",
+    "RemBertForCausalLM": "CausalLMOutputWithCrossAttentions",
+    "RemBertForSequenceClassification": "SequenceClassifierOutput",
+    "RemBertForTokenClassification": "TokenClassifierOutput",
+    "RemBertForQuestionAnswering": "QuestionAnsweringModelOutput",
+    "RemBertForMultipleChoice": "MultipleChoiceModelOutput",
+}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", CLASSES)
+def test_outputs_are_the_output_classes_transformers_returns(name):
+    """Pipelines and Trainer test `isinstance(output, transformers.utils.ModelOutput)`."""
+    theirs, ours = make_pair(name, "h60", seed=5, is_decoder=name == "RemBertForCausalLM")
+    ids = torch.randint(3, 97, (2, 3, 6) if name == "RemBertForMultipleChoice" else (2, 6),
+                        generator=torch.Generator().manual_seed(6))
+    got, expected = ours(input_ids=ids), theirs(input_ids=ids)
+    assert type(got) is type(expected) is getattr(transformers.modeling_outputs, OUTPUT_CLASSES[name])
+    assert isinstance(got, transformers.utils.ModelOutput) and list(got.keys()) == list(expected.keys())
+    if name == "RemBertForCausalLM":  # the decoder returns its KV cache by default
+        assert "cache" in got and got.cache is got.past_key_values
+
+
 def test_trainer_save_model_writes_config_and_reloads_the_trained_weights(tmp_path):
     pytest.importorskip("accelerate")  # transformers' Trainer needs it (a dev extra)
     torch.manual_seed(0)

@@ -113,7 +113,7 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
     each (B, heads, past_length, head_dim), followed by the cross-attention (k, v) when the model has
     cross-attention. It is returned when `use_cache` (default `config.use_cache`; off when `labels`
     are given, as in transformers 4). A transformers `DynamicCache` (what `generate()` passes) is read
-    and extended in place, and returned as `past_key_values`.
+    and extended in place, and returned as the output's `cache` (also readable as `past_key_values`).
     """
 
     def forward(
@@ -168,7 +168,7 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         out = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
-            past_key_values=presents,
+            cache=presents,
             hidden_states=enc.padded_hidden_states(),
             attentions=enc.attentions,
             cross_attentions=enc.cross_attentions,

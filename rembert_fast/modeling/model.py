@@ -84,7 +84,7 @@ class RemBertModel(RemBertPreTrainedModel):
             last_hidden_state=sequence_output,
             pooler_output=enc.pooled,
             hidden_states=hidden_states,
-            past_key_values=enc.past_key_values,
+            cache=enc.past_key_values,
             attentions=enc.attentions,
             cross_attentions=enc.cross_attentions,
         )
