@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rembert_fast import packed
+from rembert_fast import ops, packed
 from rembert_fast.configuration import RemBertConfig
 from rembert_fast.modeling.inputs import (
     additive_mask,
@@ -104,8 +104,12 @@ class RemBertModel(RemBertPreTrainedModel):
         use_cache: bool | None = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        padding_positions: bool = False,
     ) -> PackedBatch:
-        """Validate the inputs, pick the path, run the encoder and the pooler."""
+        """Validate the inputs, pick the path, run the encoder and the pooler.
+
+        `padding_positions=True` asks for transformers' hidden states at padding positions too (a head
+        whose loss reads them): the padded path runs even where the packed one could."""
         config = self.config
         output_attentions = bool(config_flag(config, "output_attentions", output_attentions))
         output_hidden_states = bool(config_flag(config, "output_hidden_states", output_hidden_states))
@@ -120,7 +124,7 @@ class RemBertModel(RemBertPreTrainedModel):
                 f"sequence length {seqlen + past_length} (input {seqlen} + cached {past_length}) exceeds "
                 f"max_position_embeddings={config.max_position_embeddings}"
             )
-        packable = packed.packable(
+        packable = not padding_positions and packed.packable(
             self,
             attention_mask,
             output_attentions=output_attentions,
@@ -211,6 +215,13 @@ class RemBertModel(RemBertPreTrainedModel):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=device)
+        words = self.embeddings.word_embeddings
+        if (input_ids is not None and words.padding_idx is not None and torch.is_grad_enabled()
+                and words.weight.requires_grad):
+            # The padded path embeds padding tokens: nn.Embedding's lookup keeps the padding row's
+            # gradient zero (its padding_idx contract, as in transformers); the fused one would not.
+            ops.check_ids("input_ids", input_ids, words.num_embeddings, "vocab_size")
+            input_ids, inputs_embeds = None, words(input_ids)
         embedding_output = embed_tokens(
             self.embeddings, None, input_ids, token_type_ids, position_ids.expand(batch, -1), inputs_embeds
         )  # (B, L, E)
