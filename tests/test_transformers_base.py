@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +231,19 @@ def test_trainer_resume_from_checkpoint_and_load_best_model_at_end(tmp_path):
     chosen = rembert_fast.RemBertForSequenceClassification.from_pretrained(best_dir)
     for key, value in chosen.state_dict().items():
         torch.testing.assert_close(best.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_the_hf_extra_asks_for_the_transformers_majors_the_bases_subclass():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+
+    from rembert_fast.hf_base import SUPPORTED_MAJOR
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    for extra in ("hf", "dev"):
+        (spec,) = [Requirement(r).specifier for r in project["optional-dependencies"][extra]
+                   if Requirement(r).name == "transformers"]
+        for major in range(min(SUPPORTED_MAJOR) - 1, max(SUPPORTED_MAJOR) + 2):
+            for version in (f"{major}.0.0", f"{major}.99.0"):
+                assert spec.contains(version) == (major in SUPPORTED_MAJOR), (extra, version, spec)
+    assert "datasets" in {Requirement(r).name for r in project["optional-dependencies"]["dev"]}
