@@ -289,6 +289,30 @@ def test_question_answering_loss_on_padded_features_is_transformers_loss(name, p
         assert max_err(optimized(**batch).start_logits, ref.start_logits, real(batch)) <= TOL
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["packed", "padded"])
+def test_the_padding_row_gets_no_gradient_as_in_transformers(masked):
+    """nn.Embedding(padding_idx) gives the padding row no gradient, wherever the padding id is fed."""
+    hf, ours = make_pair("RemBertForMaskedLM", "h60", seed=28)
+    optimized = rembert_fast.optimize(copy.deepcopy(hf))
+    batch = batch_inputs("h60", pattern="right", seed=29)
+    batch["input_ids"][:, 1] = SMALL_CONFIGS["h60"]["pad_token_id"]  # the padding id at a real position
+    if not masked:  # no mask: every position real, the packed path
+        del batch["attention_mask"]
+    labels = torch.randint(3, SMALL_CONFIGS["h60"]["vocab_size"], batch["input_ids"].shape,
+                           generator=torch.Generator().manual_seed(30))
+    if masked:  # padding positions unscored, as transformers' collators label them
+        labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    grads = []
+    for model in (hf, ours, optimized):
+        model.train()  # dropout is off in these configs
+        model(**batch, labels=labels).loss.backward()
+        grads.append(model.get_input_embeddings().weight.grad)
+    reference, *others = grads
+    assert reference[0].abs().max().item() == 0 and reference[5:].abs().max().item() > 0
+    for grad in others:
+        assert max_err(grad, reference) <= TOL
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize(
     "problem", ["regression", "single_label_classification", "multi_label_classification"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rembert_fast import ops, packed
+from rembert_fast import packed
 from rembert_fast.configuration import RemBertConfig
 from rembert_fast.modeling.inputs import (
     additive_mask,
@@ -215,13 +215,6 @@ class RemBertModel(RemBertPreTrainedModel):
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=device)
-        words = self.embeddings.word_embeddings
-        if (input_ids is not None and words.padding_idx is not None and torch.is_grad_enabled()
-                and words.weight.requires_grad):
-            # The padded path embeds padding tokens: nn.Embedding's lookup keeps the padding row's
-            # gradient zero (its padding_idx contract, as in transformers); the fused one would not.
-            ops.check_ids("input_ids", input_ids, words.num_embeddings, "vocab_size")
-            input_ids, inputs_embeds = None, words(input_ids)
         embedding_output = embed_tokens(
             self.embeddings, None, input_ids, token_type_ids, position_ids.expand(batch, -1), inputs_embeds
         )  # (B, L, E)
