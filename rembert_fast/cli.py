@@ -125,12 +125,9 @@ def _model_directory(name: str) -> Path:
     if Path(name).is_dir():
         return Path(name)
     from rembert_fast import hub
-    from rembert_fast.checkpoint import HUB_WEIGHT_FILES
-    from rembert_fast.tokenization import RemBertTokenizerFast
 
     try:
-        wanted = ("config.json", *RemBertTokenizerFast.hub_files)
-        return Path(hub.resolve_directory(name, wanted, HUB_WEIGHT_FILES))
+        return Path(hub.model_directory(name))
     except hub.PretrainedNotFoundError as error:
         raise UsageError(f"model directory: {error}") from None
 

@@ -110,6 +110,25 @@ def resolve_directory(
     return directory
 
 
+def model_directory(name_or_path: str | os.PathLike, **hub_keywords: Any) -> str:
+    """The directory of a whole model (config.json, weights, tokenizer files), for the batch engine and the
+    CLI: `name_or_path` when it exists on the disk, else the Hub snapshot `resolve_directory` fetches (or,
+    offline, finds in the cache) with those files. `hub_keywords` are `HUB_KEYWORDS`.
+
+    Raises:
+        TypeError: a keyword that is not one of `HUB_KEYWORDS`.
+        PretrainedNotFoundError: as `resolve_directory`.
+    """
+    unknown = sorted(set(hub_keywords) - set(HUB_KEYWORDS))
+    if unknown:
+        raise TypeError(f"unexpected keyword {unknown[0]!r}: the Hub keywords are {', '.join(HUB_KEYWORDS)}")
+    from rembert_fast.checkpoint import CONFIG_NAME, HUB_WEIGHT_FILES
+    from rembert_fast.tokenization import RemBertTokenizerFast
+
+    return resolve_directory(name_or_path, (CONFIG_NAME, *RemBertTokenizerFast.hub_files), HUB_WEIGHT_FILES,
+                             **hub_keywords)
+
+
 def _hub_offline() -> bool:
     """$HF_HUB_OFFLINE (or transformers' $TRANSFORMERS_OFFLINE) as set now, not when huggingface_hub was
     imported; huggingface_hub's own reading of it at import counts too."""

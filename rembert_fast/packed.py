@@ -399,8 +399,16 @@ def embed_tokens(
     """LN(word[ids] + type[tt] + pos[pos]) -> dropout (training) -> optional projection; (..., E or hidden).
 
     Without dropout the projection runs inside `ops.embed` (fused on CUDA). Ids outside their tables
-    raise ValueError naming the value.
+    raise ValueError naming the value. When the word table takes gradients and the padding id is among
+    the ids (one host read, in training only), words are looked up by the nn.Embedding itself, so that
+    its `padding_idx` row gets no gradient (nn.Embedding's contract, kept by transformers), which the
+    fused lookup would give it.
     """
+    words = embeddings.word_embeddings
+    if (inputs_embeds is None and words.padding_idx is not None and torch.is_grad_enabled()
+            and words.weight.requires_grad and bool((input_ids == words.padding_idx).any())):
+        ops.check_ids("input_ids", input_ids, words.num_embeddings, "vocab_size")
+        inputs_embeds = words(input_ids)
     dropout_p = embeddings.dropout.p if embeddings.training else 0.0
     fuse_projection = projection is not None and dropout_p == 0.0
     norm = embeddings.LayerNorm

@@ -11,6 +11,8 @@ What changes, on the model instance only (its class and every other instance are
   3-D/4-D masks, cross-attention, KV caches, attention-probability dropout in training) run
   transformers' original forward, unchanged;
 - the MLM / causal-LM head's `cls.predictions` runs bias+activation and its LayerNorm through the ops;
+- a question-answering head's call with start/end positions and a padded mask runs the original
+  RemBertModel forward: its loss's softmax reads the padding positions' logits;
 - with `cuda_graphs=True`, inference calls on CUDA replay a captured graph per batch-size bucket
   (`rembert_fast.cuda_graphs.CudaGraphRunner`).
 The patched modules say so when printed. Parameters, buffers and state-dict keys are not touched
@@ -65,6 +67,8 @@ def optimize(model: nn.Module, *, cuda_graphs: bool = False) -> nn.Module:
                 module.__dict__[_STATE] = {"activation": base.config.hidden_act}
                 module.forward = _Patched(_lm_head_forward, module, "forward")
                 module.extra_repr = _Patched(_marked_extra_repr, module, "extra_repr", _HEAD_MARK)
+        if model is not base and hasattr(model, "qa_outputs"):
+            model.forward = _Patched(_qa_forward, model, "forward")
     state["cuda_graphs"] = cuda_graphs
     if not cuda_graphs:
         state["runner"] = None
@@ -173,7 +177,7 @@ def _fast_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """RemBertModel.forward on the packed path when the call allows it, else the original."""
     original = type(self).forward
     params, extra = _call_arguments(self, args, kwargs)
-    if not _packable(self, params, extra):
+    if self.__dict__[_STATE].get("padding_positions") or not _packable(self, params, extra):
         return original(self, *args, **kwargs)
     config = self.config
     ids, mask = params.get("input_ids"), params.get("attention_mask")
@@ -214,6 +218,22 @@ def _fast_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return BaseModelOutputWithPoolingAndCrossAttentions(
         last_hidden_state=sequence_output, pooler_output=pooled, hidden_states=hidden_states
     )
+
+
+def _qa_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """transformers' question-answering head. Its loss is a softmax over every position, padding included:
+    given positions and a padded mask, its RemBertModel runs transformers' padded forward for the call."""
+    params, _ = _call_arguments(self, args, kwargs)
+    mask = params.get("attention_mask")
+    state = self.rembert.__dict__[_STATE]
+    if (params.get("start_positions") is None or params.get("end_positions") is None
+            or not isinstance(mask, torch.Tensor) or bool(mask.bool().all())):
+        return type(self).forward(self, *args, **kwargs)
+    state["padding_positions"] = True
+    try:
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        state["padding_positions"] = False
 
 
 def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:

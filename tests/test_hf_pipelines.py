@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import pytest
+import torch
 import transformers
 from tokenizer_fixtures import train_tiny_sentencepiece
 
@@ -81,3 +82,34 @@ def test_text_generation_pipeline_gives_transformers_text(tokenizer):
         got = transformers.pipeline("text-generation", model=ours, tokenizer=tokenizer)(texts, **options)
     assert got == expected
     assert all(item[0]["generated_text"].startswith(text) for item, text in zip(got, texts, strict=True))
+
+
+def test_feature_extraction_pipeline_gives_transformers_features(tokenizer):
+    theirs, ours = _pair("RemBertModel", len(tokenizer), seed=17)
+    texts = ["hello world, this is a longer test than the other", "une phrase"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = transformers.pipeline("feature-extraction", model=theirs, tokenizer=tokenizer)(texts)
+        got = transformers.pipeline("feature-extraction", model=ours, tokenizer=tokenizer)(texts)
+        batched_expected = transformers.pipeline("feature-extraction", model=theirs,
+                                                 tokenizer=tokenizer)(texts, batch_size=2)
+        batched = transformers.pipeline("feature-extraction", model=ours, tokenizer=tokenizer)(texts,
+                                                                                              batch_size=2)
+    for text, features, reference in zip(texts, got, expected, strict=True):
+        features, reference = torch.tensor(features), torch.tensor(reference)
+        length = len(tokenizer(text)["input_ids"])
+        assert features.shape == reference.shape == (1, length, ours.config.hidden_size)
+        assert (features - reference).abs().max().item() <= 1e-5
+    # Batched, the pipeline pads to the longest text (on the tokenizer's padding side): real positions are
+    # transformers' numbers, padding positions zeros (RemBertModel's documented difference; transformers'
+    # are meaningless there).
+    longest = max(len(tokenizer(text)["input_ids"]) for text in texts)
+    for text, features, reference in zip(texts, batched, batched_expected, strict=True):
+        features, reference = torch.tensor(features)[0], torch.tensor(reference)[0]
+        length = len(tokenizer(text)["input_ids"])
+        real = torch.arange(longest) < length
+        if tokenizer.padding_side == "left":
+            real = real.flip(0)
+        assert features.shape == reference.shape == (longest, ours.config.hidden_size)
+        assert (features[real] - reference[real]).abs().max().item() <= 1e-5
+        assert torch.equal(features[~real], torch.zeros_like(features[~real]))

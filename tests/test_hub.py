@@ -273,3 +273,25 @@ def test_unknown_id_in_a_fresh_process(tmp_path):
     assert done.returncode == 1
     assert last.startswith("rembert_fast.hub.PretrainedNotFoundError: 'tiny-org/absent'")
     assert "model.safetensors" in last and "pytorch_model.bin" in last and str(tmp_path) in last
+
+
+def test_inference_engine_takes_a_hub_id_like_the_cli(checkpoints, monkeypatch):
+    from rembert_fast.inference import InferenceEngine
+
+    cache, first, second, commit = checkpoints
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    by_id = InferenceEngine(REPO, "embed", device="cpu")
+    by_directory = InferenceEngine(str(first), "embed", device="cpu")
+    assert by_id.model_dir.parent.name == "snapshots" and by_id.model_dir.name != commit
+    assert _same_weights(by_id.model, by_directory.model)
+    texts = ["a b", "in the", "e"]  # pieces inside the tiny checkpoint's 120-word vocabulary
+    for got, expected in zip(by_id.run(texts), by_directory.run(texts), strict=True):
+        assert torch.equal(torch.from_numpy(got["embedding"]), torch.from_numpy(expected["embedding"]))
+    # the Hub keywords, as from_pretrained takes them
+    at_v2 = InferenceEngine(REPO, "embed", device="cpu", revision="v2")
+    assert at_v2.model_dir.name == commit and _same_weights(at_v2.model, LOADERS["model"](second))
+    with pytest.raises(PretrainedNotFoundError) as caught:
+        InferenceEngine("tiny-org/absent", "embed", device="cpu", cache_dir=cache)
+    assert "\n" not in str(caught.value) and "'tiny-org/absent'" in str(caught.value)
+    with pytest.raises(TypeError, match="unexpected keyword 'revison'"):
+        InferenceEngine(REPO, "embed", device="cpu", revison="v2")

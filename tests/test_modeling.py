@@ -12,10 +12,13 @@ a padding position under left padding (a deliberate, documented difference).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hf_pairs import SMALL_CONFIGS, batch_inputs, config_kwargs, make_pair, needs_causal_reference, randomize
 
+import rembert_fast
 import rembert_fast.modeling as modeling
 from rembert_fast.configuration import RemBertConfig
 
@@ -256,6 +259,58 @@ def test_question_answering(name, pattern):
     assert abs(out[0].item() - ref.loss.item()) <= TOL
     assert torch.equal(start, torch.tensor([1, 4, 20]))  # inputs are not clamped in place
     assert max_err(out[1], ref.start_logits) <= TOL and max_err(out[2], ref.end_logits) <= TOL
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_question_answering_loss_on_padded_features_is_transformers_loss(name, pattern):
+    """The QA guide pads features to max_length; transformers' softmax reads the padding logits."""
+    hf, ours = make_pair("RemBertForQuestionAnswering", name, seed=26)
+    hf.train(), ours.train()  # dropout is off in these configs
+    batch = batch_inputs(name, pattern=pattern, seed=27)
+    start, end = torch.tensor([1, 4, 0]), torch.tensor([3, 5, 0])
+    ref = hf(**batch, start_positions=start, end_positions=end)
+    out = ours(**batch, start_positions=start, end_positions=end)
+    assert abs(out.loss.item() - ref.loss.item()) <= TOL
+    assert max_err(out.start_logits, ref.start_logits) <= TOL
+    assert max_err(out.end_logits, ref.end_logits) <= TOL
+    ref.loss.backward(), out.loss.backward()
+    theirs = dict(hf.named_parameters())
+    for key, param in ours.named_parameters():
+        assert max_err(param.grad, theirs[key].grad) <= TOL, key
+    # the same through optimize(transformers' model)
+    optimized = copy.deepcopy(hf)
+    optimized.zero_grad()
+    rembert_fast.optimize(optimized)
+    again = optimized(**batch, start_positions=start, end_positions=end)
+    assert abs(again.loss.item() - ref.loss.item()) <= TOL
+    assert max_err(again.start_logits, ref.start_logits) <= TOL
+    with torch.no_grad():  # without positions the packed path runs: real positions agree
+        assert max_err(optimized(**batch).start_logits, ref.start_logits, real(batch)) <= TOL
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["packed", "padded"])
+def test_the_padding_row_gets_no_gradient_as_in_transformers(masked):
+    """nn.Embedding(padding_idx) gives the padding row no gradient, wherever the padding id is fed."""
+    hf, ours = make_pair("RemBertForMaskedLM", "h60", seed=28)
+    optimized = rembert_fast.optimize(copy.deepcopy(hf))
+    batch = batch_inputs("h60", pattern="right", seed=29)
+    batch["input_ids"][:, 1] = SMALL_CONFIGS["h60"]["pad_token_id"]  # the padding id at a real position
+    if not masked:  # no mask: every position real, the packed path
+        del batch["attention_mask"]
+    labels = torch.randint(3, SMALL_CONFIGS["h60"]["vocab_size"], batch["input_ids"].shape,
+                           generator=torch.Generator().manual_seed(30))
+    if masked:  # padding positions unscored, as transformers' collators label them
+        labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+    grads = []
+    for model in (hf, ours, optimized):
+        model.train()  # dropout is off in these configs
+        model(**batch, labels=labels).loss.backward()
+        grads.append(model.get_input_embeddings().weight.grad)
+    reference, *others = grads
+    assert reference[0].abs().max().item() == 0 and reference[5:].abs().max().item() > 0
+    for grad in others:
+        assert max_err(grad, reference) <= TOL
 
 
 @pytest.mark.parametrize("name", CONFIGS)

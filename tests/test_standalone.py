@@ -96,6 +96,22 @@ def test_multiple_choice_runs():
     assert model(input_ids=ids).logits.shape == (2, 3)
 
 
+@torch.no_grad()
+def test_outputs_name_the_kv_cache_cache_as_transformers_5_does():
+    model = RemBertForCausalLM(_config(is_decoder=True)).eval()
+    ids, mask = _batch(torch.Generator().manual_seed(8))
+    out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+    assert list(out.keys()) == ["logits", "cache"]
+    assert out.cache is out.past_key_values is out["cache"] is out["past_key_values"] is out[1]
+    assert "past_key_values" in out and len(out.cache) == 2 and len(out.cache[0]) == 2
+    # the cache feeds the next step under either name
+    step = model(input_ids=ids[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], 1), cache=out.cache)
+    again = model(input_ids=ids[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], 1),
+                  past_key_values=out.past_key_values)
+    assert torch.equal(step.logits, again.logits) and step.cache[0][0].shape[2] == ids.shape[1] + 1
+    assert "cache" not in model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+
 def test_slow_tokenizer_gives_sentencepiece_ids(tmp_path):
     import sentencepiece
 

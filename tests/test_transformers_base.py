@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +37,30 @@ def test_config_and_every_model_are_transformers_classes():
     assert RemBertConfig.from_pretrained.__func__ is not theirs
     with pytest.raises(ValueError, match="config must be a rembert_fast.RemBertConfig"):
         modeling.RemBertModel(transformers.RemBertConfig(**config_kwargs("h60")))
+
+
+OUTPUT_CLASSES = {
+    "RemBertModel": "BaseModelOutputWithPoolingAndCrossAttentions", "RemBertForMaskedLM": "MaskedLMOutput",
+    "RemBertForCausalLM": "CausalLMOutputWithCrossAttentions",
+    "RemBertForSequenceClassification": "SequenceClassifierOutput",
+    "RemBertForTokenClassification": "TokenClassifierOutput",
+    "RemBertForQuestionAnswering": "QuestionAnsweringModelOutput",
+    "RemBertForMultipleChoice": "MultipleChoiceModelOutput",
+}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", CLASSES)
+def test_outputs_are_the_output_classes_transformers_returns(name):
+    """Pipelines and Trainer test `isinstance(output, transformers.utils.ModelOutput)`."""
+    theirs, ours = make_pair(name, "h60", seed=5, is_decoder=name == "RemBertForCausalLM")
+    ids = torch.randint(3, 97, (2, 3, 6) if name == "RemBertForMultipleChoice" else (2, 6),
+                        generator=torch.Generator().manual_seed(6))
+    got, expected = ours(input_ids=ids), theirs(input_ids=ids)
+    assert type(got) is type(expected) is getattr(transformers.modeling_outputs, OUTPUT_CLASSES[name])
+    assert isinstance(got, transformers.utils.ModelOutput) and list(got.keys()) == list(expected.keys())
+    if name == "RemBertForCausalLM":  # the decoder returns its KV cache by default
+        assert "cache" in got and got.cache is got.past_key_values
 
 
 def test_trainer_save_model_writes_config_and_reloads_the_trained_weights(tmp_path):
@@ -206,3 +231,19 @@ def test_trainer_resume_from_checkpoint_and_load_best_model_at_end(tmp_path):
     chosen = rembert_fast.RemBertForSequenceClassification.from_pretrained(best_dir)
     for key, value in chosen.state_dict().items():
         torch.testing.assert_close(best.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_the_hf_extra_asks_for_the_transformers_majors_the_bases_subclass():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+
+    from rembert_fast.hf_base import SUPPORTED_MAJOR
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    for extra in ("hf", "dev"):
+        (spec,) = [Requirement(r).specifier for r in project["optional-dependencies"][extra]
+                   if Requirement(r).name == "transformers"]
+        for major in range(min(SUPPORTED_MAJOR) - 1, max(SUPPORTED_MAJOR) + 2):
+            for version in (f"{major}.0.0", f"{major}.99.0"):
+                assert spec.contains(version) == (major in SUPPORTED_MAJOR), (extra, version, spec)
+    assert "datasets" in {Requirement(r).name for r in project["optional-dependencies"]["dev"]}

@@ -107,7 +107,9 @@ class InferenceEngine(TaskOutputs):
 
     Args:
         model_dir: a transformers-layout directory: `config.json`, weights, `sentencepiece.model`
-            and/or `tokenizer.json`.
+            and/or `tokenizer.json`; or a Hub model id ("google/rembert"), whose files are fetched into
+            (offline: found in) the Hub cache by `rembert_fast.hub.model_directory`. `model_dir` is then
+            the snapshot directory.
         task: one of `TASKS`.
         device: "cpu", "cuda", "cuda:N" or None (CUDA when available).
         dtype: the model's dtype; None -> bfloat16 on CUDA, float32 on CPU. Results are float32.
@@ -117,6 +119,12 @@ class InferenceEngine(TaskOutputs):
         pooling, top_k, all_scores, aggregate: the task options described in the module docstring.
         window: lines sorted together; the same value must be used to resume a run or to combine
             the parts of a multi-process run.
+        hub_keywords: for a Hub id, `rembert_fast.hub.HUB_KEYWORDS` (revision, cache_dir,
+            local_files_only, token, subfolder, force_download), as from_pretrained takes them.
+
+    Raises:
+        rembert_fast.hub.PretrainedNotFoundError: `model_dir` is neither a local path nor a Hub model
+            that could be found (one line naming the id, the cache and the revision).
     """
 
     def __init__(
@@ -133,6 +141,7 @@ class InferenceEngine(TaskOutputs):
         all_scores: bool = False,
         aggregate: str = "none",
         window: int = DEFAULT_WINDOW,
+        **hub_keywords: Any,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task {task!r} is not one of {TASKS}")
@@ -147,7 +156,9 @@ class InferenceEngine(TaskOutputs):
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if window < 1:
             raise ValueError(f"window must be at least 1 line, got {window}")
-        self.model_dir = Path(model_dir)
+        from rembert_fast import hub
+
+        self.model_dir = Path(hub.model_directory(model_dir, **hub_keywords))
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"model directory {str(self.model_dir)!r} has no config.json")
         self.task = task

@@ -113,7 +113,7 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
     each (B, heads, past_length, head_dim), followed by the cross-attention (k, v) when the model has
     cross-attention. It is returned when `use_cache` (default `config.use_cache`; off when `labels`
     are given, as in transformers 4). A transformers `DynamicCache` (what `generate()` passes) is read
-    and extended in place, and returned as `past_key_values`.
+    and extended in place, and returned as the output's `cache` (also readable as `past_key_values`).
     """
 
     def forward(
@@ -168,7 +168,7 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         out = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
-            past_key_values=presents,
+            cache=presents,
             hidden_states=enc.padded_hidden_states(),
             attentions=enc.attentions,
             cross_attentions=enc.cross_attentions,
@@ -359,7 +359,12 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
 
 class RemBertForQuestionAnswering(RemBertPreTrainedModel):
     """Extractive QA: per-token start/end logits; loss = mean of the two cross-entropies, positions
-    outside the sequence ignored (clamped to L, as transformers does, without modifying the inputs)."""
+    outside the sequence ignored (clamped to L, as transformers does, without modifying the inputs).
+
+    transformers' loss is a softmax over every position, padding included, so a call with positions and
+    a padded `attention_mask` runs the padded path, which gives padding positions transformers' logits
+    (the packed path leaves them 0). Without positions, padding logits are 0, as for every head.
+    """
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -385,6 +390,12 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> QuestionAnsweringModelOutput | tuple[Any, ...]:
+        loss_reads_padding = (
+            start_positions is not None
+            and end_positions is not None
+            and isinstance(attention_mask, torch.Tensor)
+            and not bool(attention_mask.bool().all())
+        )
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -394,6 +405,7 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
             inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            padding_positions=loss_reads_padding,
         )
         logits = enc.pad(self.qa_outputs(enc.hidden))  # (B, L, num_labels)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)

@@ -84,7 +84,7 @@ class RemBertModel(RemBertPreTrainedModel):
             last_hidden_state=sequence_output,
             pooler_output=enc.pooled,
             hidden_states=hidden_states,
-            past_key_values=enc.past_key_values,
+            cache=enc.past_key_values,
             attentions=enc.attentions,
             cross_attentions=enc.cross_attentions,
         )
@@ -104,8 +104,12 @@ class RemBertModel(RemBertPreTrainedModel):
         use_cache: bool | None = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        padding_positions: bool = False,
     ) -> PackedBatch:
-        """Validate the inputs, pick the path, run the encoder and the pooler."""
+        """Validate the inputs, pick the path, run the encoder and the pooler.
+
+        `padding_positions=True` asks for transformers' hidden states at padding positions too (a head
+        whose loss reads them): the padded path runs even where the packed one could."""
         config = self.config
         output_attentions = bool(config_flag(config, "output_attentions", output_attentions))
         output_hidden_states = bool(config_flag(config, "output_hidden_states", output_hidden_states))
@@ -120,7 +124,7 @@ class RemBertModel(RemBertPreTrainedModel):
                 f"sequence length {seqlen + past_length} (input {seqlen} + cached {past_length}) exceeds "
                 f"max_position_embeddings={config.max_position_embeddings}"
             )
-        packable = packed.packable(
+        packable = not padding_positions and packed.packable(
             self,
             attention_mask,
             output_attentions=output_attentions,
