@@ -208,6 +208,7 @@ fi
 
 KERNEL_TESTS=(tests/test_kernel_attention.py tests/test_kernel_layer_norm.py tests/test_kernel_activation.py
     tests/test_ops_linear_epilogue.py tests/test_ops_library.py tests/test_ops_dispatch.py tests/test_ops_tuning.py
+    tests/test_ops_competitors.py
     tests/test_embed.py tests/test_fast_path.py tests/test_patching.py tests/test_cuda_graphs.py)
 step kernel_tests 150 "${PYTEST[@]}" -m "not gpu" "${KERNEL_TESTS[@]}"
 
