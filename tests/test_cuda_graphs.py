@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import auto_tuning
 from torch.torch_version import TorchVersion
 
 import rembert_fast
@@ -311,16 +312,11 @@ def test_decisions_are_made_before_the_capture_and_the_graph_uses_them(monkeypat
     and capture: nothing is probed or timed inside it, and the captured forward runs the candidates
     chosen."""
     from rembert_fast.kernels import attention as attention_kernel
-    from rembert_fast.ops import choosing, competitors, dispatch, probe, tuning
+    from rembert_fast.ops import choosing, competitors, probe, tuning
 
     if not ops.triton_status()[0]:
         pytest.skip("needs Triton (the interpreter on CPU)")
-    monkeypatch.setenv("REMBERT_FAST_BACKEND", "auto")
-    monkeypatch.setenv("REMBERT_FAST_CACHE", str(tmp_path))
-    monkeypatch.delenv("REMBERT_FAST_TUNE", raising=False)
-    monkeypatch.setattr(dispatch, "_decisions", {})
-    monkeypatch.setattr(dispatch, "_choices", {})
-    tuning.reset()
+    auto_tuning(monkeypatch, tmp_path)
     hf, fast = models()
     runner = _runner_on_fake_cuda(monkeypatch, fast, token_buckets=(32,), seqlen_buckets=(16,),
                                   batch_buckets=(4,))

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import assert_within_twice_eager
+from conftest import assert_within_twice_eager, auto_tuning
 
 from rembert_fast import extension, ops
 from rembert_fast.padding import unpad_input
@@ -161,17 +161,12 @@ def _fake_extension(monkeypatch, scale: float = 1.0) -> list:
 def _auto_with_the_extension(monkeypatch, tmp_path):
     """`auto` with a private tuning cache, where the extension counts as available on these CPU tensors
     (a stand-in for a CUDA device with `rembert_fast._C`)."""
-    from rembert_fast.ops import dispatch, tuning
+    from rembert_fast.ops import dispatch
 
-    monkeypatch.setenv("REMBERT_FAST_BACKEND", "auto")
-    monkeypatch.setenv("REMBERT_FAST_CACHE", str(tmp_path))
-    monkeypatch.delenv("REMBERT_FAST_TUNE", raising=False)
-    monkeypatch.setattr(dispatch, "_decisions", {})
-    monkeypatch.setattr(dispatch, "_choices", {})
+    auto_tuning(monkeypatch, tmp_path)
     real = dispatch._decide
     monkeypatch.setattr(dispatch, "_decide", lambda op, device_type, requested:
                         "cuda" if op == "embed" else real(op, device_type, requested))
-    tuning.reset()
 
 
 @pytest.mark.skipif(not ops.triton_status()[0], reason="a first use is probed where a fused path runs")

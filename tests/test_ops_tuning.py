@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import needs_triton
+from conftest import auto_tuning, needs_triton
 
 from rembert_fast import ops
 from rembert_fast.cli import main
@@ -21,12 +21,7 @@ pytestmark = needs_triton
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
     """`auto` dispatch on the interpreter, a private cache dir, no decision or verdict held."""
-    monkeypatch.setenv("REMBERT_FAST_BACKEND", "auto")
-    monkeypatch.setenv("REMBERT_FAST_CACHE", str(tmp_path))
-    monkeypatch.delenv("REMBERT_FAST_TUNE", raising=False)
-    monkeypatch.setattr(dispatch, "_decisions", {})
-    monkeypatch.setattr(dispatch, "_choices", {})
-    tuning.reset()
+    auto_tuning(monkeypatch, tmp_path)
     yield tmp_path
     tuning.reset()
 
