@@ -317,8 +317,7 @@ def test_tune_prefills_the_choices_first_use_would_make(fresh, monkeypatch):
     x, w, b = torch.randn(10, 32), torch.randn(48, 32), torch.randn(48)
     with choosing.use_timer(_timer({})):
         out = ops.linear_bias_act(x, w, b, "gelu")
-    assert dispatch._choices[("linear_bias_act", ("gelu",), (32, 48), "cpu", torch.float32, "auto", 16, 0)] \
-        == "triton"
+    assert dispatch.choices_made() == {"cpu auto linear_bias_act:gelu|float32|32x48|t16": "triton"}
     torch.testing.assert_close(out, ops.bias_act_ref(x @ w.T + b, None, "gelu"), rtol=1e-5, atol=1e-5)
     table = timing.format_table(rows, "cpu-interpreter float32")
     assert table.count("\n") == len(rows) and "eager=2.000" in table

@@ -6,6 +6,11 @@ Backends: ``triton`` (the kernels in ``rembert_fast.kernels``; CUDA tensors, or 
 active, else ``$REMBERT_FAST_BACKEND``, else ``auto``. A backend asked for explicitly that cannot run
 raises ``RuntimeError`` with the reason; ``auto`` never raises for availability. Under autograd (grad
 enabled and an input that requires grad) every op runs eagerly: the kernels have no backward.
+
+Two levels: `backend_for(op, device, dtype)` is the op-level decision (availability, the probe verdict,
+a trace-time constant under torch.compile); `choose(op, variant, width, device, dtype, tokens, ...)` is
+what each op asks per call, the candidate for its call class (`rembert_fast.ops.candidates`), made
+once at first use (`rembert_fast.ops.choosing`: timed where timing is allowed) and then a dict lookup.
 """
 
 from __future__ import annotations
@@ -183,13 +188,19 @@ def backend_for(op: str, device: torch.device, dtype: torch.dtype) -> str:
 
 
 # choose's decisions: (op, variant, width, device type, dtype, request, token bucket, seqlen bucket) ->
-# the candidate serving that call class (`rembert_fast.ops.candidates`).
+# the candidate serving that call class (`rembert_fast.ops.candidates`); a bucket is held as the bit
+# length of n - 1 (the power of two 1 << bits), -1 for 0.
 _choices: dict[tuple, str] = {}
 
 
 def _pow2(n: int) -> int:
     """n rounded up to a power of two (0 stays 0)."""
     return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+def _from_bits(bits: int) -> int:
+    """The bucket a key's bit length stands for: 1 << bits, or 0 for -1."""
+    return 1 << bits if bits >= 0 else 0
 
 
 def choose(
@@ -213,8 +224,9 @@ def choose(
         return "eager"
     if torch.compiler.is_compiling():
         return backend_for(op, device, dtype)
-    key = (op, variant, width, device.type, dtype, _request(_backend_override.get()), _pow2(tokens),
-           _pow2(seqlen))
+    # The buckets as bit lengths (pow2(n) == 1 << bits; -1 for 0): no call on the hot path.
+    key = (op, variant, width, device.type, dtype, _request(_backend_override.get()),
+           (tokens - 1).bit_length() if tokens else -1, (seqlen - 1).bit_length() if seqlen else -1)
     made = _choices.get(key)
     return made if made is not None else _choose_first(key, device)
 
@@ -222,7 +234,8 @@ def choose(
 def _choose_first(key: tuple, device: torch.device) -> str:
     from rembert_fast.ops import choosing, tuning
 
-    op, variant, width, device_type, dtype, requested, tokens, seqlen = key
+    op, variant, width, device_type, dtype, requested, token_bits, seqlen_bits = key
+    tokens, seqlen = _from_bits(token_bits), _from_bits(seqlen_bits)
     base = _decision(op, device_type, dtype, requested)
     forbidden = tuning.probing_forbidden()
     if requested != "auto" or (device_type == "cpu" and not interpreting()):
@@ -274,7 +287,8 @@ def choices_made() -> dict[str, str]:
     entry as the tuning cache names it (e.g. "cuda auto attention:False:True|bfloat16|18x64|t512s128")."""
     from rembert_fast.ops import candidates
 
-    return {f"{device_type} {requested} {candidates.entry(op, variant, dtype, width, (tokens, seqlen))}": name
+    return {f"{device_type} {requested} "
+            f"{candidates.entry(op, variant, dtype, width, (_from_bits(tokens), _from_bits(seqlen)))}": name
             for (op, variant, width, device_type, dtype, requested, tokens, seqlen), name
             in list(_choices.items())}
 
