@@ -387,3 +387,18 @@ def test_the_gemm_epilogue_compositions_are_probed_and_a_wrong_one_never_serves(
     ref = ops.layer_norm_ref(x @ w.T + bias, lw, lb, 1e-12, residual=res)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert probe.run_probe("linear_bias_act", torch.device("cpu"), torch.float16) is None
+
+
+def test_a_timing_that_fails_warns_once_and_the_probe_verdict_serves(fresh):
+    def out_of_memory(name, fn):
+        raise RuntimeError("CUDA out of memory")
+
+    x, b = torch.randn(6, 40), torch.randn(40)
+    with choosing.use_timer(out_of_memory), \
+            pytest.warns(RuntimeWarning, match="timing bias_act.*out of memory") as record:
+        out = ops.bias_act(x, b, "gelu")
+        ops.bias_act(x, b, "gelu")  # held for this process: not timed again
+    assert len([w for w in record if "timing" in str(w.message)]) == 1
+    torch.testing.assert_close(out, ops.bias_act_ref(x, b, "gelu"))
+    assert dispatch.choices_made() == {"cpu auto bias_act:gelu:True|float32|40|t8": "triton"}
+    assert tuning.choices() == {}  # nothing remembered on disk

@@ -5,7 +5,8 @@ not met yet (`dispatch.choose` keeps the answer for every later call): the choic
 cache if there is one; else, where timing is allowed, each candidate in `names` (the eager composition
 always one, the others probed already) is timed on a random input of the bucket's shape and the fastest
 is kept, in memory and in the cache beside the probe verdicts. A candidate that raises while timed is
-left out (the eager one always stays).
+left out; where the timing itself fails (the bucket's inputs do not fit in memory), one warning, and
+the op-level choice serves the class for this process, not remembered on disk.
 
 Timing runs only on CUDA (CUDA events: a warm-up, then the median of a few calls) or with a timer
 injected by `use_timer` (tests drive the choice with a fake one on CPU). Under the Triton interpreter
@@ -18,6 +19,7 @@ back to the probe verdict and asks again later).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,7 +87,12 @@ def decide(op: str, variant: tuple, width: tuple, bucket: tuple[int, int], devic
     timer = active_timer(device)
     if timer is None:
         return fallback
-    ms = measure(op, variant, width, bucket, device, dtype, names, timer)
+    try:
+        ms = measure(op, variant, width, bucket, device, dtype, names, timer)
+    except Exception as error:  # the inputs or eager itself fail at this size (out of memory): not chosen
+        warnings.warn(f"rembert_fast: timing {name} failed ({type(error).__name__}: {error}); "
+                      f"{fallback} serves it in this process", RuntimeWarning, stacklevel=4)
+        return fallback
     choice = min(ms, key=ms.__getitem__)
     tuning.record_choice(device.type, name, choice, ms)
     return choice

@@ -157,11 +157,14 @@ def tune(device: torch.device, dtype: torch.dtype, shapes: Shapes, tokens: tuple
 
 def format_table(rows: list[Row], key: str) -> str:
     """The table `rembert-fast tune` prints: op, key, bucket, each candidate's ms, choice, probe error."""
-    lines = [f"{'op':<27} {'key':<26} {'bucket':<11} {'candidates (ms)':<52} {'choice':<12} probe"]
+    lines = [f"{'op (variant, width)':<40} {'key':<26} {'bucket':<11} {'candidates (ms)':<52} {'choice':<12} "
+             "probe"]
     for r in rows:
+        call, _, width, _ = r.entry.split("|")
         bucket = f"t{r.tokens}" + (f" s{r.seqlen}" if r.seqlen else "")
         ms = " ".join(f"{name}={value:.3f}" for name, value in r.ms.items())
-        lines.append(f"{r.op:<27} {key:<26} {bucket:<11} {ms:<52} {r.choice:<12} {r.probe_error or 'ok'}")
+        lines.append(f"{call + ' ' + width:<40} {key:<26} {bucket:<11} {ms:<52} {r.choice:<12} "
+                     f"{r.probe_error or 'ok'}")
     return "\n".join(lines)
 
 
