@@ -402,3 +402,12 @@ def test_a_timing_that_fails_warns_once_and_the_probe_verdict_serves(fresh):
     torch.testing.assert_close(out, ops.bias_act_ref(x, b, "gelu"))
     assert dispatch.choices_made() == {"cpu auto bias_act:gelu:True|float32|40|t8": "triton"}
     assert tuning.choices() == {}  # nothing remembered on disk
+
+
+def test_an_empty_call_is_not_timed(fresh, monkeypatch):
+    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("an empty call was timed"))
+    q = torch.randn(0, 2, 64)
+    cu = torch.zeros(3, dtype=torch.int32)
+    with choosing.use_timer(_timer({})), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ops.attention(q, q, q, cu, cu, 0, 0).shape == (0, 2, 64)

@@ -48,7 +48,8 @@ def extra_status(op: str, name: str, variant: tuple, width: tuple, device_type: 
 
 
 def entry(op: str, variant: tuple, dtype: torch.dtype, width: tuple, bucket: tuple[int, int]) -> str:
-    """The cache's name for a call class, e.g. "attention:causal|bfloat16|18x64|t512s128"."""
+    """The cache's name for a call class: op and variant flags, dtype, width, bucket, e.g.
+    "attention:False:True|bfloat16|18x64|t512s128" (not causal, one offset table)."""
     flags = ":".join(str(v) for v in variant)
     tokens, seqlen = bucket
     shape = f"t{tokens}" + (f"s{seqlen}" if seqlen else "")

@@ -76,7 +76,7 @@ def decide(op: str, variant: tuple, width: tuple, bucket: tuple[int, int], devic
            dtype: torch.dtype, names: tuple[str, ...], fallback: str) -> str | None:
     """The candidate (one of `names`) that serves this call class; `fallback` where nothing may be timed
     here; None inside a trace or a capture when no choice is held (not to be remembered)."""
-    if tuning.mode() == "off":
+    if tuning.mode() == "off" or bucket[0] == 0:  # off, or an empty call: nothing worth timing
         return fallback
     name = candidates.entry(op, variant, dtype, width, bucket)
     held: dict[str, Any] | None = tuning.held_choice(device.type, name)
