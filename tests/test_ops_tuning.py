@@ -411,3 +411,13 @@ def test_an_empty_call_is_not_timed(fresh, monkeypatch):
     with choosing.use_timer(_timer({})), warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ops.attention(q, q, q, cu, cu, 0, 0).shape == (0, 2, 64)
+
+
+def test_a_kernel_wrong_for_one_activation_disables_the_gemm_composition_too(fresh, monkeypatch):
+    real = act_kernel.bias_act
+    monkeypatch.setattr(act_kernel, "bias_act",
+                        lambda x, b, act, **k: real(x, b, "relu" if act == "selu" else act, **k))
+    x, w, b = torch.randn(5, 24), torch.randn(40, 24) / 5, torch.randn(40)
+    with pytest.warns(RuntimeWarning, match="fused linear_bias_act disabled"):
+        out = ops.linear_bias_act(x, w, b, "selu")
+    torch.testing.assert_close(out, ops.bias_act_ref(x @ w.T + b, None, "selu"), rtol=1e-5, atol=1e-5)

@@ -102,9 +102,12 @@ def _embed_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
 def _linear_bias_act_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     from rembert_fast.kernels import activation as kernel
 
+    def every_activation(fn: Callable) -> Callable:  # the GEMM then each activation
+        return lambda x, w, b: torch.cat([fn(x, w, b, act) for act in ACTIVATIONS])
+
     args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, 48, _WIDTH) / 8, _rand(gen, 48))
-    return (args, lambda x, w, b: kernel.bias_act(F.linear(x, w), b, "gelu"),
-            lambda x, w, b: reference.bias_act_ref(F.linear(x, w, b), None, "gelu"))
+    return (args, every_activation(lambda x, w, b, act: kernel.bias_act(F.linear(x, w), b, act)),
+            every_activation(lambda x, w, b, act: reference.bias_act_ref(F.linear(x, w, b), None, act)))
 
 
 def _linear_residual_layer_norm_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
