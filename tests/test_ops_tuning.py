@@ -421,3 +421,18 @@ def test_a_kernel_wrong_for_one_activation_disables_the_gemm_composition_too(fre
     with pytest.warns(RuntimeWarning, match="fused linear_bias_act disabled"):
         out = ops.linear_bias_act(x, w, b, "selu")
     torch.testing.assert_close(out, ops.bias_act_ref(x @ w.T + b, None, "selu"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("launcher,op", [("attention_varlen", "attention"),
+                                         ("attention_padded", "attention_padded")])
+def test_an_attention_kernel_wrong_when_causal_only_is_caught(fresh, monkeypatch, launcher, op):
+    from rembert_fast.kernels import attention as attention_kernel
+
+    real = getattr(attention_kernel, launcher)
+    positional = 7 if op == "attention" else 4  # where `causal` sits in the launcher's arguments
+
+    def ignores_causal(*args, **kwargs):
+        return real(*args[:positional], **kwargs)
+
+    monkeypatch.setattr(attention_kernel, launcher, ignores_causal)
+    assert "max error" in probe.run_probe(op, torch.device("cpu"), torch.float32)

@@ -73,11 +73,12 @@ def _attention_padded_case(gen: torch.Generator) -> tuple[tuple, Callable, Calla
     qkv = [_rand(gen, len(_LENGTHS), length, _HEADS, _HEAD_DIM) for _ in range(3)]
     mask = torch.arange(length)[None, :] < torch.tensor(_LENGTHS)[:, None]
 
-    def fused(q, k, v, m):
-        return kernel.attention_padded(q, k, v, m)
+    def fused(q, k, v, m):  # without and with the causal mask
+        return torch.cat([kernel.attention_padded(q, k, v, m), kernel.attention_padded(q, k, v, m, True)])
 
     def ref(q, k, v, m):
-        return reference.attention_padded_ref(q, k, v, m)
+        return torch.cat([reference.attention_padded_ref(q, k, v, m),
+                          reference.attention_padded_ref(q, k, v, m, causal=True)])
 
     return (*qkv, mask), fused, ref
 
@@ -144,7 +145,7 @@ def _valid_rows(op: str, out: torch.Tensor) -> torch.Tensor:
     """The probe's rows a kernel must write: attention_padded's padding queries are unspecified."""
     if op != "attention_padded":
         return out
-    return torch.cat([out[b, :length] for b, length in enumerate(_LENGTHS)])
+    return torch.cat([out[b, :_LENGTHS[b % len(_LENGTHS)]] for b in range(out.shape[0])])
 
 
 def run_probe(op: str, device: torch.device, dtype: torch.dtype, candidate: str | None = None) -> str | None:
