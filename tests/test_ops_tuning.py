@@ -436,3 +436,23 @@ def test_an_attention_kernel_wrong_when_causal_only_is_caught(fresh, monkeypatch
 
     monkeypatch.setattr(attention_kernel, launcher, ignores_causal)
     assert "max error" in probe.run_probe(op, torch.device("cpu"), torch.float32)
+
+
+def test_tune_covers_every_call_class_of_a_model_forward(fresh, monkeypatch):
+    import rembert_fast
+
+    config = rembert_fast.RemBertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, input_embedding_size=16,
+                                        intermediate_size=48, max_position_embeddings=64)
+    model = rembert_fast.RemBertModel(config).eval()
+    ids = torch.randint(3, 50, (3, 12))
+    mask = (torch.arange(12)[None, :] < torch.tensor([12, 7, 5])[:, None]).long()  # 24 real tokens
+    rows = timing.tune(torch.device("cpu"), torch.float32, timing.shapes_of_config(config), (24,), (12,),
+                       timer=_timer({"eager": 2.0, "triton": 1.0, "sdpa_padded": 3.0}))
+    assert {r.entry for r in rows} <= set(tuning.choices())
+    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("a class tune did not prefill"))
+    with torch.no_grad(), choosing.use_timer(_timer({})):
+        model(input_ids=ids, attention_mask=mask)
+    met = dispatch.choices_made()
+    assert {"embed", "attention", "linear_bias_act", "linear_residual_layer_norm"} <= {
+        name.split()[2].split("|")[0].split(":")[0] for name in met}
