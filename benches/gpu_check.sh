@@ -18,6 +18,9 @@
 #   steps.tsv               step, status (ok / fail(rc=N) / timeout(Ns) / skipped(...)), seconds
 #   env.json                `rembert-fast doctor --json`: versions, device, backends and why not, and
 #                           "install": the arch built for, each install attempt, why the extension is missing
+#   gpu-STAMP-tune.json     `rembert-fast tune` for bf16 and fp16: every op's call classes at the default
+#                           config's widths on the benchmarks' buckets, each candidate's ms, the choice,
+#                           probe errors
 #   gpu-STAMP-e2e.json      `rembert-fast bench`: full RemBERT bf16, rembert_fast vs transformers, and
 #                           every op at the model's widths (GB/s, fraction of a copy, TFLOP/s vs SDPA)
 #   gpu-STAMP-compile.json  the issue-8 variable-length batch against torch.compile (default mode)
@@ -25,7 +28,8 @@
 #   gpu-STAMP-max-autotune.json   only with GPU_CHECK_MAX_AUTOTUNE=1
 # The gpu-*.json files are the records to commit into benches/results/ as they are.
 #
-# Steps run in order of what a short lease most needs: the GPU-marked tests (kernels at RemBERT's
+# Steps run in order of what a short lease most needs: the dispatch's choices (`rembert-fast tune`,
+# bf16 and fp16, so the benchmarks run on them), the GPU-marked tests (kernels at RemBERT's
 # shapes and past 2**31 elements, the extension, CUDA graphs), then the issue-8 figures (end to end,
 # whose rows are checked against transformers in float32 before they are timed, and torch.compile),
 # then the kernel test files on CUDA, then the per-kernel tables; each has a time limit cut to what is
@@ -35,11 +39,12 @@
 # limit still returns what it measured ("complete": false). Each record's summary is printed last.
 #
 # Expected seconds on an H100 host, cold caches (estimated from CPU runs of the same steps, not yet
-# measured): install 50 (nvcc + the binding: 41 s on 2 cores), doctor 5, gpu_tests 40-90, bench_e2e
-# 60-90 (two 575M-parameter random models built on the CPU: ~20 s), bench_compile 80-150 (torch.compile
-# of the 32-layer model, once), kernel_tests 60-100, kernel tables 20-60 each: the issue-8 records are
-# back after about 250-400 s; the kernel tables may need a second call (GPU_CHECK_SKIP="install doctor
-# gpu_tests bench_e2e bench_compile kernel_tests" on the still-warm machine).
+# measured): install 50 (nvcc + the binding: 41 s on 2 cores), doctor 5, tune 10-40 per dtype (Triton
+# compiles each probed kernel once), gpu_tests 40-90, bench_e2e 60-90 (two 575M-parameter random
+# models built on the CPU: ~20 s), bench_compile 80-150 (torch.compile of the 32-layer model, once),
+# kernel_tests 60-100, kernel tables 20-60 each: the issue-8 records are
+# back after about 300-450 s; the kernel tables may need a second call (GPU_CHECK_SKIP="install doctor
+# tune_bf16 tune_fp16 gpu_tests bench_e2e bench_compile kernel_tests" on the still-warm machine).
 #
 # Environment: GPU_CHECK_SKIP="step ..." skips steps by name (e.g. "gpu_tests kernel_tests" for a
 # second, benchmarks-only call); GPU_CHECK_MAX_AUTOTUNE=1 adds torch.compile(max-autotune) (its compile
@@ -183,6 +188,23 @@ env_path.write_text(json.dumps(env, indent=2) + "\n")
 EOF
 fi
 
+# The dispatch's per-bucket choices first, as `rembert-fast tune` prefills them (probe every fused path
+# and competitor, time each on the buckets the benchmarks below meet, cache the fastest): the table is in
+# the log, both dtypes' rows in one JSON, and the benchmarks then run on the choices made here.
+TUNE=("$PY" -m rembert_fast.cli tune --config default --shapes 128,16384,32768 --seqlens 128,512)
+for dtype in bf16 fp16; do
+    step "tune_$dtype" 120 "${TUNE[@]}" --dtype "$dtype" --json "$PARTS/tune-$dtype.json"
+done
+if [ "${GPU_CHECK_DRY_RUN:-0}" != 1 ]; then
+    "$PY" - "$PARTS" "$OUT/$TAG-tune.json" <<'EOF'
+import json, pathlib, sys
+parts, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+tables = {p.stem.removeprefix("tune-"): json.loads(p.read_text()) for p in sorted(parts.glob("tune-*.json"))}
+if tables:
+    target.write_text(json.dumps({"schema": "rembert_fast.tune_tables/1", "tables": tables}, indent=1) + "\n")
+EOF
+fi
+
 # Tests: the GPU-marked ones now; after the end-to-end figures, the kernel, extension and fast-path
 # files on real CUDA (conftest leaves TRITON_INTERPRET unset when a GPU is present, and these files put
 # their tensors on it). The compile gate and the CPU-only files need no GPU: they are not run here.
@@ -208,6 +230,7 @@ fi
 
 KERNEL_TESTS=(tests/test_kernel_attention.py tests/test_kernel_layer_norm.py tests/test_kernel_activation.py
     tests/test_ops_linear_epilogue.py tests/test_ops_library.py tests/test_ops_dispatch.py tests/test_ops_tuning.py
+    tests/test_ops_competitors.py
     tests/test_embed.py tests/test_fast_path.py tests/test_patching.py tests/test_cuda_graphs.py)
 step kernel_tests 150 "${PYTEST[@]}" -m "not gpu" "${KERNEL_TESTS[@]}"
 

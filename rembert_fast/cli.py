@@ -51,9 +51,13 @@ def _doctor(args: argparse.Namespace) -> int:
         mark = "yes" if entry["available"] else "no "
         print(f"{'backend ' + name:>18}: {mark}  {entry['reason']}")
     tune = info["tuning"]
-    print(f"{'tuning':>18}: {tune['mode']}, cache {tune['cache']} ({tune['verdicts']} verdicts)")
+    choices = tune.get("choices") or {}
+    print(f"{'tuning':>18}: {tune['mode']}, cache {tune['cache']} ({tune['verdicts']} verdicts, "
+          f"{len(choices)} per-bucket choices)")
     for name, why in (tune.get("disabled") or {}).items():
         print(f"{'disabled ' + name:>18}: {why}")
+    for name, choice in choices.items():
+        print(f"{'chosen':>18}: {name} -> {choice}")
     return 0
 
 

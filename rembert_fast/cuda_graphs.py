@@ -13,7 +13,9 @@ parameter baked into the graph) stays a true upper bound; unused cu_seqlens entr
 i.e. empty sequences, whose attention programs exit at once. Dummy rows are computed and dropped.
 `max_seqlen` is the bucket, known on the host: no device sync for it.
 
-Each bucket is warmed up once on a side stream (Triton autotunes there, once per bucket, never per
+Before a bucket is captured, every dispatch decision its forward needs is made for its shapes
+(`ops.timing.decide_ahead`: probe, timing, choice), so nothing is probed or timed inside the capture.
+Each bucket is then warmed up once on a side stream (Triton autotunes there, once per bucket, never per
 shape) and captured; later batches only copy their packed ids in (one host-to-device copy of a
 pinned staging buffer) and replay. All graphs share one memory pool: safe because replays are
 sequential and each replay's output is copied out before the next one.
@@ -80,8 +82,10 @@ def encode_packed(
             encoder.embedding_hidden_mapping_in.bias)
     # ops.embed checks the ids with a device sync, which a graph capture cannot hold; they were checked
     # on the host, so call the backend ops.embed would pick directly, without its check.
-    use_extension = (ids.device.type == "cuda" and ops.requested_backend() in ("auto", "cuda")
-                     and ops.extension_takes_embed(*args[3:8]))
+    proj = encoder.embedding_hidden_mapping_in.weight
+    use_extension = (ids.device.type == "cuda" and ops.extension_takes_embed(*args[3:8])
+                     and ops.dispatch.choose("embed", (True,), tuple(reversed(proj.shape)), ids.device,
+                                             emb.word_embeddings.weight.dtype, ids.shape[0], ()) == "cuda")
     module = extension.load() if use_extension else None
     if module is not None:
         hidden = extension.embed(module, *args, check_ids=False)
@@ -271,6 +275,15 @@ class CudaGraphRunner:
                                    host.types.to(device), cu, host.max_seqlen)
         return PackedBatch(hidden, host.indices.to(device), cu, host.max_seqlen, host.batch, host.seqlen)
 
+    def _decide_before_capture(self, graph: _Graph) -> None:
+        """Every dispatch decision the bucket's forward needs, made now (probe, timing): inside the capture
+        each op finds its decision made and nothing is probed or timed."""
+        from rembert_fast.ops import timing
+
+        dtype = self.model.encoder.layer[0].attention.self.query.weight.dtype
+        timing.decide_ahead(timing.shapes_of_config(self.model.config), graph.tokens, graph.max_seqlen,
+                            self._device(), dtype)
+
     def _body(self, graph: _Graph, static: torch.Tensor) -> torch.Tensor:
         ids, positions, types, cu, _ = graph.views(static)
         return encode_packed(self.model, ids, positions, types, cu, graph.max_seqlen)
@@ -326,6 +339,7 @@ class CudaGraphRunner:
             # one only on the same stream, and torch.cuda.graph's default stream is made once per process
             # on whichever device was current then.
             self._stream = torch.cuda.Stream(device)
+        self._decide_before_capture(graph)
         side = self._stream
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):

@@ -48,6 +48,19 @@ def assert_within_twice_eager(
     return err
 
 
+def auto_tuning(monkeypatch, cache_dir) -> None:
+    """`auto` dispatch with the probe-before-use on, a private tuning cache in `cache_dir`, and no
+    decision, verdict or choice held (all restored when the test ends)."""
+    from rembert_fast.ops import dispatch, tuning
+
+    monkeypatch.setenv("REMBERT_FAST_BACKEND", "auto")
+    monkeypatch.setenv("REMBERT_FAST_CACHE", str(cache_dir))
+    monkeypatch.delenv("REMBERT_FAST_TUNE", raising=False)
+    monkeypatch.setattr(dispatch, "_decisions", {})
+    monkeypatch.setattr(dispatch, "_choices", {})
+    tuning.reset()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -58,6 +58,11 @@ def test_bench_cpu_json_schema_and_rows(tiny_config, tmp_path, capsys):
     assert result["schema"] == bench.SCHEMA and result["device"] == "cpu" and result["complete"] is True
     assert {"torch", "triton", "transformers", "python", "rembert_fast"} <= set(result["versions"])
     assert result["date"] and "git_commit" in result and result["model"]["num_hidden_layers"] == 1
+    # The tests' backend, eager: every call class the model met, each served eagerly.
+    ran_on = {name: on for name, on in result["dispatch"]["choices"].items() if name.startswith("cpu eager ")}
+    assert {name.split()[2].split("|")[0].split(":")[0] for name in ran_on} >= {
+        "embed", "linear_bias_act", "linear_residual_layer_norm"}
+    assert set(ran_on.values()) == {"eager"} and result["dispatch"]["tune_mode"] == "off"
     rows = result["rows"]
     cases = {(r["batch"], r["seq"], r["lengths"]) for r in rows}
     assert cases == {(2, 16, "fixed"), (2, 16, "variable")}
@@ -367,7 +372,8 @@ def test_gpu_check_script_commands_exist(tmp_path):
     # The install is checked at once; the reinstall without the extension runs only when that check
     # fails (the dry run lists it).
     assert list(commands) == ["install", "install_check", "install_without_extension",
-                              "install_check_without_extension", "doctor", "gpu_tests", "bench_e2e",
+                              "install_check_without_extension", "doctor", "tune_bf16", "tune_fp16",
+                              "gpu_tests", "bench_e2e",
                               "bench_compile", "kernel_tests", "bench_attention", "bench_layer_norm",
                               "bench_bias_act", "bench_embed"]
     assert commands["install"][1:4] == ["-m", "pip", "install"]
@@ -382,6 +388,12 @@ def test_gpu_check_script_commands_exist(tmp_path):
     assert "import rembert_fast._C" in commands["install_check"][2]
     assert "-m rembert_fast.cli doctor --json" in commands["doctor"][2]
     parser = cli.build_parser()
+    for dtype in ("bf16", "fp16"):  # the dispatch's choices for the benchmarks' buckets, before them
+        argv = commands[f"tune_{dtype}"]
+        args = parser.parse_args(argv[3:])
+        assert argv[1:4] == ["-m", "rembert_fast.cli", "tune"] and args.dtype == dtype
+        assert args.config == "default" and Path(args.json).parent.name != "out"
+        assert {int(t) for t in args.shapes.split(",")} >= {128, 64 * 512}
     for name in ("bench_e2e", "bench_compile"):
         argv = commands[name]
         assert argv[1:4] == ["-m", "rembert_fast.cli", "bench"]
@@ -432,7 +444,8 @@ def test_gpu_check_reinstalls_without_the_extension_when_it_does_not_import(tmp_
 
     if importlib.util.find_spec("rembert_fast._C") is not None:
         pytest.skip("the extension is built here: its check passes and no reinstall follows")
-    skip = ("install install_without_extension doctor gpu_tests bench_e2e bench_compile kernel_tests "
+    skip = ("install install_without_extension doctor tune_bf16 tune_fp16 gpu_tests bench_e2e bench_compile "
+            "kernel_tests "
             "bench_attention bench_layer_norm bench_bias_act bench_embed")
     env = dict(os.environ, GPU_CHECK_SKIP=skip, TORCH_CUDA_ARCH_LIST="9.0", PYTHON=sys.executable)
     done = subprocess.run(["bash", str(ROOT / "benches" / "gpu_check.sh"), str(tmp_path / "out")],
@@ -453,7 +466,8 @@ def test_gpu_check_max_autotune_only_on_request(tmp_path):
     args = cli.build_parser().parse_args(commands["bench_max_autotune"][3:])
     assert args.impls == ["rembert_fast", "transformers", "torch.compile(max-autotune)"]
     # A lent GPU machine returns at most 8 files from OUTDIR: the dry run leaves the log and the table,
-    # and a real run adds env.json and at most four gpu-*.json records.
+    # and a real run adds env.json and at most five gpu-*.json records (tune, e2e, compile, kernels,
+    # max-autotune).
     assert files == ["gpu_check.log", "steps.tsv"]
 
 

@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import auto_tuning
 from torch.torch_version import TorchVersion
 
 import rembert_fast
@@ -304,6 +305,67 @@ def test_failed_capture_before_the_allocator_fix_turns_capture_off_for_the_proce
     for (ids, mask), out in zip(cases, outs, strict=True):
         ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
         assert max_error(out, ref, mask) <= 1e-5
+
+
+def test_decisions_are_made_before_the_capture_and_the_graph_uses_them(monkeypatch, tmp_path):
+    """On `auto` a bucket's dispatch decisions (probes, timings, choices) are all made before its warm-up
+    and capture: nothing is probed or timed inside it, and the captured forward runs the candidates
+    chosen."""
+    from rembert_fast.kernels import attention as attention_kernel
+    from rembert_fast.ops import choosing, competitors, probe, tuning
+
+    if not ops.triton_status()[0]:
+        pytest.skip("needs Triton (the interpreter on CPU)")
+    auto_tuning(monkeypatch, tmp_path)
+    hf, fast = models()
+    runner = _runner_on_fake_cuda(monkeypatch, fast, token_buckets=(32,), seqlen_buckets=(16,),
+                                  batch_buckets=(4,))
+    inside, events = [], []
+    fake_graph = torch.cuda.graph
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, **kwargs):
+        with fake_graph(cuda_graph, **kwargs):
+            inside.append(1)
+            try:
+                yield
+            finally:
+                inside.pop()
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: bool(inside))
+    from rembert_fast import cuda_graphs
+
+    for owner, name in ((probe, "run_probe"), (choosing, "measure"), (competitors, "attention_sdpa_padded"),
+                        (attention_kernel, "attention_varlen"), (cuda_graphs, "encode_packed")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _real=real, _name=name, **k:
+                            events.append((_name, bool(inside))) or _real(*a, **k))
+
+    def timer(name, fn):  # SDPA on the padded batch wins attention, the Triton kernels the rest
+        fn()
+        return {"sdpa_padded": 1e-3, "triton": 2e-3, "eager": 3e-3}[name]
+
+    ids, mask = batch([9, 3, 12], 12)
+    with torch.no_grad(), choosing.use_timer(timer), warnings.catch_warnings():
+        warnings.simplefilter("error")  # every probe passes
+        out = runner(ids, mask)
+        events_at_capture = len(events)
+        again = runner(ids, mask)  # a replay
+    ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert max_error(out, ref, mask) <= 1e-5 and torch.equal(out.hidden, again.hidden)
+    assert runner.captured == [(32, 16, 4)]
+    assert not any(during for name, during in events if name in ("run_probe", "measure")), events
+    assert ("measure", False) in events and ("run_probe", False) in events
+    # Decided explicitly, before the warm-up runs the bucket's forward: not by the warm-up's first calls.
+    first_forward = events.index(("encode_packed", False))
+    assert all(name not in ("run_probe", "measure") for name, _ in events[first_forward:]), events
+    captured = [name for name, during in events[:events_at_capture] if during]
+    assert "attention_sdpa_padded" in captured and "attention_varlen" not in captured
+    chosen = tuning.choices()
+    assert chosen["attention:False:True|float32|4x16|t32s16"]["choice"] == "sdpa_padded"
+    assert chosen["linear_bias_act:gelu|float32|64x128|t32"]["choice"] == "triton"
 
 
 def test_copies_of_a_runner_start_without_graphs(monkeypatch):

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import assert_within_twice_eager
+from conftest import assert_within_twice_eager, auto_tuning
 
 from rembert_fast import extension, ops
 from rembert_fast.padding import unpad_input
@@ -141,6 +141,55 @@ def test_embed_rejects_float_ids() -> None:
     match = "input_ids must be int64 or int32, got torch.float32"
     with torch.no_grad(), pytest.raises(ValueError, match=match):
         ops.embed(input_ids.float(), position_ids, token_type_ids, *_weights(model))
+
+
+# ----------------------------------------------------------------------------------------- CPU: probe
+def _fake_extension(monkeypatch, scale: float = 1.0) -> list:
+    """An extension that loads on CPU and computes embed_ref (times `scale`: 1.01 is a wrong kernel);
+    returns the list of its calls."""
+    calls = []
+
+    def embed(module, *args, check_ids=True):
+        calls.append(check_ids)
+        return ops.embed_ref(*args) * scale
+
+    monkeypatch.setattr(extension, "load", lambda: object())
+    monkeypatch.setattr(extension, "embed", embed)
+    return calls
+
+
+def _auto_with_the_extension(monkeypatch, tmp_path):
+    """`auto` with a private tuning cache, where the extension counts as available on these CPU tensors
+    (a stand-in for a CUDA device with `rembert_fast._C`)."""
+    from rembert_fast.ops import dispatch
+
+    auto_tuning(monkeypatch, tmp_path)
+    real = dispatch._decide
+    monkeypatch.setattr(dispatch, "_decide", lambda op, device_type, requested:
+                        "cuda" if op == "embed" else real(op, device_type, requested))
+
+
+@pytest.mark.skipif(not ops.triton_status()[0], reason="a first use is probed where a fused path runs")
+@pytest.mark.parametrize("scale", [1.0, 1.01])
+def test_the_extension_is_probed_before_first_use_and_a_wrong_one_never_serves(monkeypatch, tmp_path, scale):
+    from rembert_fast.ops import probe, tuning
+
+    calls = _fake_extension(monkeypatch, scale)
+    _auto_with_the_extension(monkeypatch, tmp_path)
+    model = _tiny_hf_model()
+    ids = torch.randint(0, 97, (2, 9))
+    positions, types = torch.arange(9).expand(2, 9), torch.randint(0, 3, (2, 9))
+    args = (ids, positions, types, *_weights(model))
+    ref = ops.embed_ref(*args)
+    if scale == 1.0:
+        assert probe.run_probe("embed", torch.device("cpu"), torch.float32) is None
+        out = ops.embed(*args)
+        assert len(calls) == 2 and torch.equal(out, ref)  # the probe, then the call
+    else:
+        with pytest.warns(RuntimeWarning, match="fused embed disabled.*max error"):
+            out = ops.embed(*args)
+        assert len(calls) == 1 and torch.equal(out, ref)  # the probe only; eager serves
+        assert "max error" in tuning.verdicts()["embed|float32"]
 
 
 # ----------------------------------------------------------------------------------------- CPU: extension

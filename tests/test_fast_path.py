@@ -165,15 +165,19 @@ def test_linear_bias_goes_into_the_gemm_only_where_the_next_op_runs_eagerly(monk
     hf, ours = make_pair("RemBertModel", "d32")
     inputs = make_inputs("d32", "right")
     received = []
-    for name in ("layer_norm", "bias_act"):
-        original = getattr(ops, name)
+    from rembert_fast.kernels import activation, layer_norm
 
-        def spy(x, *args, _original=original, _name=name, **kwargs):
-            bias = kwargs.get("x_bias") if _name == "layer_norm" else args[0]
+    # What serves each epilogue: the eager references (x_bias by keyword) or the kernels (positional).
+    for owner, name, bias_at in ((ops, "layer_norm_ref", "x_bias"), (ops, "bias_act_ref", 0),
+                                 (layer_norm, "layer_norm", 4), (activation, "bias_act", 0)):
+        original = getattr(owner, name)
+
+        def spy(x, *args, _original=original, _at=bias_at, **kwargs):
+            bias = kwargs.get(_at) if isinstance(_at, str) else args[_at] if len(args) > _at else None
             received.append(bias is not None)
             return _original(x, *args, **kwargs)
 
-        monkeypatch.setattr(ops, name, spy)
+        monkeypatch.setattr(owner, name, spy)
     layers = CONFIGS["d32"]["num_hidden_layers"]
     with torch.no_grad():
         ref = hf(**inputs).last_hidden_state

@@ -18,6 +18,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 def decisions(monkeypatch):
     """Count the decisions actually taken (not served from the cache), on an empty cache."""
     monkeypatch.setattr(dispatch, "_decisions", {})
+    monkeypatch.setattr(dispatch, "_choices", {})
     taken = []
     real = dispatch._decide
 

@@ -7,13 +7,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import needs_triton
+from conftest import auto_tuning, needs_triton
 
 from rembert_fast import ops
 from rembert_fast.cli import main
 from rembert_fast.kernels import activation as act_kernel
 from rembert_fast.kernels import layer_norm as ln_kernel
-from rembert_fast.ops import dispatch, probe, timing, tuning
+from rembert_fast.ops import choosing, dispatch, probe, timing, tuning
 
 pytestmark = needs_triton
 
@@ -21,11 +21,7 @@ pytestmark = needs_triton
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
     """`auto` dispatch on the interpreter, a private cache dir, no decision or verdict held."""
-    monkeypatch.setenv("REMBERT_FAST_BACKEND", "auto")
-    monkeypatch.setenv("REMBERT_FAST_CACHE", str(tmp_path))
-    monkeypatch.delenv("REMBERT_FAST_TUNE", raising=False)
-    monkeypatch.setattr(dispatch, "_decisions", {})
-    tuning.reset()
+    auto_tuning(monkeypatch, tmp_path)
     yield tmp_path
     tuning.reset()
 
@@ -46,8 +42,9 @@ def test_correct_kernels_pass_their_probe_and_are_used(fresh, monkeypatch):
     assert len(calls) == 3  # the probe (two variants), then the call itself
     torch.testing.assert_close(out, ops.layer_norm_ref(*args), rtol=1e-5, atol=1e-5)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for op in probe.CASES:
+        for op in set(probe.CASES) - {"embed"}:  # the extension is CUDA's (its probe: test_embed.py)
             assert probe.run_probe(op, torch.device("cpu"), dtype) is None, (op, dtype)
+        assert probe.run_probe("attention", torch.device("cpu"), dtype, "sdpa_padded") is None
 
 
 def test_a_wrong_kernel_is_caught_and_never_used(fresh, monkeypatch):
@@ -91,14 +88,14 @@ def test_the_verdict_is_remembered_across_processes(fresh, monkeypatch):
     with pytest.warns(RuntimeWarning):
         ops.layer_norm(*_ln_args())
     monkeypatch.setattr(ln_kernel, "layer_norm", real)  # right again, but the cache says not: no probe
-    monkeypatch.setattr(dispatch, "_decisions", {})
+    dispatch.forget()
     tuning.reset()
     probes = []
     monkeypatch.setattr(probe, "run_probe", lambda *a: probes.append(a))
     assert dispatch.backend_for("layer_norm", torch.device("cpu"), torch.float32) == "eager"
     assert probes == []
     monkeypatch.setenv("REMBERT_FAST_TUNE", "force")  # ignore the cache: probe again
-    monkeypatch.setattr(dispatch, "_decisions", {})
+    dispatch.forget()
     tuning.reset()
     assert dispatch.backend_for("layer_norm", torch.device("cpu"), torch.float32) == "triton"
     assert len(probes) == 1
@@ -179,54 +176,283 @@ def test_no_probe_under_torch_compile(fresh, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------- measure, choose
-TINY = timing.Shapes(hidden=32, intermediate=48, heads=2)
+def _timer(ms_by_name, calls=None):
+    """A fake timer: runs each candidate once (so it must run) and reports its ms from `ms_by_name`."""
 
-
-def _fake_timer(eager_s, triton_s):
-    """Calls each candidate once (so it must run) and reports eager_s / triton_s by call order."""
-    calls = []
-
-    def timer(fn):
+    def timer(name, fn):
         fn()
-        calls.append(1)
-        return eager_s if len(calls) % 2 else triton_s  # candidates come eager first, then triton
+        if calls is not None:
+            calls.append(name)
+        return ms_by_name[name] / 1e3
 
     return timer
 
 
-def test_the_fastest_correct_candidate_is_chosen(fresh):
-    rows = timing.tune(torch.device("cpu"), torch.float32, TINY, (4, 8), timer=_fake_timer(2e-3, 1e-3))
-    assert {(r.op, r.tokens) for r in rows} == {(op, t) for op in probe.CASES for t in (4, 8)}
-    assert all(r.choice == "triton" and r.ms == {"eager": 2.0, "triton": 1.0} for r in rows)
-    assert dispatch.backend_for("bias_act", torch.device("cpu"), torch.float32) == "triton"
-    table = timing.format_table(rows, "cpu-interpreter float32")
-    assert table.count("\n") == len(rows) and "triton ms" in table
+def test_first_use_times_each_bucket_once_and_the_fastest_serves(fresh, monkeypatch):
+    served = []
+    real = ln_kernel.layer_norm
+    monkeypatch.setattr(ln_kernel, "layer_norm", lambda *a, **k: served.append(a[0].shape) or real(*a, **k))
+    timed = []
+    w, b = torch.randn(48), torch.randn(48)
+    small, large = torch.randn(5, 48), torch.randn(300, 48)  # buckets of 8 and 512 rows
+    with choosing.use_timer(_timer({"eager": 2.0, "triton": 1.0}, timed)):
+        out = ops.layer_norm(small, w, b, 1e-12)
+        for _ in range(3):
+            ops.layer_norm(torch.randn(7, 48), w, b, 1e-12)  # the same bucket: decided, no timing
+    assert timed == ["eager", "triton"]
+    with choosing.use_timer(_timer({"eager": 1.0, "triton": 3.0}, timed)):
+        big = ops.layer_norm(large, w, b, 1e-12)  # another bucket, where eager wins
+    assert timed == ["eager", "triton"] * 2
+    assert [s for s in served if s[0] in (5, 7)] == [(5, 48)] + [(7, 48)] * 3  # triton served bucket 8
+    assert (300, 48) not in served  # eager served bucket 512
+    torch.testing.assert_close(out, ops.layer_norm_ref(small, w, b, 1e-12), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(big, ops.layer_norm_ref(large, w, b, 1e-12), rtol=1e-5, atol=1e-5)
+    saved = json.loads((fresh / "tune-cpu-interpreter.json").read_text())["choices"]
+    assert saved["layer_norm:False:False|float32|48|t8"] == {"choice": "triton", "ms": {"eager": 2.0,
+                                                                                      "triton": 1.0}}
+    assert saved["layer_norm:False:False|float32|48|t512"]["choice"] == "eager"
 
 
-def test_a_slower_fused_path_loses_to_eager(fresh, monkeypatch):
-    probes = []
-    rows = timing.tune(torch.device("cpu"), torch.float32, TINY, (4,), timer=_fake_timer(1e-3, 3e-3))
-    assert all(r.choice == "eager" for r in rows)
-    monkeypatch.setattr(probe, "run_probe", lambda *a: probes.append(a))
-    assert dispatch.backend_for("layer_norm", torch.device("cpu"), torch.float32) == "eager"
-    assert probes == []  # the tuned verdict is used, not probed again
-    assert "slower than eager" in tuning.describe()["disabled"]["layer_norm|float32"]
+def test_a_choice_is_remembered_across_processes_and_tune_off_times_nothing(fresh, monkeypatch):
+    x, b = torch.randn(6, 40), torch.randn(40)
+    with choosing.use_timer(_timer({"eager": 1.0, "triton": 5.0})):
+        ops.bias_act(x, b, "gelu")
+    dispatch.forget()  # a new process: nothing in memory, the cache file holds the choice
+    tuning.reset()
+    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("timed again"))
+    with choosing.use_timer(_timer({})):
+        assert dispatch.choose("bias_act", ("gelu", True), (40,), x.device, x.dtype, 6, (x, b)) == "eager"
+        monkeypatch.setenv("REMBERT_FAST_TUNE", "off")  # no probe, no timing: the fused path
+        dispatch.forget()
+        assert dispatch.choose("bias_act", ("gelu", True), (40,), x.device, x.dtype, 6, (x, b)) == "triton"
 
 
-def test_a_wrong_kernel_is_not_timed(fresh, monkeypatch):
-    monkeypatch.setattr(act_kernel, "bias_act", lambda x, *a, **k: x)
-    rows = timing.tune(torch.device("cpu"), torch.float32, TINY, (4,), timer=_fake_timer(9.0, 1e-9))
-    bias = [r for r in rows if r.op == "bias_act"][0]
-    assert bias.choice == "eager" and "triton" not in bias.ms and "max error" in bias.probe_error
+def test_the_interpreter_without_a_timer_is_never_timed(fresh, monkeypatch):
+    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("timed on the interpreter"))
+    x, b = torch.randn(6, 40), torch.randn(40)
+    torch.testing.assert_close(ops.bias_act(x, b, "relu"), ops.bias_act_ref(x, b, "relu"))
+    assert dispatch.choose("bias_act", ("relu", True), (40,), x.device, x.dtype, 6, (x, b)) == "triton"
+    assert "choices" not in json.loads((fresh / "tune-cpu-interpreter.json").read_text()) or \
+        json.loads((fresh / "tune-cpu-interpreter.json").read_text())["choices"] == {}
 
 
-def test_the_tune_command_prints_the_table_and_fills_the_cache(fresh, tmp_path, capsys):
-    model = tmp_path / "config.json"
-    model.write_text(json.dumps({"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 2}))
-    assert main(["tune", "--model", str(model), "--shapes", "4"]) == 0
-    out = capsys.readouterr().out
-    assert all(op in out for op in probe.CASES) and "cpu-interpreter" in out
+def _packed_qkv(lengths, heads=2, dim=64):
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    return [torch.randn(sum(lengths), heads, dim) for _ in range(3)] + [cu, max(lengths)]
+
+
+@pytest.mark.parametrize("winner", ["sdpa_padded", "triton", "eager"])
+def test_the_attention_competitor_that_wins_serves_the_call(fresh, monkeypatch, winner):
+    from rembert_fast.ops import competitors
+
+    served = []
+    real = competitors.attention_sdpa_padded
+    monkeypatch.setattr(competitors, "attention_sdpa_padded", lambda *a: served.append(1) or real(*a))
+    ms = {"eager": 3.0, "triton": 2.0, "sdpa_padded": 1.0}
+    ms[winner] = 0.5
+    q, k, v, cu, longest = _packed_qkv([5, 9, 2])
+    timed = []
+    with choosing.use_timer(_timer(ms, timed)):
+        out = ops.attention(q, k, v, cu, cu, longest, longest, causal=True)
+    assert sorted(timed) == ["eager", "sdpa_padded", "triton"]  # torch_varlen: CUDA only
+    ref = ops.attention_ref(q, k, v, cu, cu, longest, longest, causal=True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    before = len(served)
+    ops.attention(q, k, v, cu, cu, longest, longest, causal=True)
+    assert (len(served) - before == 1) == (winner == "sdpa_padded")
     saved = json.loads((fresh / "tune-cpu-interpreter.json").read_text())
-    assert set(saved["verdicts"]) == {f"{op}|float32" for op in probe.CASES}
+    assert saved["choices"]["attention:True:True|float32|2x64|t16s16"]["choice"] == winner
+    assert saved["verdicts"]["attention.sdpa_padded|float32"] is None
+
+
+def test_a_wrong_competitor_is_caught_by_its_probe_and_never_timed(fresh, monkeypatch):
+    from rembert_fast.ops import competitors
+
+    monkeypatch.setattr(competitors, "attention_sdpa_padded", lambda q, *a: torch.zeros_like(q))
+    monkeypatch.setitem(probe.COMPETITORS, ("attention", "sdpa_padded"), competitors.attention_sdpa_padded)
+    q, k, v, cu, longest = _packed_qkv([4, 7])
+    timed = []
+    with pytest.warns(RuntimeWarning, match=r"fused attention \(sdpa_padded\) disabled.*max error"):
+        with choosing.use_timer(_timer({"eager": 2.0, "triton": 3.0, "sdpa_padded": 0.0}, timed)):
+            out = ops.attention(q, k, v, cu, cu, longest, longest)
+    assert sorted(timed) == ["eager", "triton"]
+    ref = ops.attention_ref(q, k, v, cu, cu, longest, longest)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_no_timing_inside_a_capture_a_held_choice_is_used(fresh, monkeypatch):
+    x, b = torch.randn(6, 40), torch.randn(40)
+    key = ("bias_act", ("gelu", True), (40,), x.device, x.dtype, 6, (x, b))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with choosing.use_timer(_timer({})), pytest.MonkeyPatch.context() as m:
+        m.setattr(choosing, "measure", lambda *a: pytest.fail("timed inside a capture"))
+        assert dispatch.choose(*key) == "eager"  # no verdict, no choice: eager, not remembered
+        assert dispatch._choices == {}
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    with choosing.use_timer(_timer({"eager": 4.0, "triton": 1.0})):
+        assert dispatch.choose(*key) == "triton"
+    dispatch.forget()  # decided before the capture, held in the cache: the capture uses it
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("timed inside a capture"))
+    assert dispatch.choose(*key) == "triton"
+
+
+TINY = timing.Shapes(hidden=32, intermediate=48, heads=2, embedding=16)
+
+
+def test_tune_prefills_the_choices_first_use_would_make(fresh, monkeypatch):
+    ms = {"eager": 2.0, "triton": 1.0, "sdpa_padded": 1.5}
+    rows = timing.tune(torch.device("cpu"), torch.float32, TINY, (5, 16), (8,), timer=_timer(ms))
+    ops_met = {r.op for r in rows}
+    assert ops_met == {"embed", "attention", "attention_padded", "linear_residual_layer_norm",
+                       "linear_bias_act"}
+    assert {(r.tokens, r.seqlen) for r in rows if r.op == "attention"} == {(8, 8), (16, 8)}
+    embed = [r for r in rows if r.op == "embed"][0]
+    assert embed.choice == "eager" and embed.ms.keys() == {"eager"} and "extension" in embed.probe_error
+    attention = [r for r in rows if r.op == "attention"][0]
+    assert attention.ms == ms and attention.choice == "triton" and "torch_varlen" in attention.probe_error
+    # A first use of a tuned class is served from the table, without timing.
+    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("timed again"))
+    x, w, b = torch.randn(10, 32), torch.randn(48, 32), torch.randn(48)
+    with choosing.use_timer(_timer({})):
+        out = ops.linear_bias_act(x, w, b, "gelu")
+    assert dispatch.choices_made() == {"cpu auto linear_bias_act:gelu|float32|32x48|t16": "triton"}
+    torch.testing.assert_close(out, ops.bias_act_ref(x @ w.T + b, None, "gelu"), rtol=1e-5, atol=1e-5)
+    table = timing.format_table(rows, "cpu-interpreter float32")
+    assert table.count("\n") == len(rows) and "eager=2.000" in table
+
+
+def test_the_tune_command_prints_the_table_writes_json_and_fills_the_cache(fresh, tmp_path, capsys):
+    model = tmp_path / "config.json"
+    model.write_text(json.dumps({"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 2,
+                                 "input_embedding_size": 16}))
+    out_json = tmp_path / "table.json"
+    assert main(["tune", "--model", str(model), "--shapes", "4", "--seqlens", "4",
+                 "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "linear_bias_act" in out and "cpu-interpreter" in out and "t4 s4" in out
+    saved = json.loads((fresh / "tune-cpu-interpreter.json").read_text())
+    table = json.loads(out_json.read_text())
+    assert {r["entry"] for r in table["rows"]} == set(saved["choices"])
+    assert table["key"] == tuning.device_key("cpu") and table["dtype"] == "float32"
     assert main(["tune", "--shapes", "0"]) == 2
     assert "positive" in capsys.readouterr().err
+    assert main(["tune", "--seqlens", "a"]) == 2
+    assert "--seqlens 'a'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- on a GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_probe_passes_on_this_gpu(dtype):
+    """Every fused path and competitor that can run here agrees with eager on this machine's GPU."""
+    from rembert_fast import extension
+    from rembert_fast.ops import candidates
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    failed = {}
+    for op in probe.CASES:
+        if op == "embed" and extension.load() is None:
+            continue  # no extension built: embed runs eagerly (doctor says why)
+        failed[op] = probe.run_probe(op, device, dtype)
+    for (op, name) in probe.COMPETITORS:
+        width = (probe._HEADS, probe._HEAD_DIM)
+        if candidates.extra_status(op, name, (False, True), width, "cuda", dtype) is None:
+            failed[f"{op}.{name}"] = probe.run_probe(op, device, dtype, name)
+    assert {op: why for op, why in failed.items() if why is not None} == {}
+
+
+def test_doctor_shows_the_per_bucket_choices_and_disabled_paths(fresh, monkeypatch, capsys):
+    monkeypatch.setattr(act_kernel, "bias_act", lambda x, *a, **k: x)  # wrong: disabled by its probe
+    x, b = torch.randn(6, 40), torch.randn(40)
+    with choosing.use_timer(_timer({"eager": 2.0, "triton": 1.0})), pytest.warns(RuntimeWarning):
+        ops.layer_norm(x, b, b, 1e-12)
+        ops.bias_act(x, b, "gelu")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "1 per-bucket choices" in out and "layer_norm:False:False|float32|40|t8 -> triton" in out
+    assert "disabled bias_act|float32: max error" in out
+
+
+def test_the_gemm_epilogue_compositions_are_probed_and_a_wrong_one_never_serves(fresh, monkeypatch):
+    real = ln_kernel.layer_norm
+    # Wrong only where the GEMM's bias comes in as x_bias: the fused composition of the GEMM ops.
+    monkeypatch.setattr(ln_kernel, "layer_norm", lambda x, w, b, eps, res=None, xb=None, **k:
+                        real(x, w, b, eps, res, None if xb is None else 2 * xb, **k))
+    x, w, bias = torch.randn(5, 24), torch.randn(40, 24) / 5, torch.randn(40)
+    res, lw, lb = torch.randn(5, 40), torch.randn(40), torch.randn(40)
+    with pytest.warns(RuntimeWarning, match="fused linear_residual_layer_norm disabled.*max error"):
+        out = ops.linear_residual_layer_norm(x, w, bias, res, lw, lb, 1e-12)
+    ref = ops.layer_norm_ref(x @ w.T + bias, lw, lb, 1e-12, residual=res)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert probe.run_probe("linear_bias_act", torch.device("cpu"), torch.float16) is None
+
+
+def test_a_timing_that_fails_warns_once_and_the_probe_verdict_serves(fresh):
+    def out_of_memory(name, fn):
+        raise RuntimeError("CUDA out of memory")
+
+    x, b = torch.randn(6, 40), torch.randn(40)
+    with choosing.use_timer(out_of_memory), \
+            pytest.warns(RuntimeWarning, match="timing bias_act.*out of memory") as record:
+        out = ops.bias_act(x, b, "gelu")
+        ops.bias_act(x, b, "gelu")  # held for this process: not timed again
+    assert len([w for w in record if "timing" in str(w.message)]) == 1
+    torch.testing.assert_close(out, ops.bias_act_ref(x, b, "gelu"))
+    assert dispatch.choices_made() == {"cpu auto bias_act:gelu:True|float32|40|t8": "triton"}
+    assert tuning.choices() == {}  # nothing remembered on disk
+
+
+def test_an_empty_call_is_not_timed(fresh, monkeypatch):
+    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("an empty call was timed"))
+    q = torch.randn(0, 2, 64)
+    cu = torch.zeros(3, dtype=torch.int32)
+    with choosing.use_timer(_timer({})), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ops.attention(q, q, q, cu, cu, 0, 0).shape == (0, 2, 64)
+
+
+def test_a_kernel_wrong_for_one_activation_disables_the_gemm_composition_too(fresh, monkeypatch):
+    real = act_kernel.bias_act
+    monkeypatch.setattr(act_kernel, "bias_act",
+                        lambda x, b, act, **k: real(x, b, "relu" if act == "selu" else act, **k))
+    x, w, b = torch.randn(5, 24), torch.randn(40, 24) / 5, torch.randn(40)
+    with pytest.warns(RuntimeWarning, match="fused linear_bias_act disabled"):
+        out = ops.linear_bias_act(x, w, b, "selu")
+    torch.testing.assert_close(out, ops.bias_act_ref(x @ w.T + b, None, "selu"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("launcher,op", [("attention_varlen", "attention"),
+                                         ("attention_padded", "attention_padded")])
+def test_an_attention_kernel_wrong_when_causal_only_is_caught(fresh, monkeypatch, launcher, op):
+    from rembert_fast.kernels import attention as attention_kernel
+
+    real = getattr(attention_kernel, launcher)
+    positional = 7 if op == "attention" else 4  # where `causal` sits in the launcher's arguments
+
+    def ignores_causal(*args, **kwargs):
+        return real(*args[:positional], **kwargs)
+
+    monkeypatch.setattr(attention_kernel, launcher, ignores_causal)
+    assert "max error" in probe.run_probe(op, torch.device("cpu"), torch.float32)
+
+
+def test_tune_covers_every_call_class_of_a_model_forward(fresh, monkeypatch):
+    import rembert_fast
+
+    config = rembert_fast.RemBertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, input_embedding_size=16,
+                                        intermediate_size=48, max_position_embeddings=64)
+    model = rembert_fast.RemBertModel(config).eval()
+    ids = torch.randint(3, 50, (3, 12))
+    mask = (torch.arange(12)[None, :] < torch.tensor([12, 7, 5])[:, None]).long()  # 24 real tokens
+    rows = timing.tune(torch.device("cpu"), torch.float32, timing.shapes_of_config(config), (24,), (12,),
+                       timer=_timer({"eager": 2.0, "triton": 1.0, "sdpa_padded": 3.0}))
+    assert {r.entry for r in rows} <= set(tuning.choices())
+    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("a class tune did not prefill"))
+    with torch.no_grad(), choosing.use_timer(_timer({})):
+        model(input_ids=ids, attention_mask=mask)
+    met = dispatch.choices_made()
+    assert {"embed", "attention", "linear_bias_act", "linear_residual_layer_norm"} <= {
+        name.split()[2].split("|")[0].split(":")[0] for name in met}

@@ -22,7 +22,8 @@ hf_pairs = pytest.importorskip("hf_pairs")  # tests/hf_pairs.py: randomize every
 
 HEADS = ("RemBertModel", "RemBertForSequenceClassification", "RemBertForMaskedLM",
          "RemBertForTokenClassification", "RemBertForQuestionAnswering", "RemBertForMultipleChoice")
-SPIED = ("embed", "attention", "attention_padded", "layer_norm", "bias_act")
+SPIED = ("embed", "attention", "attention_padded", "layer_norm", "bias_act", "linear_bias_act",
+         "linear_residual_layer_norm")
 TOL = 1e-5
 
 
@@ -148,9 +149,10 @@ def test_ops_called_once_per_layer(spies):
     layers = model.config.num_hidden_layers
     with torch.no_grad():
         model(**inputs_for("RemBertForMaskedLM", make_mask("right")))
-    # embed once; per layer one varlen attention, two LayerNorms, one bias+GELU; the LM head one each
-    assert spies == {"embed": 1, "attention": layers, "attention_padded": 0,
-                     "layer_norm": 2 * layers + 1, "bias_act": layers + 1}
+    # embed once; per layer one varlen attention, two GEMM+LayerNorms, one GEMM+GELU; the LM head one
+    # GEMM+GELU and one LayerNorm
+    assert spies == {"embed": 1, "attention": layers, "attention_padded": 0, "layer_norm": 1, "bias_act": 0,
+                     "linear_bias_act": layers + 1, "linear_residual_layer_norm": 2 * layers}
 
 
 def test_optimize_is_idempotent(spies):

@@ -191,6 +191,16 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
     return rembert_fast.RemBertConfig().to_dict()
 
 
+def _dispatch_record() -> dict[str, Any]:
+    """What the ops ran on in this process: the tuning mode and cache, the probe verdicts held, and the
+    candidate chosen for each call class the benchmark met."""
+    from rembert_fast.ops import dispatch, tuning
+
+    info = tuning.describe()
+    return {"tune_mode": info["mode"], "cache": info["cache"], "verdicts": tuning.verdicts(),
+            "choices": dispatch.choices_made()}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark the parsed arguments describe; print the tables, write JSON (and a PNG)."""
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -252,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
                      "error_reference": "transformers float32" if have_hf else None},
         "notes": plan["notes"],
         "gemm_peak": {},
+        "dispatch": {},  # the candidate each op's call class ran on (`ops.dispatch.choices_made`)
         "rows": [],
         "kernels": [],
     }
@@ -275,12 +286,12 @@ def run(args: argparse.Namespace) -> int:
                                          plan["iters"]) for d in plan["dtypes"]})
         rows = bench_e2e(hf_master, fast_master, plan["impls"], plan["dtypes"], plan["shapes"], device,
                          plan["warmup"], plan["iters"], args.seed, progress, result["gemm_peak"],
-                         on_shape=lambda so_far: save(rows=so_far))
+                         on_shape=lambda so_far: save(rows=so_far, dispatch=_dispatch_record()))
         kernels = (bench_kernels(model_config, plan["dtypes"], plan["shapes"], device,
                                  max(1, plan["warmup"]), plan["iters"], progress) if plan["kernels"] else [])
     finally:
         progress.close()
-    save(rows=rows, kernels=kernels, complete=True)
+    save(rows=rows, kernels=kernels, dispatch=_dispatch_record(), complete=True)
 
     print(f"device: {result['device_name']}  layers: {model_config.num_hidden_layers}  "
           f"torch {result['versions']['torch']}  median of {plan['iters']} calls after 1 + {plan['warmup']} "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rembert_fast.ops import contract, dispatch, library
+from rembert_fast.ops import competitors, contract, dispatch, library
 from rembert_fast.ops.contract import ACTIVATIONS, FLOAT_DTYPES, check_ids
 from rembert_fast.ops.dispatch import (
     BACKENDS,
@@ -48,6 +48,21 @@ def layer_norm(
     x_bias: torch.Tensor | None = None,  # (N,) added to x before the residual (a Linear's bias)
 ) -> torch.Tensor:
     """LayerNorm(x + x_bias + residual) over the last dimension; statistics in fp32; x's dtype out."""
+    n, eps = _check_layer_norm(x, weight, bias, eps, residual, x_bias)
+    impl = dispatch.choose("layer_norm", (residual is not None, x_bias is not None), (n,), x.device, x.dtype,
+                           x.numel() // max(n, 1), (x, weight, bias, residual, x_bias))
+    if impl == "triton":
+        from rembert_fast.kernels import layer_norm as kernel
+
+        # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises).
+        if n <= kernel.MAX_N or requested_backend() == "triton":
+            launch = library.layer_norm if torch.compiler.is_compiling() else kernel.layer_norm
+            return launch(x, weight, bias, eps, residual, x_bias)
+    return layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+
+
+def _check_layer_norm(x, weight, bias, eps, residual, x_bias) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+    """layer_norm's arguments as its contract says; (width, eps as a float)."""
     contract.check_float("x", x)
     if x.dim() == 0:
         raise ValueError("x is a 0-d tensor; layer_norm normalises the last dimension of (..., N)")
@@ -56,15 +71,7 @@ def layer_norm(
     contract.check_same("bias", bias, x, (n,), (weight.dtype,))
     contract.check_same("x_bias", x_bias, x, (n,))
     contract.check_same("residual", residual, x, tuple(x.shape))
-    eps = contract.check_eps(eps)
-    if dispatch.use_triton("layer_norm", x.device, x.dtype, (x, weight, bias, residual, x_bias)):
-        from rembert_fast.kernels import layer_norm as kernel
-
-        # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises).
-        if n <= kernel.MAX_N or requested_backend() == "triton":
-            launch = library.layer_norm if torch.compiler.is_compiling() else kernel.layer_norm
-            return launch(x, weight, bias, eps, residual, x_bias)
-    return layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+    return n, contract.check_eps(eps)
 
 
 # ----------------------------------------------------------------------------------------- bias_act
@@ -79,8 +86,10 @@ def bias_act(
     contract.check_float("x", x)
     if x.dim() == 0:
         raise ValueError("x is a 0-d tensor; bias_act takes (..., N)")
-    contract.check_same("bias", bias, x, (x.shape[-1],))
-    if dispatch.use_triton("bias_act", x.device, x.dtype, (x, bias)):
+    n = x.shape[-1]
+    contract.check_same("bias", bias, x, (n,))
+    if dispatch.choose("bias_act", (activation, bias is not None), (n,), x.device, x.dtype,
+                       x.numel() // max(n, 1), (x, bias)) == "triton":
         from rembert_fast.kernels import activation as kernel
 
         launch = library.bias_act if torch.compiler.is_compiling() else kernel.bias_act
@@ -89,17 +98,10 @@ def bias_act(
 
 
 # ----------------------------------------------------------------------------------------- GEMM + epilogue
-def _gemm_then_epilogue_bias(
-    epilogue: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x W^T, b) for a Triton epilogue to add b in the pass it makes anyway, or (x W^T + b, None) in one
-    addmm where the epilogue runs eagerly (a bias handed to the eager op would be an extra pass). Under
-    autocast the GEMM's output is in the autocast dtype while b stays float32: b is cast to it, as
-    autocast's own addmm does."""
-    if not dispatch.use_triton(epilogue, x.device, x.dtype, (x, weight, bias)):
-        return F.linear(x, weight, bias), None
-    y = F.linear(x, weight)
-    return y, (bias.to(y.dtype) if bias is not None and bias.dtype != y.dtype else bias)
+def _epilogue_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias a fused epilogue adds to y = x W^T: under autocast y is in the autocast dtype while the
+    bias stays float32, so it is cast to y's dtype, as autocast's own addmm does."""
+    return bias.to(y.dtype) if bias is not None and bias.dtype != y.dtype else bias
 
 
 def linear_bias_act(
@@ -111,12 +113,21 @@ def linear_bias_act(
     """act(x W^T + b) -> (..., out) in the GEMM's output dtype (x's, or autocast's).
 
     Eager: the bias inside the GEMM (one addmm), then the activation. Triton: the GEMM without bias,
-    then the fused `bias_act` kernel adds it. ValueError names a bad shape, dtype, device or activation.
+    then the fused `bias_act` kernel adds it. Which one serves is decided per call class like every op's
+    (`dispatch.choose`). ValueError names a bad shape, dtype, device or activation.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not supported; choose one of {ACTIVATIONS}")
-    contract.check_linear(x, weight, bias)
-    return bias_act(*_gemm_then_epilogue_bias("bias_act", x, weight, bias), activation)
+    width = contract.check_linear(x, weight, bias)
+    impl = dispatch.choose("linear_bias_act", (activation,), (x.shape[-1], width), x.device, x.dtype,
+                           x.numel() // max(x.shape[-1], 1), (x, weight, bias))
+    if impl == "triton":
+        from rembert_fast.kernels import activation as kernel
+
+        y = F.linear(x, weight)
+        launch = library.bias_act if torch.compiler.is_compiling() else kernel.bias_act
+        return launch(y, _epilogue_bias(y, bias), activation)
+    return bias_act_ref(F.linear(x, weight, bias), None, activation)
 
 
 def linear_residual_layer_norm(
@@ -137,8 +148,20 @@ def linear_residual_layer_norm(
     width = contract.check_linear(x, weight, bias)
     if tuple(residual.shape) != (*x.shape[:-1], width):
         raise ValueError(f"residual has shape {tuple(residual.shape)}; expected {(*x.shape[:-1], width)}")
-    y, x_bias = _gemm_then_epilogue_bias("layer_norm", x, weight, bias)
-    return layer_norm(y, ln_weight, ln_bias, eps, residual=residual, x_bias=x_bias)
+    impl = dispatch.choose("linear_residual_layer_norm", (), (x.shape[-1], width), x.device, x.dtype,
+                           x.numel() // max(x.shape[-1], 1), (x, weight, bias, residual, ln_weight, ln_bias))
+    if impl == "triton":
+        from rembert_fast.kernels import layer_norm as kernel
+
+        if width <= kernel.MAX_N or requested_backend() == "triton":
+            y = F.linear(x, weight)
+            x_bias = _epilogue_bias(y, bias)
+            _, eps = _check_layer_norm(y, ln_weight, ln_bias, eps, residual, x_bias)
+            launch = library.layer_norm if torch.compiler.is_compiling() else kernel.layer_norm
+            return launch(y, ln_weight, ln_bias, eps, residual, x_bias)
+    y = F.linear(x, weight, bias)
+    _, eps = _check_layer_norm(y, ln_weight, ln_bias, eps, residual, None)
+    return layer_norm_ref(y, ln_weight, ln_bias, eps, residual=residual)
 
 
 # ----------------------------------------------------------------------------------------- attention
@@ -155,18 +178,29 @@ def attention(
 ) -> torch.Tensor:
     """Attention over packed variable-length sequences (flash-attention's varlen arguments).
 
-    Returns (Tq, heads, head_dim) in q's dtype. Head dims the kernel does not take fall back to eager.
+    Returns (Tq, heads, head_dim) in q's dtype. On `auto` the Triton kernel, SDPA on the padded batch,
+    torch's varlen attention (CUDA, where this torch has it) or the eager reference serves, the fastest
+    that passed its probe for the call's class (`dispatch.choose`). Head dims the kernel does not take
+    fall back to eager.
     The offsets must start at 0, never decrease, end at the row count, and no step may exceed
     max_seqlen: checked on CPU (ValueError), trusted on CUDA.
     """
     contract.check_varlen_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    if dispatch.use_triton("attention", q.device, q.dtype, (q, k, v)):
+    impl = dispatch.choose("attention", (bool(causal), cu_seqlens_q is cu_seqlens_k), tuple(q.shape[1:]),
+                           q.device, q.dtype, q.shape[0], (q, k, v), seqlen=max_seqlen_q)
+    if impl == "triton":
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
             launch = library.attention_varlen if torch.compiler.is_compiling() else kernel.attention_varlen
             return launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
                           softmax_scale)
+    elif impl == "sdpa_padded":
+        return competitors.attention_sdpa_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                 max_seqlen_k, causal, softmax_scale)
+    elif impl == "torch_varlen":
+        return competitors.attention_torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                  max_seqlen_k, causal, softmax_scale)
     if q.device.type == "cpu" and not torch.compiler.is_compiling():  # it reads the offsets on the host
         return attention_per_sequence(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=causal,
                                       softmax_scale=softmax_scale)
@@ -188,7 +222,8 @@ def attention_padded(
     path uses the packed `attention` instead.
     """
     contract.check_padded_attention_args(q, k, v, key_padding_mask)
-    if dispatch.use_triton("attention_padded", q.device, q.dtype, (q, k, v)):
+    if dispatch.choose("attention_padded", (bool(causal), key_padding_mask is not None), tuple(q.shape[2:]),
+                       q.device, q.dtype, q.shape[0] * q.shape[1], (q, k, v), seqlen=k.shape[1]) == "triton":
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
@@ -243,7 +278,10 @@ def embed(
     grads = dispatch.needs_autograd(
         (word_weight, position_weight, type_weight, ln_weight, ln_bias, proj_weight)
     )
-    if dispatch.backend_for("embed", input_ids.device, word_weight.dtype) == "cuda" and not grads:
+    impl = dispatch.choose("embed", (proj_weight is not None,),
+                           (width, 0 if proj_weight is None else proj_weight.shape[0]), input_ids.device,
+                           word_weight.dtype, input_ids.numel(), ())
+    if impl == "cuda" and not grads:
         from rembert_fast import extension
 
         # On `auto`, what the kernel cannot read as it is takes the eager path.

@@ -6,6 +6,11 @@ Backends: ``triton`` (the kernels in ``rembert_fast.kernels``; CUDA tensors, or 
 active, else ``$REMBERT_FAST_BACKEND``, else ``auto``. A backend asked for explicitly that cannot run
 raises ``RuntimeError`` with the reason; ``auto`` never raises for availability. Under autograd (grad
 enabled and an input that requires grad) every op runs eagerly: the kernels have no backward.
+
+Two levels: `backend_for(op, device, dtype)` is the op-level decision (availability, the probe verdict,
+a trace-time constant under torch.compile); `choose(op, variant, width, device, dtype, tokens, ...)` is
+what each op asks per call, the candidate for its call class (`rembert_fast.ops.candidates`), made
+once at first use (`rembert_fast.ops.choosing`: timed where timing is allowed) and then a dict lookup.
 """
 
 from __future__ import annotations
@@ -113,7 +118,8 @@ def needs_autograd(tensors: tuple[torch.Tensor | None, ...]) -> bool:
     return False
 
 
-TRITON_OPS = ("layer_norm", "bias_act", "attention", "attention_padded")
+TRITON_OPS = ("layer_norm", "bias_act", "attention", "attention_padded", "linear_bias_act",
+              "linear_residual_layer_norm")
 EXTENSION_OPS = ("embed",)
 
 # backend_for's decisions: (op, device type, dtype, request) -> backend. A request is a name, so a
@@ -156,13 +162,13 @@ def _decision(op: str, device_type: str, dtype: torch.dtype, requested: str) -> 
     backend = _decisions.get(key)
     if backend is None:
         backend = _decide(op, device_type, requested)
-        if backend == "triton" and requested == "auto":  # an explicit request is trusted, never probed
+        if backend != "eager" and requested == "auto":  # an explicit request is trusted, never probed
             from rembert_fast.ops import tuning
 
             verdict = tuning.fused_ok(op, device_type, dtype)
             if verdict is None:  # inside a capture or a trace, before any probe: eager, ask again later
                 return "eager"
-            backend = "triton" if verdict else "eager"
+            backend = backend if verdict else "eager"
         _decisions[key] = backend
     return backend
 
@@ -179,6 +185,118 @@ def backend_for(op: str, device: torch.device, dtype: torch.dtype) -> str:
     time; a use_backend block entered or left retraces.
     """
     return _decision(op, device.type, dtype, requested_backend())
+
+
+# choose's decisions: (op, variant, width, device type, dtype, request, token bucket, seqlen bucket) ->
+# the candidate serving that call class (`rembert_fast.ops.candidates`); a bucket is held as the bit
+# length of n - 1 (the power of two 1 << bits), -1 for 0.
+_choices: dict[tuple, str] = {}
+
+
+def _pow2(n: int) -> int:
+    """n rounded up to a power of two (0 stays 0)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+def _from_bits(bits: int) -> int:
+    """The bucket a key's bit length stands for: 1 << bits, or 0 for -1."""
+    return 1 << bits if bits >= 0 else 0
+
+
+def choose(
+    op: str,
+    variant: tuple,  # what changes the work but not the shapes (activation, causal, optional inputs)
+    width: tuple,  # the call's fixed dimensions (hidden width; heads and head_dim; GEMM in and out)
+    device: torch.device,
+    dtype: torch.dtype,
+    tokens: int,  # the call's row count (rounded up to a power of two: the bucket)
+    tensors: tuple[torch.Tensor | None, ...],  # the inputs autograd may need
+    seqlen: int = 0,  # attention: the longest sequence (bucketed likewise); 0 elsewhere
+) -> str:
+    """The candidate that serves this call: "eager", "triton", "cuda" or an attention competitor.
+
+    Under autograd "eager". While torch.compile traces, the op-level `backend_for` (a trace-time
+    constant that never reads a size). Else decided once per call class and kept (a dict lookup on
+    every later call): on `auto` the probed candidates are timed at first use on a bucket-shaped
+    input and the fastest kept (`rembert_fast.ops.choosing`); an explicit request is served as asked.
+    Raises as backend_for."""
+    if needs_autograd(tensors):
+        return "eager"
+    if torch.compiler.is_compiling():
+        return backend_for(op, device, dtype)
+    # The buckets as bit lengths (pow2(n) == 1 << bits; -1 for 0): no call on the hot path.
+    key = (op, variant, width, device.type, dtype, _request(_backend_override.get()),
+           (tokens - 1).bit_length() if tokens else -1, (seqlen - 1).bit_length() if seqlen else -1)
+    made = _choices.get(key)
+    return made if made is not None else _choose_first(key, device)
+
+
+def _choose_first(key: tuple, device: torch.device) -> str:
+    from rembert_fast.ops import choosing, tuning
+
+    op, variant, width, device_type, dtype, requested, token_bits, seqlen_bits = key
+    tokens, seqlen = _from_bits(token_bits), _from_bits(seqlen_bits)
+    base = _decision(op, device_type, dtype, requested)
+    forbidden = tuning.probing_forbidden()
+    if requested != "auto" or (device_type == "cpu" and not interpreting()):
+        if not forbidden:
+            _choices[key] = base
+        return base
+    names, _ = candidate_names(op, variant, width, device_type, dtype, base)
+    choice = base if len(names) == 1 else choosing.decide(op, variant, width, (tokens, seqlen), device,
+                                                            dtype, names, fallback=base)
+    if choice is None or forbidden:  # inside a trace or capture: the probe verdict, asked again later
+        return choice or base
+    _choices[key] = choice
+    return choice
+
+
+def candidate_names(op: str, variant: tuple, width: tuple, device_type: str, dtype: torch.dtype,
+                    base: str) -> tuple[tuple[str, ...], list[str]]:
+    """(the candidates that may serve this call class, why each competitor left out is): eager always,
+    the op's fused path where the op-level decision `base` chose it, each competitor that can run here
+    and passed its probe (probed now unless inside a trace or capture)."""
+    from rembert_fast.ops import candidates, tuning
+
+    names = ("eager",) + ((base,) if base != "eager" else ())
+    errors = []
+    for extra in candidates.EXTRA.get(op, ()):
+        why = candidates.extra_status(op, extra, variant, width, device_type, dtype)
+        if why is None and not tuning.fused_ok(op, device_type, dtype, extra):
+            why = tuning.verdicts().get(tuning.entry(op, dtype, extra)) or "not probed yet"
+        if why is None:
+            names += (extra,)
+        else:
+            errors.append(f"{extra}: {why}")
+    return names, errors
+
+
+def unavailable_reason(op: str, device_type: str) -> str:
+    """Why `op`'s fused path cannot run on this device type in this process (for tables and doctor)."""
+    if op in EXTENSION_OPS:
+        if device_type != "cuda":
+            return f"the extension runs on CUDA tensors only, not {device_type}"
+        from rembert_fast import extension
+
+        return f"the extension is unavailable: {extension.status()[1]}"
+    return _triton_runnable(device_type)[1]
+
+
+def choices_made() -> dict[str, str]:
+    """The candidate serving each call class met in this process: "device request entry" -> name, the
+    entry as the tuning cache names it (e.g. "cuda auto attention:False:True|bfloat16|18x64|t512s128")."""
+    from rembert_fast.ops import candidates
+
+    return {f"{device_type} {requested} "
+            f"{candidates.entry(op, variant, dtype, width, (_from_bits(tokens), _from_bits(seqlen)))}": name
+            for (op, variant, width, device_type, dtype, requested, tokens, seqlen), name
+            in list(_choices.items())}
+
+
+def forget() -> None:
+    """Drop every decision held in this process (made again, from the tuning cache, on the next call)."""
+    _decisions.clear()
+    _choices.clear()
 
 
 def use_triton(

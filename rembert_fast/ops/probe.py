@@ -3,8 +3,9 @@
 A probe compares the fused kernel's output on a fixed-seed input with an fp32 reference of the same
 inputs; it passes where the kernel's max error is at most twice the same-dtype eager error plus a floor
 (the error a correct kernel cannot avoid: rounding to its output dtype once, and fp32 reassociation).
-`run_probe(op, device, dtype)` returns None on agreement, else a one-line reason (mismatch, or the
-exception a compile or launch raised).
+`run_probe(op, device, dtype, candidate=None)` returns None on agreement, else a one-line reason
+(mismatch, or the exception a compile or launch raised). `candidate` names a competitor other than the
+op's fused path (`candidates.EXTRA`), probed on the same input against the same reference.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import warnings
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-from rembert_fast.ops import reference
+from rembert_fast.ops import competitors, reference
 from rembert_fast.ops.contract import ACTIVATIONS
 
 _ROWS, _WIDTH = 8, 96  # the probe's class of input: small, a width that is not a power of two
@@ -57,7 +59,11 @@ def _attention_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     cu = torch.tensor([0, _LENGTHS[0], total], dtype=torch.int32)
     qkv = [_rand(gen, total, _HEADS, _HEAD_DIM) for _ in range(3)]
     args = (*qkv, cu, cu, max(_LENGTHS), max(_LENGTHS))
-    return args, kernel.attention_varlen, reference.attention_ref
+
+    def both(fn: Callable) -> Callable:  # without and with the causal mask
+        return lambda *a: torch.cat([fn(*a), fn(*a, True)])
+
+    return args, both(kernel.attention_varlen), both(reference.attention_ref)
 
 
 def _attention_padded_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
@@ -67,13 +73,51 @@ def _attention_padded_case(gen: torch.Generator) -> tuple[tuple, Callable, Calla
     qkv = [_rand(gen, len(_LENGTHS), length, _HEADS, _HEAD_DIM) for _ in range(3)]
     mask = torch.arange(length)[None, :] < torch.tensor(_LENGTHS)[:, None]
 
-    def fused(q, k, v, m):
-        return kernel.attention_padded(q, k, v, m)
+    def fused(q, k, v, m):  # without and with the causal mask
+        return torch.cat([kernel.attention_padded(q, k, v, m), kernel.attention_padded(q, k, v, m, True)])
 
     def ref(q, k, v, m):
-        return reference.attention_padded_ref(q, k, v, m)
+        return torch.cat([reference.attention_padded_ref(q, k, v, m),
+                          reference.attention_padded_ref(q, k, v, m, causal=True)])
 
     return (*qkv, mask), fused, ref
+
+
+def _embed_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+    from rembert_fast import extension
+
+    ids = torch.randint(0, 50, (_ROWS,), generator=gen)
+    args = (ids, torch.arange(_ROWS), ids % 2, _rand(gen, 50, _WIDTH), _rand(gen, _ROWS, _WIDTH),
+            _rand(gen, 2, _WIDTH), _rand(gen, _WIDTH), _rand(gen, _WIDTH), 1e-12, _rand(gen, 48, _WIDTH),
+            _rand(gen, 48))
+
+    def fused(*a):
+        module = extension.load()
+        if module is None:
+            raise RuntimeError(f"the extension is unavailable: {extension.status()[1]}")
+        return extension.embed(module, *a, check_ids=False)
+
+    return args, fused, reference.embed_ref
+
+
+def _linear_bias_act_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+    from rembert_fast.kernels import activation as kernel
+
+    def every_activation(fn: Callable) -> Callable:  # the GEMM then each activation
+        return lambda x, w, b: torch.cat([fn(x, w, b, act) for act in ACTIVATIONS])
+
+    args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, 48, _WIDTH) / 8, _rand(gen, 48))
+    return (args, every_activation(lambda x, w, b, act: kernel.bias_act(F.linear(x, w), b, act)),
+            every_activation(lambda x, w, b, act: reference.bias_act_ref(F.linear(x, w, b), None, act)))
+
+
+def _linear_residual_layer_norm_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+    from rembert_fast.kernels import layer_norm as kernel
+
+    args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, 48, _WIDTH) / 8, _rand(gen, 48), _rand(gen, _ROWS, 48),
+            _rand(gen, 48), _rand(gen, 48))
+    return (args, lambda x, w, b, res, lw, lb: kernel.layer_norm(F.linear(x, w), lw, lb, 1e-12, res, b),
+            lambda x, w, b, res, lw, lb: reference.layer_norm_ref(F.linear(x, w, b), lw, lb, 1e-12, res))
 
 
 CASES: dict[str, Callable[[torch.Generator], tuple[tuple, Callable, Callable]]] = {
@@ -81,6 +125,14 @@ CASES: dict[str, Callable[[torch.Generator], tuple[tuple, Callable, Callable]]] 
     "bias_act": _bias_act_case,
     "attention": _attention_case,
     "attention_padded": _attention_padded_case,
+    "embed": _embed_case,
+    "linear_bias_act": _linear_bias_act_case,
+    "linear_residual_layer_norm": _linear_residual_layer_norm_case,
+}
+# Competitors other than an op's fused path, probed on that op's input (both causal and not).
+COMPETITORS: dict[tuple[str, str], Callable] = {
+    ("attention", "sdpa_padded"): competitors.attention_sdpa_padded,
+    ("attention", "torch_varlen"): competitors.attention_torch_varlen,
 }
 
 
@@ -93,18 +145,24 @@ def _valid_rows(op: str, out: torch.Tensor) -> torch.Tensor:
     """The probe's rows a kernel must write: attention_padded's padding queries are unspecified."""
     if op != "attention_padded":
         return out
-    return torch.cat([out[b, :length] for b, length in enumerate(_LENGTHS)])
+    return torch.cat([out[b, :_LENGTHS[b % len(_LENGTHS)]] for b in range(out.shape[0])])
 
 
-def run_probe(op: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """None if `op`'s fused kernel agrees with eager on `device`/`dtype`, else why not (one line).
+def run_probe(op: str, device: torch.device, dtype: torch.dtype, candidate: str | None = None) -> str | None:
+    """None if `op`'s fused path (or its competitor `candidate`) agrees with eager on `device`/`dtype`,
+    else why not (one line).
 
-    ValueError for an op without a probe. Never raises for what the kernel does."""
+    ValueError for an op or candidate without a probe. Never raises for what the kernel does."""
     if op not in CASES:
         raise ValueError(f"op {op!r} has no probe; probed ops are {tuple(CASES)}")
+    if candidate is not None and (op, candidate) not in COMPETITORS:
+        raise ValueError(f"op {op!r} has no competitor {candidate!r}; competitors are {tuple(COMPETITORS)}")
     gen = torch.Generator().manual_seed(17)
     try:
         args, fused, ref = CASES[op](gen)
+        if candidate is not None:
+            rival = COMPETITORS[(op, candidate)]
+            fused = lambda *a: torch.cat([rival(*a), rival(*a, True)])  # noqa: E731
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the interpreter's numpy warnings; the verdict is the output
             truth = _valid_rows(op, ref(*_to(args, device, torch.float32))).double()

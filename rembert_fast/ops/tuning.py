@@ -1,11 +1,13 @@
 """Self-checking dispatch: probe a fused path before its first use and remember the verdict on disk.
 
-`fused_ok(op, device_type, dtype)` is asked by the dispatch before it picks a fused (Triton) backend on
-`auto`. The first time for a key (the GPU's name and capability, or "cpu-interpreter"; the dtype; the
-op), it runs `probe.run_probe`; a mismatch, compile error or launch error disables that path for the key
-with one warning naming op, key and error, and the eager path serves it. Verdicts persist in a JSON
-cache, one file per GPU, stamped with the GPU, CUDA/driver, torch and triton versions and a hash of the
-kernel sources; a file that is corrupt, truncated or stamped otherwise is ignored with one warning and
+`fused_ok(op, device_type, dtype, candidate=None)` is asked by the dispatch before it picks a fused
+backend (or a competitor, `candidate`) on `auto`. The first time for a key (the GPU's name and
+capability, or "cpu-interpreter"; the dtype; the op), it runs `probe.run_probe`; a mismatch, compile
+error or launch error disables that path for the key with one warning naming op, key and error, and the
+eager path serves it. The per-bucket choices `rembert_fast.ops.choosing` times are kept beside the
+verdicts (`held_choice`, `record_choice`). Both persist in a JSON cache, one file per GPU, stamped
+with the GPU, CUDA/driver, torch and triton versions and a hash of the kernel sources; a file that is
+corrupt, truncated or stamped otherwise is ignored with one warning and
 rewritten (temp file + os.replace, under an fcntl lock).
 
 `$REMBERT_FAST_TUNE`: `on` (default), `off` (no probe; fused paths trusted), `force` (ignore the cache,
@@ -32,6 +34,7 @@ import torch
 MODES = ("off", "on", "force")
 _lock = threading.Lock()
 _verdicts: dict[str, str | None] = {}  # "op|dtype" -> None (fused ok) or the reason it is disabled
+_choices: dict[str, dict[str, Any]] = {}  # candidates.entry(...) -> {"choice": name, "ms": {name: ms}}
 _loaded_for: str | None = None  # the cache file the verdicts were loaded from
 
 
@@ -95,32 +98,45 @@ def cache_path(device_type: str) -> Path:
 
 def read_cache(path: Path, key: dict[str, Any]) -> dict[str, str | None]:
     """The verdicts in `path` if it holds this key's; {} (with one warning) for a corrupt or foreign file."""
+    return _read_tables(path, key)[0]
+
+
+def _read_tables(path: Path, key: dict[str, Any]) -> tuple[dict[str, str | None], dict[str, dict[str, Any]]]:
+    """(verdicts, choices) in `path` if it holds this key's; empty (one warning) for a corrupt or foreign
+    file."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except OSError as error:
         warnings.warn(f"rembert_fast: tuning cache {path} cannot be read ({error}); probing again",
-                      RuntimeWarning, stacklevel=2)
-        return {}
+                      RuntimeWarning, stacklevel=3)
+        return {}, {}
     try:
         data = json.loads(text)
         if not isinstance(data, dict) or not isinstance(data.get("verdicts"), dict):
             raise ValueError("no 'verdicts' table")
         verdicts = {str(k): (None if v is None else str(v)) for k, v in data["verdicts"].items()}
+        choices = data.get("choices", {})
+        if not isinstance(choices, dict) or not all(
+                isinstance(c, dict) and isinstance(c.get("choice"), str) and isinstance(c.get("ms"), dict)
+                for c in choices.values()):
+            raise ValueError("a malformed 'choices' table")
     except (ValueError, TypeError, AttributeError) as error:
         warnings.warn(f"rembert_fast: tuning cache {path} is corrupt ({error}); ignoring it and "
-                      "rewriting it", RuntimeWarning, stacklevel=2)
-        return {}
+                      "rewriting it", RuntimeWarning, stacklevel=3)
+        return {}, {}
     if data.get("key") != key:
         warnings.warn(f"rembert_fast: tuning cache {path} is for another GPU, driver or kernel version "
-                      f"({data.get('key')}); ignoring it and rewriting it", RuntimeWarning, stacklevel=2)
-        return {}
-    return verdicts
+                      f"({data.get('key')}); ignoring it and rewriting it", RuntimeWarning, stacklevel=3)
+        return {}, {}
+    return verdicts, choices
 
 
-def write_cache(path: Path, key: dict[str, Any], verdicts: dict[str, str | None]) -> None:
-    """Merge `verdicts` into `path` (this key's entries kept) atomically, under an exclusive lock."""
+def write_cache(path: Path, key: dict[str, Any], verdicts: dict[str, str | None],
+                choices: dict[str, dict[str, Any]] | None = None) -> None:
+    """Merge `verdicts` and `choices` into `path` (this key's entries kept) atomically, under an exclusive
+    lock."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,11 +144,14 @@ def write_cache(path: Path, key: dict[str, Any], verdicts: dict[str, str | None]
         fcntl.flock(lock, fcntl.LOCK_EX)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a bad file was warned about when read
-            merged = {**read_cache(path, key), **verdicts}
+            held_verdicts, held_choices = _read_tables(path, key)
+        merged = {**held_verdicts, **verdicts}
+        merged_choices = {**held_choices, **(choices or {})}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump({"key": key, "verdicts": merged}, f, indent=1, sort_keys=True)
+                json.dump({"key": key, "verdicts": merged, "choices": merged_choices}, f, indent=1,
+                          sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -142,15 +161,16 @@ def write_cache(path: Path, key: dict[str, Any], verdicts: dict[str, str | None]
             raise
 
 
-def _probing_forbidden() -> bool:
+def probing_forbidden() -> bool:
+    """Whether no probe or timing may run now: inside a dynamo trace or a CUDA-graph capture."""
     if torch.compiler.is_compiling():
         return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def entry(op: str, dtype: torch.dtype) -> str:
-    """The cache's name for a verdict: "op|dtype"."""
-    return f"{op}|{str(dtype).removeprefix('torch.')}"
+def entry(op: str, dtype: torch.dtype, candidate: str | None = None) -> str:
+    """The cache's name for a verdict: "op|dtype", or "op.candidate|dtype" for a competitor."""
+    return f"{op}{'.' + candidate if candidate else ''}|{str(dtype).removeprefix('torch.')}"
 
 
 def _load(device_type: str) -> tuple[Path, dict[str, Any]]:
@@ -159,33 +179,37 @@ def _load(device_type: str) -> tuple[Path, dict[str, Any]]:
     path = cache_path(device_type)
     if _loaded_for != str(path):
         _verdicts.clear()
+        _choices.clear()
         if mode() != "force":
-            _verdicts.update(read_cache(path, key))
+            held_verdicts, held_choices = _read_tables(path, key)
+            _verdicts.update(held_verdicts)
+            _choices.update(held_choices)
         _loaded_for = str(path)
     return path, key
 
 
-def fused_ok(op: str, device_type: str, dtype: torch.dtype) -> bool | None:
-    """Whether `op`'s fused path may run for this device and dtype: True, False (disabled, warned once),
-    or None where no verdict exists and none may be made now (a capture or a trace: run eager, ask again
-    later). With $REMBERT_FAST_TUNE=off always True."""
+def fused_ok(op: str, device_type: str, dtype: torch.dtype, candidate: str | None = None) -> bool | None:
+    """Whether `op`'s fused path (or its competitor `candidate`) may run for this device and dtype: True,
+    False (disabled, warned once), or None where no verdict exists and none may be made now (a capture
+    or a trace: run eager, ask again later). With $REMBERT_FAST_TUNE=off always True."""
     if mode() == "off":
         return True
-    name = entry(op, dtype)
+    name = entry(op, dtype, candidate)
     with _lock:
         path, key = _load(device_type)
         if name in _verdicts:
             return _verdicts[name] is None
-        if _probing_forbidden():
+        if probing_forbidden():
             return None
         from rembert_fast.ops.probe import run_probe
 
         device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else \
             torch.device("cpu")
-        reason = run_probe(op, device, dtype)
+        reason = run_probe(op, device, dtype, *([candidate] if candidate else []))
         _verdicts[name] = reason
         if reason is not None:
-            warnings.warn(f"rembert_fast: fused {op} disabled for {key['gpu']} "
+            what = op if candidate is None else f"{op} ({candidate})"
+            warnings.warn(f"rembert_fast: fused {what} disabled for {key['gpu']} "
                           f"(capability {key['capability']}), {dtype}: {reason}; running it eagerly",
                           RuntimeWarning, stacklevel=3)
         try:
@@ -202,6 +226,27 @@ def record(device_type: str, decided: dict[str, str | None]) -> None:
         path, key = _load(device_type)
         _verdicts.update(decided)
         write_cache(path, key, decided)
+
+
+def held_choice(device_type: str, name: str) -> dict[str, Any] | None:
+    """The choice held for call class `name` (in memory, else in this device's cache file), or None."""
+    with _lock:
+        _load(device_type)
+        return _choices.get(name)
+
+
+def record_choice(device_type: str, name: str, choice: str, ms: dict[str, float]) -> None:
+    """Hold and persist the choice for call class `name`: the candidate chosen and each one's ms.
+    A cache that cannot be written warns once per call; the choice is held in memory all the same."""
+    made = {"choice": choice, "ms": ms}
+    with _lock:
+        path, key = _load(device_type)
+        _choices[name] = made
+        try:
+            write_cache(path, key, {}, {name: made})
+        except OSError as error:
+            warnings.warn(f"rembert_fast: tuning cache {path} cannot be written ({error})",
+                          RuntimeWarning, stacklevel=3)
 
 
 def describe() -> dict[str, Any]:
@@ -222,9 +267,15 @@ def describe() -> dict[str, Any]:
         return {"mode": tune_mode, "cache": None, "verdicts": None, "error": str(error)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        held = read_cache(path, key)
+        held, choices = _read_tables(path, key)
     disabled = {name: why for name, why in held.items() if why is not None}
-    return {"mode": tune_mode, "cache": str(path), "verdicts": len(held), "disabled": disabled}
+    return {"mode": tune_mode, "cache": str(path), "verdicts": len(held), "disabled": disabled,
+            "choices": {name: made["choice"] for name, made in sorted(choices.items())}}
+
+
+def choices() -> dict[str, dict[str, Any]]:
+    """The per-bucket choices this process holds: call class -> {"choice": name, "ms": {name: ms}}."""
+    return dict(_choices)
 
 
 def verdicts() -> dict[str, str | None]:
@@ -237,4 +288,5 @@ def reset() -> None:
     global _loaded_for
     with _lock:
         _verdicts.clear()
+        _choices.clear()
         _loaded_for = None

@@ -1,0 +1,188 @@
+"""What may serve each op, and random inputs of one bucket's shape to time the candidates on.
+
+A call class is (op, variant, width, bucket): the variant is what changes the work but not the shapes
+(activation, causal, which optional inputs), the width the call's fixed dimensions, the bucket its
+token count rounded up to a power of two (and for attention its longest sequence). Candidates per op:
+
+    layer_norm, bias_act, attention_padded   eager, triton
+    linear_bias_act                          eager (addmm, eager activation), triton (mm, fused epilogue)
+    linear_residual_layer_norm               eager (addmm, eager LN), triton (mm, fused LN epilogue)
+    attention                                eager, triton, sdpa_padded, torch_varlen (`competitors`)
+    embed                                    eager, cuda (the extension)
+
+`fused_name(op)` is the candidate the op-level decision (`dispatch.backend_for`) stands for; the others
+are probed on their own (`tuning.fused_ok(..., candidate=...)`). `calls(...)` gives each candidate
+as a no-argument function on inputs of the bucket's shape, drawn from a private generator (the
+caller's random stream is untouched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from rembert_fast.ops import competitors, reference
+
+OPS = ("layer_norm", "bias_act", "attention", "attention_padded", "embed", "linear_bias_act",
+       "linear_residual_layer_norm")
+EXTRA = {"attention": ("sdpa_padded", "torch_varlen")}
+_EMBED_ROWS = 4096  # table rows of a timed embed: a gather's cost barely depends on the vocabulary
+
+
+def fused_name(op: str) -> str:
+    """The candidate `backend_for`'s fused answer names: "cuda" for embed, "triton" for the rest."""
+    return "cuda" if op == "embed" else "triton"
+
+
+def extra_status(op: str, name: str, variant: tuple, width: tuple, device_type: str,
+                 dtype: torch.dtype) -> str | None:
+    """None where the non-fused competitor `name` of `op` can run for this call class, else why not."""
+    if name == "torch_varlen":
+        causal, self_attention = variant
+        return competitors.torch_varlen_status(device_type, dtype, width[1], self_attention)
+    if name == "sdpa_padded":
+        return None
+    raise ValueError(f"op {op!r} has no candidate {name!r}")
+
+
+def entry(op: str, variant: tuple, dtype: torch.dtype, width: tuple, bucket: tuple[int, int]) -> str:
+    """The cache's name for a call class: op and variant flags, dtype, width, bucket, e.g.
+    "attention:False:True|bfloat16|18x64|t512s128" (not causal, one offset table)."""
+    flags = ":".join(str(v) for v in variant)
+    tokens, seqlen = bucket
+    shape = f"t{tokens}" + (f"s{seqlen}" if seqlen else "")
+    return f"{op}{':' + flags if flags else ''}|{str(dtype).removeprefix('torch.')}|" \
+           f"{'x'.join(map(str, width))}|{shape}"
+
+
+def _lengths(tokens: int, seqlen: int) -> list[int]:
+    """Sequences of `seqlen` tokens filling `tokens` rows, the last one shorter where it must be."""
+    full, rest = divmod(tokens, seqlen)
+    return [seqlen] * full + ([rest] if rest else [])
+
+
+def calls(op: str, variant: tuple, width: tuple, bucket: tuple[int, int], device: torch.device,
+          dtype: torch.dtype, names: tuple[str, ...]) -> dict[str, Callable[[], object]]:
+    """{name: fn} for each candidate in `names`, each a call of it on one input of the bucket's shape.
+
+    ValueError for an op or candidate this module does not know."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    tokens, seqlen = bucket
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    table = _TABLES.get(op)
+    if table is None:
+        raise ValueError(f"op {op!r} has no candidates; ops are {OPS}")
+    args, impls = table(r, variant, width, tokens, seqlen, device)
+    unknown = set(names) - set(impls)
+    if unknown:
+        raise ValueError(f"op {op!r} has no candidate {sorted(unknown)}; it has {sorted(impls)}")
+    return {name: (lambda fn=impls[name]: fn(*args)) for name in names}
+
+
+def _layer_norm(r, variant, width, tokens, seqlen, device):
+    from rembert_fast.kernels import layer_norm as kernel
+
+    has_residual, has_x_bias = variant
+    (n,) = width
+    args = (r(tokens, n), r(n), r(n), 1e-12, r(tokens, n) if has_residual else None,
+            r(n) if has_x_bias else None)
+    return args, {"eager": lambda x, w, b, eps, res, xb: reference.layer_norm_ref(x, w, b, eps, res, xb),
+                  "triton": kernel.layer_norm}
+
+
+def _bias_act(r, variant, width, tokens, seqlen, device):
+    from rembert_fast.kernels import activation as kernel
+
+    activation, has_bias = variant
+    (n,) = width
+    args = (r(tokens, n), r(n) if has_bias else None, activation)
+    return args, {"eager": reference.bias_act_ref, "triton": kernel.bias_act}
+
+
+def _attention(r, variant, width, tokens, seqlen, device):
+    from rembert_fast.kernels import attention as kernel
+
+    causal, _ = variant
+    heads, dim = width
+    lengths = _lengths(tokens, seqlen)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    q, k, v = (r(tokens, heads, dim) for _ in range(3))
+    args = (q, k, v, cu, cu, max(lengths), max(lengths), causal)
+
+    def eager(q, k, v, cu_q, cu_k, max_q, max_k, c):  # what ops.attention runs eagerly on this device
+        if device.type == "cpu":
+            return reference.attention_per_sequence(q, k, v, cu_q, cu_k, causal=c)
+        return reference.attention_ref(q, k, v, cu_q, cu_k, max_q, max_k, causal=c)
+
+    return args, {"eager": eager, "triton": kernel.attention_varlen,
+                  "sdpa_padded": competitors.attention_sdpa_padded,
+                  "torch_varlen": competitors.attention_torch_varlen}
+
+
+def _attention_padded(r, variant, width, tokens, seqlen, device):
+    from rembert_fast.kernels import attention as kernel
+
+    causal, has_mask = variant
+    heads, dim = width
+    batch = max(tokens // seqlen, 1)
+    q, k, v = (r(batch, seqlen, heads, dim) for _ in range(3))
+    mask = None
+    if has_mask:  # the last sequence half padding
+        mask = torch.ones(batch, seqlen, dtype=torch.bool, device=device)
+        mask[-1, max(seqlen // 2, 1):] = False
+    args = (q, k, v, mask, causal)
+    return args, {"eager": lambda q, k, v, m, c: reference.attention_padded_ref(q, k, v, m, causal=c),
+                  "triton": kernel.attention_padded}
+
+
+def _embed(r, variant, width, tokens, seqlen, device):
+    (has_projection,) = variant
+    e, hidden = width
+    ids = torch.randint(0, _EMBED_ROWS, (tokens,), device=device)
+    zeros = torch.zeros_like(ids)
+    args = (ids, ids % 512, zeros, r(_EMBED_ROWS, e), r(512, e), r(2, e), r(e), r(e), 1e-12,
+            r(hidden, e) if has_projection else None, r(hidden) if has_projection else None)
+
+    def extension_embed(*a):
+        from rembert_fast import extension
+
+        return extension.embed(extension.load(), *a, check_ids=False)
+
+    return args, {"eager": reference.embed_ref, "cuda": extension_embed}
+
+
+def _linear_bias_act(r, variant, width, tokens, seqlen, device):
+    from rembert_fast.kernels import activation as kernel
+
+    (activation,) = variant
+    n_in, n_out = width
+    args = (r(tokens, n_in), r(n_out, n_in), r(n_out))
+    return args, {"eager": lambda x, w, b: reference.bias_act_ref(F.linear(x, w, b), None, activation),
+                  "triton": lambda x, w, b: kernel.bias_act(F.linear(x, w), b, activation)}
+
+
+def _linear_residual_layer_norm(r, variant, width, tokens, seqlen, device):
+    from rembert_fast.kernels import layer_norm as kernel
+
+    n_in, n_out = width
+    args = (r(tokens, n_in), r(n_out, n_in), r(n_out), r(tokens, n_out), r(n_out), r(n_out))
+    return args, {
+        "eager": lambda x, w, b, res, lw, lb: reference.layer_norm_ref(F.linear(x, w, b), lw, lb, 1e-12, res),
+        "triton": lambda x, w, b, res, lw, lb: kernel.layer_norm(F.linear(x, w), lw, lb, 1e-12, res, b),
+    }
+
+
+_TABLES = {
+    "layer_norm": _layer_norm,
+    "bias_act": _bias_act,
+    "attention": _attention,
+    "attention_padded": _attention_padded,
+    "embed": _embed,
+    "linear_bias_act": _linear_bias_act,
+    "linear_residual_layer_norm": _linear_residual_layer_norm,
+}
