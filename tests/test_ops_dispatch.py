@@ -43,7 +43,7 @@ def test_decided_once_per_op_device_dtype_and_request(decisions):
         _layer_norm(x.half())  # another dtype: another decision
         ops.bias_act(x, None, "relu")
     assert decisions == [("layer_norm", "cpu", "eager"), ("layer_norm", "cpu", "eager"),
-                         ("bias_act", "cpu", "eager")]
+                         ("bias_act[relu]", "cpu", "eager")]  # bias_act: decided per activation
 
 
 @needs_triton

@@ -69,13 +69,41 @@ def test_a_kernel_wrong_for_one_activation_only_is_caught(fresh, monkeypatch):
         assert dispatch.backend_for("bias_act", torch.device("cpu"), torch.float16) == "eager"
 
 
+def test_an_activation_is_probed_on_its_own_and_only_where_it_is_used(fresh, monkeypatch):
+    real = act_kernel.bias_act
+    launched = []
+
+    def wrong_for_selu(x, b, act, **k):
+        launched.append(act)
+        return real(x, b, "relu" if act == "selu" else act, **k)
+
+    monkeypatch.setattr(act_kernel, "bias_act", wrong_for_selu)
+    x, b = torch.randn(3, 40), torch.randn(40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gelu's probe passes: no warning
+        out = ops.bias_act(x, b, "gelu")
+    assert set(launched) == {"gelu"}  # no other activation compiled or run for gelu's verdict
+    torch.testing.assert_close(out, ops.bias_act_ref(x, b, "gelu"), rtol=1e-5, atol=1e-5)
+    assert tuning.verdicts() == {"bias_act[gelu]|float32": None}
+    with pytest.warns(RuntimeWarning, match=r"fused bias_act\[selu\] disabled"):
+        out = ops.bias_act(x, b, "selu")
+    torch.testing.assert_close(out, ops.bias_act_ref(x, b, "selu"))  # the wrong kernel never serves
+    assert ops.bias_act(x, b, "gelu") is not None and launched.count("gelu") >= 3  # gelu still fused
+    saved = json.loads((fresh / "tune-cpu-interpreter.json").read_text())["verdicts"]
+    assert saved["bias_act[gelu]|float32"] is None and "max error" in saved["bias_act[selu]|float32"]
+    with pytest.raises(ValueError, match="'swish'"):
+        probe.run_probe("bias_act[swish]", torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="takes no activation"):
+        probe.run_probe("layer_norm[gelu]", torch.device("cpu"), torch.float32)
+
+
 def test_a_raising_kernel_falls_back_with_one_warning(fresh, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("triton compile failed: out of resources")
 
     monkeypatch.setattr(act_kernel, "bias_act", boom)
     x, b = torch.randn(3, 40), torch.randn(40)
-    with pytest.warns(RuntimeWarning, match="fused bias_act disabled.*out of resources") as record:
+    with pytest.warns(RuntimeWarning, match=r"fused bias_act\[gelu\] disabled.*out of resources") as record:
         out = ops.bias_act(x, b, "gelu")
         ops.bias_act(x, b, "gelu")
     assert len(record) == 1
@@ -372,7 +400,7 @@ def test_doctor_shows_the_per_bucket_choices_and_disabled_paths(fresh, monkeypat
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "1 per-bucket choices" in out and "layer_norm:False:False|float32|40|t8 -> triton" in out
-    assert "disabled bias_act|float32: max error" in out
+    assert "disabled bias_act[gelu]|float32: max error" in out
 
 
 def test_the_gemm_epilogue_compositions_are_probed_and_a_wrong_one_never_serves(fresh, monkeypatch):
@@ -418,7 +446,7 @@ def test_a_kernel_wrong_for_one_activation_disables_the_gemm_composition_too(fre
     monkeypatch.setattr(act_kernel, "bias_act",
                         lambda x, b, act, **k: real(x, b, "relu" if act == "selu" else act, **k))
     x, w, b = torch.randn(5, 24), torch.randn(40, 24) / 5, torch.randn(40)
-    with pytest.warns(RuntimeWarning, match="fused linear_bias_act disabled"):
+    with pytest.warns(RuntimeWarning, match=r"fused linear_bias_act\[selu\] disabled"):
         out = ops.linear_bias_act(x, w, b, "selu")
     torch.testing.assert_close(out, ops.bias_act_ref(x @ w.T + b, None, "selu"), rtol=1e-5, atol=1e-5)
 

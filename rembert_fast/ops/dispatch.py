@@ -146,7 +146,7 @@ def _decide(op: str, device_type: str, requested: str) -> str:
         elif requested == "cuda":
             raise RuntimeError(f"backend 'cuda' runs on CUDA tensors only; these are on {device_type}")
         return "eager"
-    if op not in TRITON_OPS:
+    if op.partition("[")[0] not in TRITON_OPS:  # "bias_act[gelu]": one activation of bias_act
         raise ValueError(f"op {op!r} is not one of {TRITON_OPS + EXTENSION_OPS}")
     if requested == "eager":
         return "eager"
@@ -223,7 +223,7 @@ def choose(
     if needs_autograd(tensors):
         return "eager"
     if torch.compiler.is_compiling():
-        return backend_for(op, device, dtype)
+        return backend_for(probed_name(op, variant), device, dtype)
     # The buckets as bit lengths (pow2(n) == 1 << bits; -1 for 0): no call on the hot path.
     key = (op, variant, width, device.type, dtype, _request(_backend_override.get()),
            (tokens - 1).bit_length() if tokens else -1, (seqlen - 1).bit_length() if seqlen else -1)
@@ -231,12 +231,22 @@ def choose(
     return made if made is not None else _choose_first(key, device)
 
 
+PER_ACTIVATION = ("bias_act", "linear_bias_act")  # ops whose probe verdict is kept per activation
+
+
+def probed_name(op: str, variant: tuple) -> str:
+    """The op-level name a call class's probe verdict is kept under: "bias_act[gelu]" for the ops with
+    an activation (the variant's first item; each activation is its own kernel, probed on its own), the
+    op itself for the rest."""
+    return f"{op}[{variant[0]}]" if op in PER_ACTIVATION else op
+
+
 def _choose_first(key: tuple, device: torch.device) -> str:
     from rembert_fast.ops import choosing, tuning
 
     op, variant, width, device_type, dtype, requested, token_bits, seqlen_bits = key
     tokens, seqlen = _from_bits(token_bits), _from_bits(seqlen_bits)
-    base = _decision(op, device_type, dtype, requested)
+    base = _decision(probed_name(op, variant), device_type, dtype, requested)
     forbidden = tuning.probing_forbidden()
     if requested != "auto" or (device_type == "cpu" and not interpreting()):
         if not forbidden:

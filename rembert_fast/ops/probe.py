@@ -5,7 +5,9 @@ inputs; it passes where the kernel's max error is at most twice the same-dtype e
 (the error a correct kernel cannot avoid: rounding to its output dtype once, and fp32 reassociation).
 `run_probe(op, device, dtype, candidate=None)` returns None on agreement, else a one-line reason
 (mismatch, or the exception a compile or launch raised). `candidate` names a competitor other than the
-op's fused path (`candidates.EXTRA`), probed on the same input against the same reference.
+op's fused path (`candidates.EXTRA`), probed on the same input against the same reference. The ops with
+an activation are probed per activation: `op[activation]` (e.g. "bias_act[gelu]") runs only that one
+(each activation is its own kernel specialisation, so its own compile); a bare name runs every one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 
 from rembert_fast.ops import competitors, reference
 from rembert_fast.ops.contract import ACTIVATIONS
+from rembert_fast.ops.dispatch import PER_ACTIVATION
 
 _ROWS, _WIDTH = 8, 96  # the probe's class of input: small, a width that is not a power of two
 _HEADS, _HEAD_DIM, _LENGTHS = 2, 64, (5, 9)
@@ -42,11 +45,12 @@ def _layer_norm_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     return args, variants(lambda *a: kernel.layer_norm(*a)), variants(ref)
 
 
-def _bias_act_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+def _bias_act_case(gen: torch.Generator, activations: tuple[str, ...] = ACTIVATIONS
+                   ) -> tuple[tuple, Callable, Callable]:
     from rembert_fast.kernels import activation as kernel
 
     def every_activation(fn: Callable) -> Callable:  # each activation, with and without a bias
-        return lambda x, b: torch.cat([fn(x, bias, act) for act in ACTIVATIONS for bias in (b, None)])
+        return lambda x, b: torch.cat([fn(x, bias, act) for act in activations for bias in (b, None)])
 
     args = (2 * _rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH))
     return args, every_activation(lambda *a: kernel.bias_act(*a)), every_activation(reference.bias_act_ref)
@@ -100,11 +104,12 @@ def _embed_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     return args, fused, reference.embed_ref
 
 
-def _linear_bias_act_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
+def _linear_bias_act_case(gen: torch.Generator, activations: tuple[str, ...] = ACTIVATIONS
+                          ) -> tuple[tuple, Callable, Callable]:
     from rembert_fast.kernels import activation as kernel
 
     def every_activation(fn: Callable) -> Callable:  # the GEMM then each activation
-        return lambda x, w, b: torch.cat([fn(x, w, b, act) for act in ACTIVATIONS])
+        return lambda x, w, b: torch.cat([fn(x, w, b, act) for act in activations])
 
     args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, 48, _WIDTH) / 8, _rand(gen, 48))
     return (args, every_activation(lambda x, w, b, act: kernel.bias_act(F.linear(x, w), b, act)),
@@ -129,6 +134,19 @@ CASES: dict[str, Callable[[torch.Generator], tuple[tuple, Callable, Callable]]] 
     "linear_bias_act": _linear_bias_act_case,
     "linear_residual_layer_norm": _linear_residual_layer_norm_case,
 }
+def split_name(op: str) -> tuple[str, tuple[str, ...] | None]:
+    """("bias_act", ("gelu",)) for "bias_act[gelu]"; (op, None) for a bare name. ValueError names an
+    activation that is not one of ACTIVATIONS or an op that takes none."""
+    if not op.endswith("]") or "[" not in op:
+        return op, None
+    base, _, activation = op[:-1].partition("[")
+    if base not in PER_ACTIVATION:
+        raise ValueError(f"op {base!r} takes no activation; per-activation ops are {PER_ACTIVATION}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} in {op!r} is not one of {ACTIVATIONS}")
+    return base, (activation,)
+
+
 # Competitors other than an op's fused path, probed on that op's input (both causal and not).
 COMPETITORS: dict[tuple[str, str], Callable] = {
     ("attention", "sdpa_padded"): competitors.attention_sdpa_padded,
@@ -153,13 +171,14 @@ def run_probe(op: str, device: torch.device, dtype: torch.dtype, candidate: str 
     else why not (one line).
 
     ValueError for an op or candidate without a probe. Never raises for what the kernel does."""
+    op, activations = split_name(op)
     if op not in CASES:
         raise ValueError(f"op {op!r} has no probe; probed ops are {tuple(CASES)}")
     if candidate is not None and (op, candidate) not in COMPETITORS:
         raise ValueError(f"op {op!r} has no competitor {candidate!r}; competitors are {tuple(COMPETITORS)}")
     gen = torch.Generator().manual_seed(17)
     try:
-        args, fused, ref = CASES[op](gen)
+        args, fused, ref = CASES[op](gen, activations) if activations else CASES[op](gen)
         if candidate is not None:
             rival = COMPETITORS[(op, candidate)]
             fused = lambda *a: torch.cat([rival(*a), rival(*a, True)])  # noqa: E731

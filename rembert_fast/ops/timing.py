@@ -140,10 +140,11 @@ def tune(device: torch.device, dtype: torch.dtype, shapes: Shapes, tokens: tuple
     for op, variant, width, bucket in call_classes(shapes, tokens, seqlens):
         if bucket[1] > bucket[0]:  # a sequence longer than the batch's rows: no call meets it
             continue
-        base = dispatch._decision(op, device.type, dtype, "auto")
+        probed = dispatch.probed_name(op, variant)
+        base = dispatch._decision(probed, device.type, dtype, "auto")
         names, errors = dispatch.candidate_names(op, variant, width, device.type, dtype, base)
         if base == "eager" and candidates.fused_name(op) not in names:
-            errors.insert(0, tuning.verdicts().get(tuning.entry(op, dtype))
+            errors.insert(0, tuning.verdicts().get(tuning.entry(probed, dtype))
                           or dispatch.unavailable_reason(op, device.type))
         entry = candidates.entry(op, variant, dtype, width, bucket)
         row = Row(op, entry, bucket[0], bucket[1], probe_error="; ".join(e for e in errors if e) or None)
