@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import auto_tuning, needs_triton
 
 from rembert_fast import ops
@@ -449,6 +450,27 @@ def test_a_kernel_wrong_for_one_activation_disables_the_gemm_composition_too(fre
     with pytest.warns(RuntimeWarning, match=r"fused linear_bias_act\[selu\] disabled"):
         out = ops.linear_bias_act(x, w, b, "selu")
     torch.testing.assert_close(out, ops.bias_act_ref(x @ w.T + b, None, "selu"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["linear_bias_act", "linear_residual_layer_norm"])
+def test_under_autocast_the_epilogue_is_probed_in_the_dtype_it_runs_in(fresh, monkeypatch, op):
+    kernel, name = (act_kernel, "bias_act") if op == "linear_bias_act" else (ln_kernel, "layer_norm")
+    real = getattr(kernel, name)
+    # Right in float32, wrong in bfloat16: the GEMM under bf16 autocast hands the epilogue bf16.
+    monkeypatch.setattr(kernel, name, lambda y, *a, **k: real(y, *a, **k) * (1.5 if y.dtype ==
+                                                                            torch.bfloat16 else 1.0))
+    x, w, b = torch.randn(5, 24), torch.randn(40, 24) / 5, torch.randn(40)
+    res, lw, lb = torch.randn(5, 40), torch.randn(40), torch.randn(40)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(RuntimeWarning,
+                                                                   match="bfloat16.*running it eagerly"):
+        if op == "linear_bias_act":
+            out = ops.linear_bias_act(x, w, b, "gelu")
+            expected = ops.bias_act_ref(F.linear(x, w, b), None, "gelu")
+        else:
+            out = ops.linear_residual_layer_norm(x, w, b, res.bfloat16(), lw, lb, 1e-12)
+            expected = ops.layer_norm_ref(F.linear(x, w, b), lw, lb, 1e-12, residual=res.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected)  # the bf16-wrong kernel never served
 
 
 @pytest.mark.parametrize("launcher,op", [("attention_varlen", "attention"),

@@ -104,6 +104,15 @@ def _epilogue_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor |
     return bias.to(y.dtype) if bias is not None and bias.dtype != y.dtype else bias
 
 
+def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of F.linear(x, W): autocast's where autocast is on for x's device, else x's. The
+    epilogue kernel runs in it, so the call class is decided (probed, timed) for it."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
 def linear_bias_act(
     x: torch.Tensor,  # (..., in) fp32/fp16/bf16
     weight: torch.Tensor,  # (out, in)
@@ -119,7 +128,7 @@ def linear_bias_act(
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not supported; choose one of {ACTIVATIONS}")
     width = contract.check_linear(x, weight, bias)
-    impl = dispatch.choose("linear_bias_act", (activation,), (x.shape[-1], width), x.device, x.dtype,
+    impl = dispatch.choose("linear_bias_act", (activation,), (x.shape[-1], width), x.device, _gemm_dtype(x),
                            x.numel() // max(x.shape[-1], 1), (x, weight, bias))
     if impl == "triton":
         from rembert_fast.kernels import activation as kernel
@@ -148,7 +157,7 @@ def linear_residual_layer_norm(
     width = contract.check_linear(x, weight, bias)
     if tuple(residual.shape) != (*x.shape[:-1], width):
         raise ValueError(f"residual has shape {tuple(residual.shape)}; expected {(*x.shape[:-1], width)}")
-    impl = dispatch.choose("linear_residual_layer_norm", (), (x.shape[-1], width), x.device, x.dtype,
+    impl = dispatch.choose("linear_residual_layer_norm", (), (x.shape[-1], width), x.device, _gemm_dtype(x),
                            x.numel() // max(x.shape[-1], 1), (x, weight, bias, residual, ln_weight, ln_bias))
     if impl == "triton":
         from rembert_fast.kernels import layer_norm as kernel
