@@ -11,8 +11,10 @@ What changes, on the model instance only (its class and every other instance are
   3-D/4-D masks, cross-attention, KV caches, attention-probability dropout in training) run
   transformers' original forward, unchanged;
 - the MLM / causal-LM head's `cls.predictions` runs bias+activation and its LayerNorm through the ops;
-- a question-answering head's call with start/end positions and a padded mask runs the original
-  RemBertModel forward: its loss's softmax reads the padding positions' logits;
+- a head's call whose loss reads logits at padding positions (question answering with start/end
+  positions and a padded mask; a masked-LM, causal-LM or token-classification label other than -100
+  scored against a padding position) runs the original RemBertModel forward, as transformers computes
+  those logits;
 - with `cuda_graphs=True`, inference calls on CUDA replay a captured graph per batch-size bucket
   (`rembert_fast.cuda_graphs.CudaGraphRunner`).
 The patched modules say so when printed. Parameters, buffers and state-dict keys are not touched
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from rembert_fast import ops, packed
+from rembert_fast.modeling.inputs import loss_reads_padding
 from rembert_fast.padding import NoRealTokensError
 
 _STATE = "_rembert_fast"  # instance attribute holding the patch state; its presence means "patched"
@@ -67,8 +70,10 @@ def optimize(model: nn.Module, *, cuda_graphs: bool = False) -> nn.Module:
                 module.__dict__[_STATE] = {"activation": base.config.hidden_act}
                 module.forward = _Patched(_lm_head_forward, module, "forward")
                 module.extra_repr = _Patched(_marked_extra_repr, module, "extra_repr", _HEAD_MARK)
-        if model is not base and hasattr(model, "qa_outputs"):
-            model.forward = _Patched(_qa_forward, model, "forward")
+        loss = _loss_over_positions(model)
+        if model is not base and loss is not None:
+            state["loss"] = loss
+            model.forward = _Patched(_head_forward, model, "forward")
     state["cuda_graphs"] = cuda_graphs
     if not cuda_graphs:
         state["runner"] = None
@@ -220,14 +225,33 @@ def _fast_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     )
 
 
-def _qa_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """transformers' question-answering head. Its loss is a softmax over every position, padding included:
-    given positions and a padded mask, its RemBertModel runs transformers' padded forward for the call."""
+# The heads whose loss reads logits position by position: the shift between a label and its logit.
+_TOKEN_LOSS_SHIFT = {"RemBertForMaskedLM": 0, "RemBertForTokenClassification": 0, "RemBertForCausalLM": 1}
+
+
+def _loss_over_positions(model: nn.Module) -> str | int | None:
+    """"spans" for a question-answering head, a token head's label shift, None for the others."""
+    if hasattr(model, "qa_outputs"):
+        return "spans"
+    for cls in type(model).__mro__:
+        if cls.__name__ in _TOKEN_LOSS_SHIFT:
+            return _TOKEN_LOSS_SHIFT[cls.__name__]
+    return None
+
+
+def _head_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """transformers' head forward; where its loss reads logits at padding positions (question answering's
+    softmax over every position; a token label other than -100 scored against a padding position's
+    logit), its RemBertModel runs transformers' padded forward for the call."""
     params, _ = _call_arguments(self, args, kwargs)
-    mask = params.get("attention_mask")
     state = self.rembert.__dict__[_STATE]
-    if (params.get("start_positions") is None or params.get("end_positions") is None
-            or not isinstance(mask, torch.Tensor) or bool(mask.bool().all())):
+    loss, mask = state["loss"], params.get("attention_mask")
+    if loss == "spans":
+        reads = (params.get("start_positions") is not None and params.get("end_positions") is not None
+                 and loss_reads_padding(mask, spans=True))
+    else:
+        reads = loss_reads_padding(mask, params.get("labels"), shift=loss)
+    if not reads:
         return type(self).forward(self, *args, **kwargs)
     state["padding_positions"] = True
     try:

@@ -16,7 +16,16 @@ import copy
 
 import pytest
 import torch
-from hf_pairs import SMALL_CONFIGS, batch_inputs, config_kwargs, make_pair, needs_causal_reference, randomize
+from hf_pairs import (
+    NON_CAUSAL_REFERENCE,
+    SMALL_CONFIGS,
+    batch_inputs,
+    config_kwargs,
+    make_pair,
+    needs_causal_reference,
+    randomize,
+    transformers_decoder_is_causal,
+)
 
 import rembert_fast
 import rembert_fast.modeling as modeling
@@ -287,6 +296,43 @@ def test_question_answering_loss_on_padded_features_is_transformers_loss(name, p
     assert max_err(again.start_logits, ref.start_logits) <= TOL
     with torch.no_grad():  # without positions the packed path runs: real positions agree
         assert max_err(optimized(**batch).start_logits, ref.start_logits, real(batch)) <= TOL
+
+
+TOKEN_HEADS = {"RemBertForMaskedLM": {}, "RemBertForTokenClassification": {"num_labels": 5},
+               "RemBertForCausalLM": {"is_decoder": True}}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("head", list(TOKEN_HEADS))
+def test_token_labels_at_padding_positions_give_transformers_loss(name, pattern, head):
+    """labels=input_ids on a padded batch (a perplexity loop's habit) scores padding positions: transformers
+    computes their logits, so the loss reads them; labels of -100 there leave the packed path in use."""
+    if head == "RemBertForCausalLM" and not transformers_decoder_is_causal():
+        pytest.skip(NON_CAUSAL_REFERENCE)
+    hf, ours = make_pair(head, name, seed=28, **TOKEN_HEADS[head])
+    batch = batch_inputs(name, pattern=pattern, seed=29)
+    classes = TOKEN_HEADS[head].get("num_labels", SMALL_CONFIGS[name]["vocab_size"])
+    labels = torch.randint(0, classes, batch["input_ids"].shape, generator=torch.Generator().manual_seed(30))
+    optimized = rembert_fast.optimize(copy.deepcopy(hf))
+    if head == "RemBertForCausalLM":  # transformers' head keeps its cache on with labels: no packing then
+        batch["use_cache"] = False
+    with torch.no_grad():
+        ref = hf(**batch, labels=labels)
+        for model in (ours, optimized):
+            out = model(**batch, labels=labels)
+            assert abs(out.loss.item() - ref.loss.item()) <= TOL, type(model).__module__
+            assert max_err(out.logits, ref.logits) <= TOL  # every position: the padded path ran
+            # Labels of -100 wherever a padding logit would be read: the packed path, whose padding logits
+            # are not transformers' (zeros, or the head applied to a zero row under optimize).
+            shift = 1 if head == "RemBertForCausalLM" else 0
+            unread = labels.clone()
+            unread[:, shift:] = unread[:, shift:].masked_fill(~real(batch)[:, :labels.shape[1] - shift], -100)
+            packed = model(**batch, labels=unread)
+            expected = hf(**batch, labels=unread).loss
+            assert abs(packed.loss.item() - expected.item()) <= TOL
+            assert max_err(packed.logits, ref.logits, real(batch)) <= TOL
+            assert max_err(packed.logits, ref.logits, ~real(batch)) > 1e-3
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["packed", "padded"])

@@ -16,6 +16,7 @@ from rembert_fast.modeling.inputs import (
     check_labels,
     check_num_labels,
     flat_positions,
+    loss_reads_padding,
     one_cache,
     return_dict_of,
 )
@@ -87,6 +88,7 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
             encoder_attention_mask=encoder_attention_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            padding_positions=loss_reads_padding(attention_mask, labels),
         )
         if labels is not None:
             check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, enc.hidden)
@@ -154,6 +156,7 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            padding_positions=loss_reads_padding(attention_mask, labels, shift=1),
         )
         presents = enc.past_key_values
         if cache_object is not None and presents is not None:
@@ -345,6 +348,7 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
             inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            padding_positions=loss_reads_padding(attention_mask, labels),
         )
         logits = enc.pad(self.classifier(self.dropout(enc.hidden)))  # (B, L, num_labels)
         loss = None
@@ -390,12 +394,8 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> QuestionAnsweringModelOutput | tuple[Any, ...]:
-        loss_reads_padding = (
-            start_positions is not None
-            and end_positions is not None
-            and isinstance(attention_mask, torch.Tensor)
-            and not bool(attention_mask.bool().all())
-        )
+        reads_padding = (start_positions is not None and end_positions is not None
+                         and loss_reads_padding(attention_mask, spans=True))
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -405,7 +405,7 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
             inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            padding_positions=loss_reads_padding,
+            padding_positions=reads_padding,
         )
         logits = enc.pad(self.qa_outputs(enc.hidden))  # (B, L, num_labels)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)

@@ -184,6 +184,27 @@ def check_labels(
         raise ValueError(f"{name} contains {value}, outside [0, {classes}) (and not -100, the ignored value)")
 
 
+def loss_reads_padding(attention_mask: Any, labels: Any = None, shift: int = 0, spans: bool = False) -> bool:
+    """Whether a head's loss reads logits at padding positions, which the packed path leaves zero and
+    transformers' padded forward computes: the head then runs the padded path for the call.
+
+    `spans=True` (question answering with positions given): its softmax runs over every position, so
+    any padding is read. Otherwise `labels` (B, L) are token labels, each scored against the logit `shift`
+    positions before it (1 for a causal LM, 0 for masked LM and token classification): a label other
+    than -100 whose logit sits at a padding position is read. False without a 2-D tensor mask, without
+    labels, or for labels of another shape (check_labels reports those). One host read otherwise."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
+        return False
+    padding = attention_mask == 0
+    if spans:
+        return bool(padding.any())
+    if not isinstance(labels, torch.Tensor) or labels.shape != attention_mask.shape:
+        return False
+    if shift:
+        padding, labels = padding[:, :-shift], labels[:, shift:]
+    return bool((padding & (labels != -100)).any())
+
+
 def additive_mask(
     mask: torch.Tensor | None,
     batch: int,
