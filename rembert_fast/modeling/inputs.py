@@ -195,11 +195,11 @@ def loss_reads_padding(attention_mask: Any, labels: Any = None, shift: int = 0, 
     labels, or for labels of another shape (check_labels reports those). One host read otherwise."""
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
         return False
-    padding = attention_mask == 0
     if spans:
-        return bool(padding.any())
+        return bool((attention_mask == 0).any())
     if not isinstance(labels, torch.Tensor) or labels.shape != attention_mask.shape:
-        return False
+        return False  # no labels (an inference call): nothing computed, nothing read
+    padding = attention_mask == 0
     if shift:
         padding, labels = padding[:, :-shift], labels[:, shift:]
     return bool((padding & (labels != -100)).any())

@@ -15,7 +15,6 @@ from rembert_fast.ops.dispatch import (
     backend_for,
     backend_info,
     extension_takes_embed,
-    gemm_takes_bias,
     requested_backend,
     triton_status,
     use_backend,
@@ -33,7 +32,7 @@ __all__ = [
     "ACTIVATIONS", "BACKENDS", "FLOAT_DTYPES", "attention", "attention_padded", "attention_padded_ref",
     "attention_per_sequence", "attention_ref", "backend_for", "backend_info",
     "bias_act", "bias_act_ref", "check_ids", "embed", "embed_ref", "extension_takes_embed",
-    "gemm_takes_bias", "layer_norm", "layer_norm_ref", "linear_bias_act", "linear_residual_layer_norm",
+    "layer_norm", "layer_norm_ref", "linear_bias_act", "linear_residual_layer_norm",
     "requested_backend", "triton_status", "use_backend",
 ]
 

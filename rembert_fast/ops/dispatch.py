@@ -316,16 +316,6 @@ def use_triton(
     return not needs_autograd(tensors) and backend_for(op, device, dtype) == "triton"
 
 
-def gemm_takes_bias(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
-    """Whether a Linear feeding layer_norm(x_bias=...) or bias_act should add its bias in the GEMM.
-
-    True where that op runs eagerly: `F.linear` with a bias is one addmm, while a bias handed to the
-    eager op is an extra pass over the output (about 3% of a full-width layer on CPU). False where the
-    Triton kernel runs: it adds the bias in the pass it makes anyway.
-    """
-    return not use_triton("layer_norm", x.device, x.dtype, (x, *params))
-
-
 def extension_takes_embed(
     word_weight: torch.Tensor,
     position_weight: torch.Tensor,

@@ -133,9 +133,7 @@ def tune(device: torch.device, dtype: torch.dtype, shapes: Shapes, tokens: tuple
     for name, sizes in (("tokens", tokens), ("seqlens", seqlens)):
         if not sizes or any(t <= 0 for t in sizes):
             raise ValueError(f"{name} must be positive bucket sizes, got {sizes}")
-    if timer is None:
-        median = default_timer(device)
-        timer = lambda name, fn: median(fn)  # noqa: E731
+    timer = timer or choosing.default_timer(device)
     rows: list[Row] = []
     for op, variant, width, bucket in call_classes(shapes, tokens, seqlens):
         if bucket[1] > bucket[0]:  # a sequence longer than the batch's rows: no call meets it

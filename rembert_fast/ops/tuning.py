@@ -96,11 +96,6 @@ def cache_path(device_type: str) -> Path:
     return Path(base) / f"tune-{slug}.json"
 
 
-def read_cache(path: Path, key: dict[str, Any]) -> dict[str, str | None]:
-    """The verdicts in `path` if it holds this key's; {} (with one warning) for a corrupt or foreign file."""
-    return _read_tables(path, key)[0]
-
-
 def _read_tables(path: Path, key: dict[str, Any]) -> tuple[dict[str, str | None], dict[str, dict[str, Any]]]:
     """(verdicts, choices) in `path` if it holds this key's; empty (one warning) for a corrupt or foreign
     file."""
