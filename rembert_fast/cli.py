@@ -393,6 +393,99 @@ def _infer(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
+# ----------------------------------------------------------------------------------------- tune
+_TUNE_DTYPES = ("fp32", "fp16", "bf16")
+
+
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--config", choices=("default",), default="default",
+                       help="RemBERT's published widths (default)")
+    which.add_argument("--model", help="a model directory or config.json whose widths to tune for")
+    parser.add_argument("--dtype", choices=_TUNE_DTYPES, default=None,
+                        help="default: bf16 on CUDA, fp32 on the CPU interpreter")
+    parser.add_argument("--shapes", default="128,512",
+                        help="comma-separated token counts, each rounded up to its power-of-two bucket "
+                             "(default: 128,512)")
+    parser.add_argument("--seqlens", default="128,512",
+                        help="comma-separated longest-sequence lengths for attention (default: 128,512)")
+    parser.add_argument("--json", metavar="PATH", help="also write the table as JSON to PATH")
+
+
+def _tune_shapes(model: str | None) -> Any:
+    """The widths of `model` (a directory holding config.json, or the file), or RemBERT's defaults."""
+    from rembert_fast.ops.tune import Shapes
+
+    if model is None:
+        return Shapes()
+    path = Path(model)
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model {model}: cannot read {path}: {error}") from None
+    return Shapes(cfg.get("hidden_size", 1152), cfg.get("intermediate_size", 4608),  # RemBERT's defaults
+                  cfg.get("num_attention_heads", 18), cfg.get("hidden_act", "gelu"),
+                  cfg.get("input_embedding_size", 256), bool(cfg.get("is_decoder", False)))
+
+
+def _sizes(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a comma-separated list of sizes") from None
+
+
+def format_tune_table(rows: list[Any], key: str) -> str:
+    """The table `rembert-fast tune` prints: op, key, bucket, each candidate's ms, choice, probe error."""
+    lines = [f"{'op (variant, width)':<40} {'key':<26} {'bucket':<11} {'candidates (ms)':<52} {'choice':<12} "
+             "probe"]
+    for r in rows:
+        call, _, width, _ = r.entry.split("|")
+        bucket = f"t{r.tokens}" + (f" s{r.seqlen}" if r.seqlen else "")
+        ms = " ".join(f"{name}={value:.3f}" for name, value in r.ms.items())
+        lines.append(f"{call + ' ' + width:<40} {key:<26} {bucket:<11} {ms:<52} {r.choice:<12} "
+                     f"{r.probe_error or 'ok'}")
+    return "\n".join(lines)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """`rembert-fast tune`: probe and time the fused ops, fill the cache, print the table."""
+    import dataclasses
+
+    import torch
+
+    from rembert_fast.kernels._launch import interpreting
+    from rembert_fast.ops import tune, tuning
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    elif interpreting():
+        device = torch.device("cpu")
+    else:
+        print("rembert-fast tune: no CUDA device and TRITON_INTERPRET is not set: only eager runs here, "
+              "nothing to tune", file=sys.stderr)
+        return EXIT_USAGE
+    dtypes = dict(zip(_TUNE_DTYPES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+    try:
+        shapes = _tune_shapes(args.model)
+        tokens = _sizes("--shapes", args.shapes)
+        seqlens = _sizes("--seqlens", args.seqlens)
+        dtype = dtypes[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+        rows = tune.tune(device, dtype, shapes, tokens, seqlens)
+    except ValueError as error:
+        print(f"rembert-fast tune: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    key = tuning.device_key(device.type)
+    print(format_tune_table(rows, f"{key['gpu']} {key['capability'] or ''} {str(dtype)[6:]}".strip()))
+    print(f"cache: {tuning.cache_path(device.type)}")
+    if args.json:
+        table = {"schema": "rembert_fast.tune/1", "key": key, "dtype": str(dtype).removeprefix("torch."),
+                 "rows": [dataclasses.asdict(r) for r in rows]}
+        Path(args.json).write_text(json.dumps(table, indent=1) + "\n")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -462,12 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
                            description=bench_module.__doc__.splitlines()[0])
     bench_module.add_arguments(bench)
     bench.set_defaults(func=bench_module.run)
-    from rembert_fast.ops import timing
-
     tune = sub.add_parser("tune", help="probe and time the fused ops on this GPU, fill the tuning cache",
-                          description=timing.__doc__.splitlines()[0])
-    timing.add_arguments(tune)
-    tune.set_defaults(func=timing.run)
+                          description="make, ahead of time, the per-bucket choices a model's first calls "
+                                      "would make")
+    _tune_arguments(tune)
+    tune.set_defaults(func=_tune)
     return parser
 
 

@@ -14,7 +14,7 @@ i.e. empty sequences, whose attention programs exit at once. Dummy rows are comp
 `max_seqlen` is the bucket, known on the host: no device sync for it.
 
 Before a bucket is captured, every dispatch decision its forward needs is made for its shapes
-(`ops.timing.decide_ahead`: probe, timing, choice), so nothing is probed or timed inside the capture.
+(`ops.tune.decide_ahead`: probe, timing, choice), so nothing is probed or timed inside the capture.
 Each bucket is then warmed up once on a side stream (Triton autotunes there, once per bucket, never per
 shape) and captured; later batches only copy their packed ids in (one host-to-device copy of a
 pinned staging buffer) and replay. All graphs share one memory pool: safe because replays are
@@ -278,11 +278,11 @@ class CudaGraphRunner:
     def _decide_before_capture(self, graph: _Graph) -> None:
         """Every dispatch decision the bucket's forward needs, made now (probe, timing): inside the capture
         each op finds its decision made and nothing is probed or timed."""
-        from rembert_fast.ops import timing
+        from rembert_fast.ops import tune
 
         dtype = self.model.encoder.layer[0].attention.self.query.weight.dtype
-        timing.decide_ahead(timing.shapes_of_config(self.model.config), graph.tokens, graph.max_seqlen,
-                            self._device(), dtype)
+        tune.decide_ahead(tune.shapes_of_config(self.model.config), graph.tokens, graph.max_seqlen,
+                          self._device(), dtype)
 
     def _body(self, graph: _Graph, static: torch.Tensor) -> torch.Tensor:
         ids, positions, types, cu, _ = graph.views(static)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rembert_fast import extension
 from rembert_fast.ops import competitors, contract, dispatch, library
 from rembert_fast.ops.contract import ACTIVATIONS, FLOAT_DTYPES, check_ids
 from rembert_fast.ops.dispatch import (
@@ -290,8 +291,6 @@ def embed(
                            (width, 0 if proj_weight is None else proj_weight.shape[0]), input_ids.device,
                            word_weight.dtype, input_ids.numel(), ())
     if impl == "cuda" and not grads:
-        from rembert_fast import extension
-
         # On `auto`, what the kernel cannot read as it is takes the eager path.
         if extension_takes_embed(word_weight, position_weight, type_weight, ln_weight, ln_bias):
             if torch.compiler.is_compiling():
