@@ -129,9 +129,10 @@ def _model_directory(name: str) -> Path:
     if Path(name).is_dir():
         return Path(name)
     from rembert_fast import hub
+    from rembert_fast.inference.model_files import model_directory
 
     try:
-        return Path(hub.model_directory(name))
+        return Path(model_directory(name))
     except hub.PretrainedNotFoundError as error:
         raise UsageError(f"model directory: {error}") from None
 
