@@ -7,7 +7,8 @@
 
 The batch subcommands are a thin shell over `rembert_fast.inference`: they check the arguments, lock
 the output, pick the writer for the output's suffix, continue a partial output with `--resume` (same
-settings only), and under `torchrun` split the input across processes and merge the parts.
+settings only), and under `torchrun` split the input across processes and merge the parts
+(`inference.distributed`).
 
 Exit status of a batch subcommand, each failure with a one-line message (a traceback with --debug):
     0    every line has a result
@@ -20,15 +21,11 @@ Exit status of a batch subcommand, each failure with a one-line message (a trace
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import shlex
 import signal
-import socket
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -89,39 +86,13 @@ def _shard_lines(total: int, rank: int, world: int, window: int) -> int:
 
 
 def _distributed(device: str | None) -> tuple[int, int, str | None]:
-    """(rank, world size, device) under torchrun; (0, 1, device) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    import torch
-    import torch.distributed as dist
+    """(rank, world size, device) under torchrun (`inference.distributed.join`); (0, 1, device) otherwise."""
+    from rembert_fast.inference import distributed
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-    if device.startswith("cuda"):
-        from rembert_fast import inference
-
-        try:  # cuda:LOCAL_RANK may not exist (more processes than GPUs): say so, not a CUDA traceback
-            torch.cuda.set_device(inference.resolve_device(device))
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-    # gloo even on GPUs: the only collectives are a few counts held on the host and a barrier, and NCCL
-    # would refuse two ranks on one GPU (--device cuda:0) at the first collective, after all the work.
-    # Ranks finish their shares at different times and wait for the slowest at the merge.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _reduce(values: list[float], op: str) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return tensor.tolist()
+    try:  # cuda:LOCAL_RANK may not exist (more processes than GPUs): say so, not a CUDA traceback
+        return distributed.join(device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _model_directory(name: str) -> Path:
@@ -237,22 +208,6 @@ def _lock(paths: list[Path]) -> list[Any]:
     return locks
 
 
-def _other_ranks_exited(pids: list[tuple[str, int]]) -> None:
-    """Wait (30 s at most) until the other ranks on this host have exited: torchrun, seeing a rank exit
-    non-zero while others still run, kills them and reports them failed too."""
-    deadline = time.monotonic() + 30
-    for host, pid in pids:
-        while host == socket.gethostname() and pid != os.getpid() and time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                break
-            if state in ("Z", "X"):  # exited, not yet reaped by torchrun
-                break
-            time.sleep(0.02)
-
-
 def _run_task(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from rembert_fast.integrations.ray_job import run_job
@@ -336,23 +291,16 @@ def _write(args: argparse.Namespace, stream: Any, engine: Any, jsonl: bool, outp
     counts += [writer.prior_records, writer.prior_errors]
     seconds = stats.seconds
     if world > 1:
-        import torch.distributed as dist
+        from rembert_fast.inference import distributed
 
-        # Both reductions also wait for every rank to finish its part before rank 0 merges.
-        counts = [int(c) for c in _reduce(counts, "sum")]
-        seconds = _reduce([seconds], "max")[0]
+        counts, seconds = distributed.combine(counts, seconds)
         errors_now, prior_errors = counts[1], counts[5]
         if rank == 0 and errors is None:
             inference.merge_jsonl([_part(output, r, world) for r in range(world)], output)
         elif rank == 0:
             parts = [(_part(output, r, world), _part(errors, r, world)) for r in range(world)]
             inference.merge_npy(parts, output, errors, args.window)
-        pids: list[Any] = [None] * world
-        dist.all_gather_object(pids, (socket.gethostname(), os.getpid()))
-        dist.barrier()
-        dist.destroy_process_group()
-        if rank == 0 and errors_now + prior_errors:
-            _other_ranks_exited(pids)
+        distributed.leave(rank, wait_for_others=bool(errors_now + prior_errors))
     lines, errors_now, truncated, tokens, prior_records, prior_errors = counts
     if rank == 0:
         summary = inference.RunStats(lines, errors_now, truncated, tokens, seconds).summary()
