@@ -56,7 +56,7 @@ from rembert_fast.modeling.modules import (
 )
 from rembert_fast.modeling.pretrained import RemBertPreTrainedModel
 from rembert_fast.packed import (
-    PackedBatch,
+    EncodedBatch,
     embed_tokens,
     fused_qkv,
     packed_encoder_forward,
@@ -87,5 +87,5 @@ __all__ = [
     "packed_layer_forward",
     "packed_encoder_forward",
     "embed_tokens",
-    "PackedBatch",
+    "EncodedBatch",
 ]

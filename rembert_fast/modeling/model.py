@@ -1,5 +1,5 @@
 """RemBertModel: validate the inputs, pick the path (`packed.packable`), run the encoder and the
-pooler. Both paths hand their result to the heads as one `packed.PackedBatch`."""
+pooler. Both paths hand their result to the heads as one `packed.EncodedBatch`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from rembert_fast.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     PastKeyValues,
 )
-from rembert_fast.packed import PackedBatch, embed_tokens
+from rembert_fast.packed import EncodedBatch, embed_tokens
 
 
 class RemBertModel(RemBertPreTrainedModel):
@@ -105,7 +105,7 @@ class RemBertModel(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         padding_positions: bool = False,
-    ) -> PackedBatch:
+    ) -> EncodedBatch:
         """Validate the inputs, pick the path, run the encoder and the pooler.
 
         `padding_positions=True` asks for transformers' hidden states at padding positions too (a head
@@ -173,7 +173,7 @@ class RemBertModel(RemBertPreTrainedModel):
         position_ids: torch.Tensor | None,
         inputs_embeds: torch.Tensor | None,
         output_hidden_states: bool,
-    ) -> PackedBatch:
+    ) -> EncodedBatch:
         enc = packed.packed_encoder_forward(
             self.embeddings,
             self.encoder,
@@ -206,7 +206,7 @@ class RemBertModel(RemBertPreTrainedModel):
         output_hidden_states: bool,
         batch: int,
         seqlen: int,
-    ) -> PackedBatch:
+    ) -> EncodedBatch:
         config = self.config
         device = (input_ids if input_ids is not None else inputs_embeds).device
         if position_ids is None:
@@ -284,7 +284,7 @@ class RemBertModel(RemBertPreTrainedModel):
                 else torch.zeros(batch, dtype=torch.long, device=device)
             )
             pooled = self.pooler(sequence[torch.arange(batch, device=device), first])
-        return PackedBatch.from_padded(
+        return EncodedBatch.from_padded(
             sequence,
             pooled=pooled,
             hidden_states=hidden_states,
