@@ -61,20 +61,11 @@ class RemBertModel(RemBertPreTrainedModel):
         return_dict: bool | None = None,
         cache: PastKeyValues | None = None,  # transformers 5's name for past_key_values
     ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple[Any, ...]:
-        enc = self.encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=one_cache(past_key_values, cache),
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                          encoder_hidden_states=encoder_hidden_states,
+                          encoder_attention_mask=encoder_attention_mask,
+                          past_key_values=one_cache(past_key_values, cache), use_cache=use_cache,
+                          output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         sequence_output = enc.padded()  # (B, L, hidden)
         hidden_states = enc.padded_hidden_states()
         if not return_dict_of(self.config, return_dict):
