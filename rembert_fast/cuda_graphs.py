@@ -47,7 +47,8 @@ from typing import Any
 
 import torch
 
-from rembert_fast import ops
+from rembert_fast import capture_failure, ops
+from rembert_fast.ops import tune
 from rembert_fast.packed import EncodedBatch, encode_rows
 
 DEFAULT_TOKEN_BUCKETS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
@@ -318,8 +319,6 @@ class CudaGraphRunner:
     def _decide_before_capture(self, graph: _Graph) -> None:
         """Every dispatch decision the bucket's forward needs, made now (probe, timing): inside the capture
         each op finds its decision made and nothing is probed or timed."""
-        from rembert_fast.ops import tune
-
         dtype = self.model.encoder.layer[0].attention.self.query.weight.dtype
         tune.decide_ahead(tune.shapes_of_config(self.model.config), graph.tokens, graph.max_seqlen,
                           self._device(), dtype)
@@ -358,8 +357,6 @@ class CudaGraphRunner:
                             host.max_seqlen, host.batch, host.seqlen)
 
     def _capture(self, graph: _Graph, device: torch.device) -> None:
-        from rembert_fast import capture_failure
-
         if capture_failure.disabled_reason() is not None:  # an earlier failure left torch unable to capture
             self.capture_error = capture_failure.disabled_reason()
             return

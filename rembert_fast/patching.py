@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from rembert_fast import ops, packed
+from rembert_fast.cuda_graphs import CudaGraphRunner
 from rembert_fast.modeling.inputs import loss_reads_padding
 from rembert_fast.modeling.modules import prediction_head_forward
 from rembert_fast.padding import NoRealTokensError
@@ -261,9 +262,7 @@ def _head_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         state["padding_positions"] = False
 
 
-def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:
-    from rembert_fast.cuda_graphs import CudaGraphRunner
-
+def _graph_runner(self: nn.Module, state: dict[str, Any]) -> CudaGraphRunner:
     if state["runner"] is None:
         state["runner"] = CudaGraphRunner(self)
     return state["runner"]

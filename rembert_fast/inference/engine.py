@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rembert_fast import ops
 from rembert_fast.inference import truncation
 from rembert_fast.inference.inputs import LineError, parse_item
 from rembert_fast.inference.tasks import AGGREGATIONS, POOLINGS, TASKS, TRAINED_HEAD, TaskOutputs, model_class
@@ -120,8 +121,6 @@ class InferenceEngine:
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task {task!r} is not one of {TASKS}")
-        from rembert_fast import ops
-
         ops.requested_backend()  # a bad $REMBERT_FAST_BACKEND fails here, not in every batch
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
