@@ -39,7 +39,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from rembert_fast import hub
-from rembert_fast.configuration import CONFIG_NAME, LOADER_ONLY_KEYWORDS, RemBertConfig
+from rembert_fast.configuration import CONFIG_NAME, RemBertConfig
+from rembert_fast.hub import LOADER_ONLY_KEYWORDS
 
 if TYPE_CHECKING:
     from rembert_fast.modeling import RemBertPreTrainedModel

@@ -7,7 +7,8 @@
 
 The batch subcommands are a thin shell over `rembert_fast.inference`: they check the arguments, lock
 the output, pick the writer for the output's suffix, continue a partial output with `--resume` (same
-settings only), and under `torchrun` split the input across processes and merge the parts.
+settings only), and under `torchrun` split the input across processes and merge the parts
+(`inference.distributed`).
 
 Exit status of a batch subcommand, each failure with a one-line message (a traceback with --debug):
     0    every line has a result
@@ -20,15 +21,11 @@ Exit status of a batch subcommand, each failure with a one-line message (a trace
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import shlex
 import signal
-import socket
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -89,39 +86,13 @@ def _shard_lines(total: int, rank: int, world: int, window: int) -> int:
 
 
 def _distributed(device: str | None) -> tuple[int, int, str | None]:
-    """(rank, world size, device) under torchrun; (0, 1, device) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    import torch
-    import torch.distributed as dist
+    """(rank, world size, device) under torchrun (`inference.distributed.join`); (0, 1, device) otherwise."""
+    from rembert_fast.inference import distributed
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-    if device.startswith("cuda"):
-        from rembert_fast import inference
-
-        try:  # cuda:LOCAL_RANK may not exist (more processes than GPUs): say so, not a CUDA traceback
-            torch.cuda.set_device(inference.resolve_device(device))
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-    # gloo even on GPUs: the only collectives are a few counts held on the host and a barrier, and NCCL
-    # would refuse two ranks on one GPU (--device cuda:0) at the first collective, after all the work.
-    # Ranks finish their shares at different times and wait for the slowest at the merge.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _reduce(values: list[float], op: str) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return tensor.tolist()
+    try:  # cuda:LOCAL_RANK may not exist (more processes than GPUs): say so, not a CUDA traceback
+        return distributed.join(device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _model_directory(name: str) -> Path:
@@ -129,9 +100,10 @@ def _model_directory(name: str) -> Path:
     if Path(name).is_dir():
         return Path(name)
     from rembert_fast import hub
+    from rembert_fast.inference.model_files import model_directory
 
     try:
-        return Path(hub.model_directory(name))
+        return Path(model_directory(name))
     except hub.PretrainedNotFoundError as error:
         raise UsageError(f"model directory: {error}") from None
 
@@ -236,22 +208,6 @@ def _lock(paths: list[Path]) -> list[Any]:
     return locks
 
 
-def _other_ranks_exited(pids: list[tuple[str, int]]) -> None:
-    """Wait (30 s at most) until the other ranks on this host have exited: torchrun, seeing a rank exit
-    non-zero while others still run, kills them and reports them failed too."""
-    deadline = time.monotonic() + 30
-    for host, pid in pids:
-        while host == socket.gethostname() and pid != os.getpid() and time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                break
-            if state in ("Z", "X"):  # exited, not yet reaped by torchrun
-                break
-            time.sleep(0.02)
-
-
 def _run_task(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from rembert_fast.integrations.ray_job import run_job
@@ -335,23 +291,16 @@ def _write(args: argparse.Namespace, stream: Any, engine: Any, jsonl: bool, outp
     counts += [writer.prior_records, writer.prior_errors]
     seconds = stats.seconds
     if world > 1:
-        import torch.distributed as dist
+        from rembert_fast.inference import distributed
 
-        # Both reductions also wait for every rank to finish its part before rank 0 merges.
-        counts = [int(c) for c in _reduce(counts, "sum")]
-        seconds = _reduce([seconds], "max")[0]
+        counts, seconds = distributed.combine(counts, seconds)
         errors_now, prior_errors = counts[1], counts[5]
         if rank == 0 and errors is None:
             inference.merge_jsonl([_part(output, r, world) for r in range(world)], output)
         elif rank == 0:
             parts = [(_part(output, r, world), _part(errors, r, world)) for r in range(world)]
             inference.merge_npy(parts, output, errors, args.window)
-        pids: list[Any] = [None] * world
-        dist.all_gather_object(pids, (socket.gethostname(), os.getpid()))
-        dist.barrier()
-        dist.destroy_process_group()
-        if rank == 0 and errors_now + prior_errors:
-            _other_ranks_exited(pids)
+        distributed.leave(rank, wait_for_others=bool(errors_now + prior_errors))
     lines, errors_now, truncated, tokens, prior_records, prior_errors = counts
     if rank == 0:
         summary = inference.RunStats(lines, errors_now, truncated, tokens, seconds).summary()
@@ -391,6 +340,99 @@ def _infer(args: argparse.Namespace) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
+
+
+# ----------------------------------------------------------------------------------------- tune
+_TUNE_DTYPES = ("fp32", "fp16", "bf16")
+
+
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--config", choices=("default",), default="default",
+                       help="RemBERT's published widths (default)")
+    which.add_argument("--model", help="a model directory or config.json whose widths to tune for")
+    parser.add_argument("--dtype", choices=_TUNE_DTYPES, default=None,
+                        help="default: bf16 on CUDA, fp32 on the CPU interpreter")
+    parser.add_argument("--shapes", default="128,512",
+                        help="comma-separated token counts, each rounded up to its power-of-two bucket "
+                             "(default: 128,512)")
+    parser.add_argument("--seqlens", default="128,512",
+                        help="comma-separated longest-sequence lengths for attention (default: 128,512)")
+    parser.add_argument("--json", metavar="PATH", help="also write the table as JSON to PATH")
+
+
+def _tune_shapes(model: str | None) -> Any:
+    """The widths of `model` (a directory holding config.json, or the file), or RemBERT's defaults."""
+    from rembert_fast.ops.tune import Shapes
+
+    if model is None:
+        return Shapes()
+    path = Path(model)
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model {model}: cannot read {path}: {error}") from None
+    return Shapes(cfg.get("hidden_size", 1152), cfg.get("intermediate_size", 4608),  # RemBERT's defaults
+                  cfg.get("num_attention_heads", 18), cfg.get("hidden_act", "gelu"),
+                  cfg.get("input_embedding_size", 256), bool(cfg.get("is_decoder", False)))
+
+
+def _sizes(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a comma-separated list of sizes") from None
+
+
+def format_tune_table(rows: list[Any], key: str) -> str:
+    """The table `rembert-fast tune` prints: op, key, bucket, each candidate's ms, choice, probe error."""
+    lines = [f"{'op (variant, width)':<40} {'key':<26} {'bucket':<11} {'candidates (ms)':<52} {'choice':<12} "
+             "probe"]
+    for r in rows:
+        call, _, width, _ = r.entry.split("|")
+        bucket = f"t{r.tokens}" + (f" s{r.seqlen}" if r.seqlen else "")
+        ms = " ".join(f"{name}={value:.3f}" for name, value in r.ms.items())
+        lines.append(f"{call + ' ' + width:<40} {key:<26} {bucket:<11} {ms:<52} {r.choice:<12} "
+                     f"{r.probe_error or 'ok'}")
+    return "\n".join(lines)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """`rembert-fast tune`: probe and time the fused ops, fill the cache, print the table."""
+    import dataclasses
+
+    import torch
+
+    from rembert_fast.kernels._launch import interpreting
+    from rembert_fast.ops import tune, tuning
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    elif interpreting():
+        device = torch.device("cpu")
+    else:
+        print("rembert-fast tune: no CUDA device and TRITON_INTERPRET is not set: only eager runs here, "
+              "nothing to tune", file=sys.stderr)
+        return EXIT_USAGE
+    dtypes = dict(zip(_TUNE_DTYPES, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+    try:
+        shapes = _tune_shapes(args.model)
+        tokens = _sizes("--shapes", args.shapes)
+        seqlens = _sizes("--seqlens", args.seqlens)
+        dtype = dtypes[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+        rows = tune.tune(device, dtype, shapes, tokens, seqlens)
+    except ValueError as error:
+        print(f"rembert-fast tune: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    key = tuning.device_key(device.type)
+    print(format_tune_table(rows, f"{key['gpu']} {key['capability'] or ''} {str(dtype)[6:]}".strip()))
+    print(f"cache: {tuning.cache_path(device.type)}")
+    if args.json:
+        table = {"schema": "rembert_fast.tune/1", "key": key, "dtype": str(dtype).removeprefix("torch."),
+                 "rows": [dataclasses.asdict(r) for r in rows]}
+        Path(args.json).write_text(json.dumps(table, indent=1) + "\n")
+    return 0
 
 
 def _positive(text: str) -> int:
@@ -462,12 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
                            description=bench_module.__doc__.splitlines()[0])
     bench_module.add_arguments(bench)
     bench.set_defaults(func=bench_module.run)
-    from rembert_fast.ops import timing
-
     tune = sub.add_parser("tune", help="probe and time the fused ops on this GPU, fill the tuning cache",
-                          description=timing.__doc__.splitlines()[0])
-    timing.add_arguments(tune)
-    tune.set_defaults(func=timing.run)
+                          description="make, ahead of time, the per-bucket choices a model's first calls "
+                                      "would make")
+    _tune_arguments(tune)
+    tune.set_defaults(func=_tune)
     return parser
 
 

@@ -14,14 +14,9 @@ from typing import Any
 
 from rembert_fast import hub
 from rembert_fast.hf_base import TRANSFORMERS, ConfigBase
+from rembert_fast.hub import LOADER_ONLY_KEYWORDS
 
 CONFIG_NAME = "config.json"
-# transformers' from_pretrained keywords for its loader, with no effect here: the models' and tokenizers'
-# from_pretrained accept them (so a transformers call works unchanged) and drop them, never storing them in
-# a config. `attn_implementation`: rembert_fast's attention is its own on every path; `use_fast`: each
-# tokenizer class is what it is. The Hub's keywords (revision, cache_dir, ...) are `hub.HUB_KEYWORDS`.
-LOADER_ONLY_KEYWORDS = ("trust_remote_code", "proxies", "low_cpu_mem_usage", "attn_implementation",
-                        "use_safetensors", "_fast_init", "resume_download", "use_fast")
 
 _DEFAULTS: dict[str, Any] = {
     "vocab_size": 250300,

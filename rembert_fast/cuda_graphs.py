@@ -14,7 +14,7 @@ i.e. empty sequences, whose attention programs exit at once. Dummy rows are comp
 `max_seqlen` is the bucket, known on the host: no device sync for it.
 
 Before a bucket is captured, every dispatch decision its forward needs is made for its shapes
-(`ops.timing.decide_ahead`: probe, timing, choice), so nothing is probed or timed inside the capture.
+(`ops.tune.decide_ahead`: probe, timing, choice), so nothing is probed or timed inside the capture.
 Each bucket is then warmed up once on a side stream (Triton autotunes there, once per bucket, never per
 shape) and captured; later batches only copy their packed ids in (one host-to-device copy of a
 pinned staging buffer) and replay. All graphs share one memory pool: safe because replays are
@@ -42,12 +42,14 @@ import math
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rembert_fast import ops
-from rembert_fast.packed import HostBatch, PackedBatch, pack_on_host, packed_layer_forward
+from rembert_fast import capture_failure, ops
+from rembert_fast.ops import tune
+from rembert_fast.packed import EncodedBatch, encode_rows
 
 DEFAULT_TOKEN_BUCKETS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 DEFAULT_SEQLEN_BUCKETS = (32, 64, 128, 256, 512)
@@ -64,6 +66,64 @@ def _base_model(model: Any) -> Any:
     return base
 
 
+@dataclass
+class HostBatch:
+    """The packed inputs of a batch built on the host (int64 CPU tensors), for callers that lay them out
+    in buffers of their own before the device sees them (the CUDA-graph runner). Built by
+    `pack_on_host`."""
+
+    ids: torch.Tensor  # (T,)
+    positions: torch.Tensor  # (T,)
+    types: torch.Tensor  # (T,)
+    indices: torch.Tensor  # (T,) flat indices into batch * seqlen
+    lengths: torch.Tensor  # (B,) real tokens per sequence
+    batch: int
+    seqlen: int
+
+    @property
+    def tokens(self) -> int:
+        return self.ids.numel()
+
+    @property
+    def max_seqlen(self) -> int:
+        return int(self.lengths.max()) if self.batch else 0
+
+
+def pack_on_host(
+    config: Any,  # RemBertConfig (ours or transformers'): the tables' sizes
+    input_ids: torch.Tensor,  # (B, L) int
+    attention_mask: torch.Tensor | None = None,  # (B, L), non-zero = real token; None = all real
+    token_type_ids: torch.Tensor | None = None,  # (B, L) or None (zeros)
+    position_ids: torch.Tensor | None = None,  # (B, L) or (1, L) or None (the column index)
+) -> HostBatch:
+    """Pack the real tokens of a batch on the CPU and check every id against its table.
+
+    Inputs on a GPU are copied to the host first (one sync); inputs from a tokenizer cost none.
+    Position ids default to the column index, as in transformers, so left padding keeps its positions.
+    Raises ValueError naming a bad shape or the first id outside its table.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seqlen), got shape {tuple(input_ids.shape)}")
+    batch, seqlen = input_ids.shape
+    ids = input_ids.to("cpu", torch.int64)
+    mask = (torch.ones(batch, seqlen, dtype=torch.bool) if attention_mask is None
+            else attention_mask.to("cpu").bool())
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; input_ids has {tuple(ids.shape)}")
+    indices = mask.flatten().nonzero().flatten()
+    if position_ids is None:
+        positions = indices % seqlen
+    else:
+        positions = position_ids.to("cpu", torch.int64).expand(batch, seqlen).flatten()[indices]
+    types = (torch.zeros_like(indices) if token_type_ids is None
+             else token_type_ids.to("cpu", torch.int64).expand(batch, seqlen).flatten()[indices])
+    packed = ids.flatten()[indices]
+    ops.check_ids("input_ids", packed, config.vocab_size, "vocab_size")
+    ops.check_ids("position_ids", positions, config.max_position_embeddings, "max_position_embeddings")
+    ops.check_ids("token_type_ids", types, config.type_vocab_size, "type_vocab_size")
+    return HostBatch(packed, positions, types, indices, mask.sum(dim=1), batch, seqlen)
+
+
 def encode_packed(
     model: Any,  # a RemBertModel (rembert_fast's or transformers')
     ids: torch.Tensor,  # (T,) int token ids, already range-checked
@@ -72,28 +132,10 @@ def encode_packed(
     cu_seqlens: torch.Tensor,  # (N+1,) int32, may describe dummy and empty sequences
     max_seqlen: int,  # an upper bound of the sequence lengths
 ) -> torch.Tensor:
-    """Embeddings and every layer on packed rows; (T, hidden). No host sync, so it can be captured."""
-    from rembert_fast import extension
-
-    emb, encoder, config = model.embeddings, model.encoder, model.config
-    args = (ids.long(), positions.long(), types.long(), emb.word_embeddings.weight,
-            emb.position_embeddings.weight, emb.token_type_embeddings.weight, emb.LayerNorm.weight,
-            emb.LayerNorm.bias, emb.LayerNorm.eps, encoder.embedding_hidden_mapping_in.weight,
-            encoder.embedding_hidden_mapping_in.bias)
-    # ops.embed checks the ids with a device sync, which a graph capture cannot hold; they were checked
-    # on the host, so call the backend ops.embed would pick directly, without its check.
-    proj = encoder.embedding_hidden_mapping_in.weight
-    use_extension = (ids.device.type == "cuda" and ops.extension_takes_embed(*args[3:8])
-                     and ops.dispatch.choose("embed", (True,), tuple(reversed(proj.shape)), ids.device,
-                                             emb.word_embeddings.weight.dtype, ids.shape[0], ()) == "cuda")
-    module = extension.load() if use_extension else None
-    if module is not None:
-        hidden = extension.embed(module, *args, check_ids=False)
-    else:
-        hidden = ops.embed_ref(*args)
-    for layer in encoder.layer:
-        hidden = packed_layer_forward(layer, hidden, cu_seqlens, max_seqlen, config.hidden_act,
-                                      bool(config.is_decoder))
+    """The packed path's embeddings and layers (`packed.encode_rows`) on rows checked on the host;
+    (T, hidden). No host sync, so it can be captured."""
+    hidden, _ = encode_rows(model.embeddings, model.encoder, model.config, ids.long(), types.long(),
+                            positions.long(), cu_seqlens, max_seqlen, ids_checked=True)
     return hidden
 
 
@@ -155,7 +197,7 @@ class CudaGraphRunner:
             bucketed shapes still run, eagerly (what the CPU tests exercise).
 
     Call it like the model's encoder: `runner(input_ids, attention_mask, token_type_ids, position_ids)`
-    returns a `PackedBatch`.
+    returns a `EncodedBatch`.
     """
 
     def __init__(
@@ -224,7 +266,7 @@ class CudaGraphRunner:
         attention_mask: torch.Tensor | None = None,  # (B, L)
         token_type_ids: torch.Tensor | None = None,  # (B, L)
         position_ids: torch.Tensor | None = None,  # (B, L) or (1, L)
-    ) -> PackedBatch:
+    ) -> EncodedBatch:
         host = pack_on_host(self.model.config, input_ids, attention_mask, token_type_ids, position_ids)
         key = self.bucket(host.tokens, host.max_seqlen, host.batch)
         if host.tokens == 0 or key is None or (self.use_graphs and not self._capturable()):
@@ -251,9 +293,8 @@ class CudaGraphRunner:
         a head_dim the kernel lacks) finds its rows with `nonzero`, a host sync a capture cannot hold."""
         if ops.requested_backend() == "eager" or not ops.triton_status()[0]:
             return False
-        from rembert_fast.kernels.attention import SUPPORTED_HEAD_DIMS
-
-        return self.model.encoder.layer[0].attention.self.attention_head_size in SUPPORTED_HEAD_DIMS
+        head_dim = self.model.encoder.layer[0].attention.self.attention_head_size
+        return head_dim in ops.attention_kernel_head_dims()
 
     def _device(self) -> torch.device:
         return self.model.embeddings.word_embeddings.weight.device
@@ -265,7 +306,7 @@ class CudaGraphRunner:
                   layers[-1].output.dense.weight)
         return tuple((p.data_ptr(), p.dtype, p.device) for p in probes)
 
-    def _eager(self, host: HostBatch) -> PackedBatch:
+    def _eager(self, host: HostBatch) -> EncodedBatch:
         device = self._device()
         cu = torch.nn.functional.pad(torch.cumsum(host.lengths, 0), (1, 0)).to(device, torch.int32)
         if host.tokens == 0:
@@ -273,22 +314,20 @@ class CudaGraphRunner:
         else:
             hidden = encode_packed(self.model, host.ids.to(device), host.positions.to(device),
                                    host.types.to(device), cu, host.max_seqlen)
-        return PackedBatch(hidden, host.indices.to(device), cu, host.max_seqlen, host.batch, host.seqlen)
+        return EncodedBatch(hidden, host.indices.to(device), cu, host.max_seqlen, host.batch, host.seqlen)
 
     def _decide_before_capture(self, graph: _Graph) -> None:
         """Every dispatch decision the bucket's forward needs, made now (probe, timing): inside the capture
         each op finds its decision made and nothing is probed or timed."""
-        from rembert_fast.ops import timing
-
         dtype = self.model.encoder.layer[0].attention.self.query.weight.dtype
-        timing.decide_ahead(timing.shapes_of_config(self.model.config), graph.tokens, graph.max_seqlen,
-                            self._device(), dtype)
+        tune.decide_ahead(tune.shapes_of_config(self.model.config), graph.tokens, graph.max_seqlen,
+                          self._device(), dtype)
 
     def _body(self, graph: _Graph, static: torch.Tensor) -> torch.Tensor:
         ids, positions, types, cu, _ = graph.views(static)
         return encode_packed(self.model, ids, positions, types, cu, graph.max_seqlen)
 
-    def _run_bucket(self, graph: _Graph, host: HostBatch) -> PackedBatch:
+    def _run_bucket(self, graph: _Graph, host: HostBatch) -> EncodedBatch:
         device = self._device()
         if not self.use_graphs:
             static = torch.empty(graph.size, dtype=torch.int32)
@@ -314,12 +353,10 @@ class CudaGraphRunner:
         n = host.tokens
         _, _, _, cu, indices = graph.views(static)
         # Fresh tensors: the static buffers belong to the next replay.
-        return PackedBatch(hidden[:n].clone(), indices[:n].long(), cu[:host.batch + 1].clone(),
+        return EncodedBatch(hidden[:n].clone(), indices[:n].long(), cu[:host.batch + 1].clone(),
                             host.max_seqlen, host.batch, host.seqlen)
 
     def _capture(self, graph: _Graph, device: torch.device) -> None:
-        from rembert_fast import capture_failure
-
         if capture_failure.disabled_reason() is not None:  # an earlier failure left torch unable to capture
             self.capture_error = capture_failure.disabled_reason()
             return

@@ -6,7 +6,7 @@ Where the module comes from, first hit wins:
 2. a just-in-time build with ``torch.utils.cpp_extension.load`` (ninja + nvcc) on first GPU use, into
    ``$REMBERT_FAST_CACHE`` (default ``~/.cache/rembert_fast``) under a directory named after the torch
    and CUDA versions, the GPU architectures, the Python ABI and a hash of the sources, so a rebuilt
-   torch or an edited kernel never loads a stale binary, and later processes load it in about a second;
+   torch or an edited kernel never loads a stale binary, and later processes load it without compiling;
 3. nothing: ``ops.embed`` takes the eager path and ``status()`` says why.
 
 The sources are found in the package (``rembert_fast/csrc``, where a wheel ships them) or beside it

@@ -17,6 +17,12 @@ from typing import Any
 
 # transformers' from_pretrained keywords that choose what to fetch from the Hub and how.
 HUB_KEYWORDS = ("revision", "cache_dir", "local_files_only", "token", "subfolder", "force_download")
+# transformers' from_pretrained keywords for its loader, with no effect here: the models' and tokenizers'
+# from_pretrained accept them (so a transformers call works unchanged) and drop them, never storing them in
+# a config. `attn_implementation`: rembert_fast's attention is its own on every path; `use_fast`: each
+# tokenizer class is what it is.
+LOADER_ONLY_KEYWORDS = ("trust_remote_code", "proxies", "low_cpu_mem_usage", "attn_implementation",
+                        "use_safetensors", "_fast_init", "resume_download", "use_fast")
 
 
 class PretrainedNotFoundError(FileNotFoundError, ValueError):
@@ -108,25 +114,6 @@ def resolve_directory(
             f"(Hub cache {cache!r}; looking for {', '.join(looked_for)}): {reason}"
         ) from None
     return directory
-
-
-def model_directory(name_or_path: str | os.PathLike, **hub_keywords: Any) -> str:
-    """The directory of a whole model (config.json, weights, tokenizer files), for the batch engine and the
-    CLI: `name_or_path` when it exists on the disk, else the Hub snapshot `resolve_directory` fetches (or,
-    offline, finds in the cache) with those files. `hub_keywords` are `HUB_KEYWORDS`.
-
-    Raises:
-        TypeError: a keyword that is not one of `HUB_KEYWORDS`.
-        PretrainedNotFoundError: as `resolve_directory`.
-    """
-    unknown = sorted(set(hub_keywords) - set(HUB_KEYWORDS))
-    if unknown:
-        raise TypeError(f"unexpected keyword {unknown[0]!r}: the Hub keywords are {', '.join(HUB_KEYWORDS)}")
-    from rembert_fast.checkpoint import CONFIG_NAME, HUB_WEIGHT_FILES
-    from rembert_fast.tokenization import RemBertTokenizerFast
-
-    return resolve_directory(name_or_path, (CONFIG_NAME, *RemBertTokenizerFast.hub_files), HUB_WEIGHT_FILES,
-                             **hub_keywords)
 
 
 def _hub_offline() -> bool:

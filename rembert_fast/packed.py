@@ -5,8 +5,8 @@ real tokens of a (B, L) batch become (T, ...) rows, with `cu_seqlens` and `max_s
 attention; a row with no real token raises `padding.NoRealTokensError`), embed the packed ids
 (`embed_tokens`), run every layer on (T, hidden) rows (`packed_layer_forward`: one fused QKV GEMM,
 varlen attention, then the GEMM + epilogue ops `linear_residual_layer_norm` and `linear_bias_act`),
-and pad once at the exit (`PackedBatch.pad`). Heads that need one row per sequence read
-`PackedBatch.first_tokens()` without padding.
+and pad once at the exit (`EncodedBatch.pad`). Heads that need one row per sequence read
+`EncodedBatch.first_tokens()` without padding.
 
 Every function here reads modules by transformers' attribute names only (`attention.self.query`,
 `intermediate.dense`, `embeddings.LayerNorm`, ...), so the same code runs rembert_fast's models and
@@ -27,25 +27,23 @@ from torch import nn
 from rembert_fast import ops, padding
 
 __all__ = [
-    "PackedBatch",
-    "HostBatch",
-    "pack_on_host",
+    "EncodedBatch",
     "packable",
     "plain_modules",
-    "reads_what_it_would_call",
     "fused_qkv",
     "embed_tokens",
     "packed_layer_forward",
+    "encode_rows",
     "packed_encoder_forward",
-    "prediction_head_forward",
     "recomputes",
 ]
 
 
 # ----------------------------------------------------------------------------------------- the type
 @dataclass
-class PackedBatch:
-    """An encoder's output as rows, with what is needed to put rows back in (B, L) form.
+class EncodedBatch:
+    """An encoder's output for a batch as rows, on either path, with what is needed to put rows back in
+    (B, L) form: what every head reads.
 
     On the packed path the rows are the real tokens only (T of them, batch-major) and `indices` maps
     them into the padded batch; with `indices=None` every position of the (B, L) batch is a row (no
@@ -65,7 +63,7 @@ class PackedBatch:
     past_key_values: Any = None  # classic path only: the legacy per-layer KV cache
 
     @classmethod
-    def from_padded(cls, sequence: torch.Tensor, **extras: Any) -> PackedBatch:
+    def from_padded(cls, sequence: torch.Tensor, **extras: Any) -> EncodedBatch:
         """A (B, L, hidden) padded result as rows (a view: every position is a row)."""
         batch, seqlen = sequence.shape[:2]
         cu_seqlens = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=sequence.device)
@@ -111,64 +109,6 @@ class PackedBatch:
         return picked.masked_fill((rows < 0)[:, None], 0.0)
 
 
-@dataclass
-class HostBatch:
-    """The packed inputs of a batch built on the host (int64 CPU tensors), for callers that lay them out
-    in buffers of their own before the device sees them (the CUDA-graph runner). Built by
-    `pack_on_host`."""
-
-    ids: torch.Tensor  # (T,)
-    positions: torch.Tensor  # (T,)
-    types: torch.Tensor  # (T,)
-    indices: torch.Tensor  # (T,) flat indices into batch * seqlen
-    lengths: torch.Tensor  # (B,) real tokens per sequence
-    batch: int
-    seqlen: int
-
-    @property
-    def tokens(self) -> int:
-        return self.ids.numel()
-
-    @property
-    def max_seqlen(self) -> int:
-        return int(self.lengths.max()) if self.batch else 0
-
-
-def pack_on_host(
-    config: Any,  # RemBertConfig (ours or transformers'): the tables' sizes
-    input_ids: torch.Tensor,  # (B, L) int
-    attention_mask: torch.Tensor | None = None,  # (B, L), non-zero = real token; None = all real
-    token_type_ids: torch.Tensor | None = None,  # (B, L) or None (zeros)
-    position_ids: torch.Tensor | None = None,  # (B, L) or (1, L) or None (the column index)
-) -> HostBatch:
-    """Pack the real tokens of a batch on the CPU and check every id against its table.
-
-    Inputs on a GPU are copied to the host first (one sync); inputs from a tokenizer cost none.
-    Position ids default to the column index, as in transformers, so left padding keeps its positions.
-    Raises ValueError naming a bad shape or the first id outside its table.
-    """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, seqlen), got shape {tuple(input_ids.shape)}")
-    batch, seqlen = input_ids.shape
-    ids = input_ids.to("cpu", torch.int64)
-    mask = (torch.ones(batch, seqlen, dtype=torch.bool) if attention_mask is None
-            else attention_mask.to("cpu").bool())
-    if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; input_ids has {tuple(ids.shape)}")
-    indices = mask.flatten().nonzero().flatten()
-    if position_ids is None:
-        positions = indices % seqlen
-    else:
-        positions = position_ids.to("cpu", torch.int64).expand(batch, seqlen).flatten()[indices]
-    types = (torch.zeros_like(indices) if token_type_ids is None
-             else token_type_ids.to("cpu", torch.int64).expand(batch, seqlen).flatten()[indices])
-    packed = ids.flatten()[indices]
-    ops.check_ids("input_ids", packed, config.vocab_size, "vocab_size")
-    ops.check_ids("position_ids", positions, config.max_position_embeddings, "max_position_embeddings")
-    ops.check_ids("token_type_ids", types, config.type_vocab_size, "type_vocab_size")
-    return HostBatch(packed, positions, types, indices, mask.sum(dim=1), batch, seqlen)
-
-
 # ----------------------------------------------------------------------------------------- the rule
 def packable(
     model: nn.Module,  # a RemBertModel (ours or transformers'): config, embeddings, encoder, training
@@ -180,7 +120,6 @@ def packable(
     encoder_hidden_states: torch.Tensor | None = None,
     encoder_attention_mask: torch.Tensor | None = None,
     past_key_values: Any = None,
-    unhooked: bool = False,  # also no hooks or foreign wrappers anywhere (see `plain_modules`)
 ) -> bool:
     """Whether a forward call with these arguments gives its answer on the packed path.
 
@@ -207,40 +146,22 @@ def packable(
         and isinstance(config.hidden_act, str) and config.hidden_act in ops.ACTIVATIONS
         and model.embeddings.word_embeddings.weight.dtype in ops.FLOAT_DTYPES
         and not (model.training and any(layer.attention.self.dropout.p > 0 for layer in model.encoder.layer))
-        and plain_modules(model, unhooked=unhooked)
+        and plain_modules(model)
     )
 
 
 _PLAIN_TORCH = (nn.Linear, nn.Embedding, nn.LayerNorm)
-# Modules a transformers model's packed path may read instead of calling: exactly these types, or
-# transformers' own (RemBERT's blocks, its activation modules).
-_PLAIN_TYPES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Dropout, nn.ModuleList)
 
 
-def _global_hooks() -> bool:
-    hooks = torch.nn.modules.module
-    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
-
-
-def _read_as_called(module: nn.Module) -> bool:
-    """No forward hook or pre-hook on `module`, and its type is one whose forward the packed path
-    reproduces (a plain torch layer or container, or transformers' own)."""
-    return (not module._forward_hooks and not module._forward_pre_hooks
-            and (type(module) in _PLAIN_TYPES or type(module).__module__.startswith("transformers.")))
-
-
-def plain_modules(model: nn.Module, *, unhooked: bool = False) -> bool:
+def plain_modules(model: nn.Module) -> bool:
     """Whether every weight-holding module of the embeddings and encoder is a plain torch layer (or
     RemBERT's own), and no layer is wrapped by PEFT (`base_layer`).
 
     The packed path reads `.weight`/`.bias` of these modules instead of calling them, so a wrapped layer
     (PEFT's LoRA, a quantized Linear, a hooked replacement) would be bypassed: such a model runs the
-    classic path, which calls every module. `unhooked=True` (an `optimize()`d transformers model) also
-    asks, in the same walk, that no module has a forward hook (nor a global one is set) and that every
-    module is a plain torch layer or transformers' own (`reads_what_it_would_call`).
+    classic path, which calls every module. An `optimize()`d transformers model also asks that no
+    module has a forward hook (`patching.reads_what_it_would_call`).
     """
-    if unhooked and _global_hooks():
-        return False
     for part in (model.embeddings, model.encoder):
         for module in part.modules():
             if hasattr(module, "base_layer"):  # PEFT's wrapper of a layer
@@ -249,18 +170,7 @@ def plain_modules(model: nn.Module, *, unhooked: bool = False) -> bool:
             if (module._parameters and kind not in _PLAIN_TORCH
                     and not kind.__module__.startswith(("rembert_fast.", "transformers.models.rembert."))):
                 return False
-            if unhooked and not _read_as_called(module):
-                return False
     return True
-
-
-def reads_what_it_would_call(*roots: nn.Module) -> bool:
-    """Whether a fused forward that reads the weights of the modules under `roots` instead of calling
-    them gives what calling them would: no forward hook or pre-hook on any of them (nor a global one),
-    and no module replaced by a wrapper with a forward of its own (a PEFT LoRA layer, a quantised
-    Linear), whose extra term would be silently skipped. A walk of the modules on every call, since
-    hooks and wrappers can come at any time."""
-    return not _global_hooks() and all(_read_as_called(m) for root in roots for m in root.modules())
 
 
 # ----------------------------------------------------------------------------------------- fused QKV
@@ -395,14 +305,15 @@ def embed_tokens(
     token_type_ids: torch.Tensor,  # (...) int
     position_ids: torch.Tensor,  # (...) int
     inputs_embeds: torch.Tensor | None = None,  # (..., E) instead of input_ids
+    ids_checked: bool = False,  # the ids were checked against their tables on the host (`ops.embed`)
 ) -> torch.Tensor:
     """LN(word[ids] + type[tt] + pos[pos]) -> dropout (training) -> optional projection; (..., E or hidden).
 
     Without dropout the projection runs inside `ops.embed` (fused on CUDA). Ids outside their tables
-    raise ValueError naming the value. When the word table takes gradients and the padding id is among
-    the ids (one host read, in training only), words are looked up by the nn.Embedding itself, so that
-    its `padding_idx` row gets no gradient (nn.Embedding's contract, kept by transformers), which the
-    fused lookup would give it.
+    raise ValueError naming the value (unless `ids_checked`). When the word table takes gradients and
+    the padding id is among the ids (one host read, in training only), words are looked up by the
+    nn.Embedding itself, so that its `padding_idx` row gets no gradient (nn.Embedding's contract, kept by
+    transformers), which the fused lookup would give it.
     """
     words = embeddings.word_embeddings
     if (inputs_embeds is None and words.padding_idx is not None and torch.is_grad_enabled()
@@ -425,6 +336,7 @@ def embed_tokens(
             norm.eps,
             projection.weight if fuse_projection else None,
             projection.bias if fuse_projection else None,
+            ids_checked=ids_checked,
         )
         if fuse_projection:
             return x
@@ -459,8 +371,8 @@ def packed_encoder_forward(
     config: Any,  # RemBertConfig (ours or transformers'): hidden_act, is_decoder
     inputs_embeds: torch.Tensor | None = None,  # (B, L, E) instead of input_ids
     output_hidden_states: bool = False,
-) -> PackedBatch:
-    """Unpad once, embed and run every layer on the real tokens only; see `PackedBatch`.
+) -> EncodedBatch:
+    """Unpad once, embed and run every layer on the real tokens only; see `EncodedBatch`.
 
     Padding positions keep transformers' position ids (left padding and holes in the mask give the
     same numbers). One host read (token count and max_seqlen) when a mask is given, none without.
@@ -486,14 +398,40 @@ def packed_encoder_forward(
 
     positions = gather(position_ids) if position_ids is not None else default_positions
     token_types = gather(token_type_ids) if token_type_ids is not None else torch.zeros_like(positions)
-    hidden = embed_tokens(
+    hidden, all_hidden = encode_rows(
         embeddings,
-        encoder.embedding_hidden_mapping_in,
+        encoder,
+        config,
         packed_source if input_ids is not None else None,
         token_types,
         positions,
-        packed_source if input_ids is None else None,
-    )  # (T, hidden)
+        cu_seqlens,
+        max_seqlen,
+        inputs_embeds=packed_source if input_ids is None else None,
+        output_hidden_states=output_hidden_states,
+    )
+    return EncodedBatch(hidden, indices, cu_seqlens, max_seqlen, batch, seqlen, hidden_states=all_hidden)
+
+
+def encode_rows(
+    embeddings: nn.Module,  # RemBertEmbeddings (ours or transformers')
+    encoder: nn.Module,  # RemBertEncoder: .embedding_hidden_mapping_in and .layer
+    config: Any,  # RemBertConfig (ours or transformers'): hidden_act, is_decoder
+    input_ids: torch.Tensor | None,  # (T,) int packed ids
+    token_type_ids: torch.Tensor,  # (T,) int
+    position_ids: torch.Tensor,  # (T,) int
+    cu_seqlens: torch.Tensor,  # (N+1,) int32; may describe empty sequences
+    max_seqlen: int,  # an upper bound of the sequence lengths
+    *,
+    inputs_embeds: torch.Tensor | None = None,  # (T, E) instead of input_ids
+    output_hidden_states: bool = False,
+    ids_checked: bool = False,  # the ids were checked on the host already (`ops.embed`)
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Embed packed rows and run every layer: (T, hidden), and each stage's rows (embeddings, then each
+    layer) when asked. The one layer loop of the packed path; in inference with `ids_checked` it reads
+    nothing back to the host, so the CUDA-graph runner captures it as it is."""
+    hidden = embed_tokens(embeddings, encoder.embedding_hidden_mapping_in, input_ids, token_type_ids,
+                          position_ids, inputs_embeds, ids_checked=ids_checked)  # (T, hidden)
     all_hidden = [hidden] if output_hidden_states else None
     recompute = recomputes(encoder)
     for layer in encoder.layer:
@@ -505,23 +443,10 @@ def packed_encoder_forward(
             hidden = packed_layer_forward(*layer_args)
         if all_hidden is not None:
             all_hidden.append(hidden)
-    return PackedBatch(hidden, indices, cu_seqlens, max_seqlen, batch, seqlen,
-                       hidden_states=tuple(all_hidden) if all_hidden else None)
+    return hidden, tuple(all_hidden) if all_hidden else None
 
 
 def recomputes(encoder: nn.Module) -> bool:
     """Gradient checkpointing: enabled on the encoder, training, and gradients being recorded."""
     enabled = bool(getattr(encoder, "gradient_checkpointing", False))
     return enabled and encoder.training and torch.is_grad_enabled()
-
-
-
-def prediction_head_forward(
-    head: nn.Module,  # a RemBertLMPredictionHead (ours or transformers'): dense, LayerNorm, decoder
-    hidden_states: torch.Tensor,  # (..., hidden)
-    activation: str,  # config.hidden_act
-) -> torch.Tensor:
-    """decoder(LN(act(dense(x)))) -> (..., vocab), with bias+activation and the LayerNorm through the ops."""
-    x = ops.linear_bias_act(hidden_states, head.dense.weight, head.dense.bias, activation)
-    x = ops.layer_norm(x, head.LayerNorm.weight, head.LayerNorm.bias, head.LayerNorm.eps)
-    return head.decoder(x)

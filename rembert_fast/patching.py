@@ -36,7 +36,9 @@ import torch
 from torch import nn
 
 from rembert_fast import ops, packed
+from rembert_fast.cuda_graphs import CudaGraphRunner
 from rembert_fast.modeling.inputs import loss_reads_padding
+from rembert_fast.modeling.modules import prediction_head_forward
 from rembert_fast.padding import NoRealTokensError
 
 _STATE = "_rembert_fast"  # instance attribute holding the patch state; its presence means "patched"
@@ -161,8 +163,8 @@ def _packable(self: nn.Module, args: dict[str, Any], extra: dict[str, Any]) -> b
             encoder_hidden_states=args.get("encoder_hidden_states"),
             encoder_attention_mask=args.get("encoder_attention_mask"),
             past_key_values=args.get("past_key_values"),
-            unhooked=True,
         )
+        and reads_what_it_would_call(self.embeddings, self.encoder)
     )
 
 
@@ -260,9 +262,7 @@ def _head_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         state["padding_positions"] = False
 
 
-def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:
-    from rembert_fast.cuda_graphs import CudaGraphRunner
-
+def _graph_runner(self: nn.Module, state: dict[str, Any]) -> CudaGraphRunner:
     if state["runner"] is None:
         state["runner"] = CudaGraphRunner(self)
     return state["runner"]
@@ -271,7 +271,34 @@ def _graph_runner(self: nn.Module, state: dict[str, Any]) -> Any:
 def _lm_head_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """transformers' RemBertLMPredictionHead: decoder(LN(act(dense(x)))), with the ops fusing bias+act."""
     # transformers' own head for float64, hooks and wrapped layers
-    if hidden_states.dtype not in ops.FLOAT_DTYPES or not packed.reads_what_it_would_call(
+    if hidden_states.dtype not in ops.FLOAT_DTYPES or not reads_what_it_would_call(
             self._modules["dense"], self._modules["LayerNorm"]):
         return type(self).forward(self, hidden_states)
-    return packed.prediction_head_forward(self, hidden_states, self.__dict__[_STATE]["activation"])
+    return prediction_head_forward(self, hidden_states, self.__dict__[_STATE]["activation"])
+
+
+# ----------------------------------------------------------------------------------------- hooks, wrappers
+# Modules a transformers model's packed path may read instead of calling: exactly these types, or
+# transformers' own (RemBERT's blocks, its activation modules).
+_PLAIN_TYPES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Dropout, nn.ModuleList)
+
+
+def _global_hooks() -> bool:
+    hooks = torch.nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+
+
+def _read_as_called(module: nn.Module) -> bool:
+    """No forward hook or pre-hook on `module`, and its type is one whose forward the packed path
+    reproduces (a plain torch layer or container, or transformers' own)."""
+    return (not module._forward_hooks and not module._forward_pre_hooks
+            and (type(module) in _PLAIN_TYPES or type(module).__module__.startswith("transformers.")))
+
+
+def reads_what_it_would_call(*roots: nn.Module) -> bool:
+    """Whether a fused forward that reads the weights of the modules under `roots` instead of calling
+    them gives what calling them would: no forward hook or pre-hook on any of them (nor a global one),
+    and no module replaced by a wrapper with a forward of its own (a PEFT LoRA layer, a quantised
+    Linear), whose extra term would be silently skipped. A walk of the modules on every call, since
+    hooks and wrappers can come at any time."""
+    return not _global_hooks() and all(_read_as_called(m) for root in roots for m in root.modules())

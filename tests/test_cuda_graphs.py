@@ -312,7 +312,7 @@ def test_decisions_are_made_before_the_capture_and_the_graph_uses_them(monkeypat
     and capture: nothing is probed or timed inside it, and the captured forward runs the candidates
     chosen."""
     from rembert_fast.kernels import attention as attention_kernel
-    from rembert_fast.ops import choosing, competitors, probe, tuning
+    from rembert_fast.ops import competitors, measure, probe, tuning
 
     if not ops.triton_status()[0]:
         pytest.skip("needs Triton (the interpreter on CPU)")
@@ -337,7 +337,7 @@ def test_decisions_are_made_before_the_capture_and_the_graph_uses_them(monkeypat
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: bool(inside))
     from rembert_fast import cuda_graphs
 
-    for owner, name in ((probe, "run_probe"), (choosing, "measure"), (competitors, "attention_sdpa_padded"),
+    for owner, name in ((probe, "run_probe"), (measure, "measure"), (competitors, "attention_sdpa_padded"),
                         (attention_kernel, "attention_varlen"), (cuda_graphs, "encode_packed")):
         real = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda *a, _real=real, _name=name, **k:
@@ -348,7 +348,7 @@ def test_decisions_are_made_before_the_capture_and_the_graph_uses_them(monkeypat
         return {"sdpa_padded": 1e-3, "triton": 2e-3, "eager": 3e-3}[name]
 
     ids, mask = batch([9, 3, 12], 12)
-    with torch.no_grad(), choosing.use_timer(timer), warnings.catch_warnings():
+    with torch.no_grad(), measure.use_timer(timer), warnings.catch_warnings():
         warnings.simplefilter("error")  # every probe passes
         out = runner(ids, mask)
         events_at_capture = len(events)

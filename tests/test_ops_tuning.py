@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from conftest import auto_tuning, needs_triton
 
 from rembert_fast import ops
-from rembert_fast.cli import main
+from rembert_fast.cli import format_tune_table, main
 from rembert_fast.kernels import activation as act_kernel
 from rembert_fast.kernels import layer_norm as ln_kernel
-from rembert_fast.ops import choosing, dispatch, probe, timing, tuning
+from rembert_fast.ops import dispatch, measure, probe, tune, tuning
 
 pytestmark = needs_triton
 
@@ -224,12 +224,12 @@ def test_first_use_times_each_bucket_once_and_the_fastest_serves(fresh, monkeypa
     timed = []
     w, b = torch.randn(48), torch.randn(48)
     small, large = torch.randn(5, 48), torch.randn(300, 48)  # buckets of 8 and 512 rows
-    with choosing.use_timer(_timer({"eager": 2.0, "triton": 1.0}, timed)):
+    with measure.use_timer(_timer({"eager": 2.0, "triton": 1.0}, timed)):
         out = ops.layer_norm(small, w, b, 1e-12)
         for _ in range(3):
             ops.layer_norm(torch.randn(7, 48), w, b, 1e-12)  # the same bucket: decided, no timing
     assert timed == ["eager", "triton"]
-    with choosing.use_timer(_timer({"eager": 1.0, "triton": 3.0}, timed)):
+    with measure.use_timer(_timer({"eager": 1.0, "triton": 3.0}, timed)):
         big = ops.layer_norm(large, w, b, 1e-12)  # another bucket, where eager wins
     assert timed == ["eager", "triton"] * 2
     assert [s for s in served if s[0] in (5, 7)] == [(5, 48)] + [(7, 48)] * 3  # triton served bucket 8
@@ -244,12 +244,12 @@ def test_first_use_times_each_bucket_once_and_the_fastest_serves(fresh, monkeypa
 
 def test_a_choice_is_remembered_across_processes_and_tune_off_times_nothing(fresh, monkeypatch):
     x, b = torch.randn(6, 40), torch.randn(40)
-    with choosing.use_timer(_timer({"eager": 1.0, "triton": 5.0})):
+    with measure.use_timer(_timer({"eager": 1.0, "triton": 5.0})):
         ops.bias_act(x, b, "gelu")
     dispatch.forget()  # a new process: nothing in memory, the cache file holds the choice
     tuning.reset()
-    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("timed again"))
-    with choosing.use_timer(_timer({})):
+    monkeypatch.setattr(measure, "measure", lambda *a: pytest.fail("timed again"))
+    with measure.use_timer(_timer({})):
         assert dispatch.choose("bias_act", ("gelu", True), (40,), x.device, x.dtype, 6, (x, b)) == "eager"
         monkeypatch.setenv("REMBERT_FAST_TUNE", "off")  # no probe, no timing: the fused path
         dispatch.forget()
@@ -257,7 +257,7 @@ def test_a_choice_is_remembered_across_processes_and_tune_off_times_nothing(fres
 
 
 def test_the_interpreter_without_a_timer_is_never_timed(fresh, monkeypatch):
-    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("timed on the interpreter"))
+    monkeypatch.setattr(measure, "measure", lambda *a: pytest.fail("timed on the interpreter"))
     x, b = torch.randn(6, 40), torch.randn(40)
     torch.testing.assert_close(ops.bias_act(x, b, "relu"), ops.bias_act_ref(x, b, "relu"))
     assert dispatch.choose("bias_act", ("relu", True), (40,), x.device, x.dtype, 6, (x, b)) == "triton"
@@ -281,7 +281,7 @@ def test_the_attention_competitor_that_wins_serves_the_call(fresh, monkeypatch, 
     ms[winner] = 0.5
     q, k, v, cu, longest = _packed_qkv([5, 9, 2])
     timed = []
-    with choosing.use_timer(_timer(ms, timed)):
+    with measure.use_timer(_timer(ms, timed)):
         out = ops.attention(q, k, v, cu, cu, longest, longest, causal=True)
     assert sorted(timed) == ["eager", "sdpa_padded", "triton"]  # torch_varlen: CUDA only
     ref = ops.attention_ref(q, k, v, cu, cu, longest, longest, causal=True)
@@ -302,7 +302,7 @@ def test_a_wrong_competitor_is_caught_by_its_probe_and_never_timed(fresh, monkey
     q, k, v, cu, longest = _packed_qkv([4, 7])
     timed = []
     with pytest.warns(RuntimeWarning, match=r"fused attention \(sdpa_padded\) disabled.*max error"):
-        with choosing.use_timer(_timer({"eager": 2.0, "triton": 3.0, "sdpa_padded": 0.0}, timed)):
+        with measure.use_timer(_timer({"eager": 2.0, "triton": 3.0, "sdpa_padded": 0.0}, timed)):
             out = ops.attention(q, k, v, cu, cu, longest, longest)
     assert sorted(timed) == ["eager", "triton"]
     ref = ops.attention_ref(q, k, v, cu, cu, longest, longest)
@@ -314,25 +314,25 @@ def test_no_timing_inside_a_capture_a_held_choice_is_used(fresh, monkeypatch):
     key = ("bias_act", ("gelu", True), (40,), x.device, x.dtype, 6, (x, b))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    with choosing.use_timer(_timer({})), pytest.MonkeyPatch.context() as m:
-        m.setattr(choosing, "measure", lambda *a: pytest.fail("timed inside a capture"))
+    with measure.use_timer(_timer({})), pytest.MonkeyPatch.context() as m:
+        m.setattr(measure, "measure", lambda *a: pytest.fail("timed inside a capture"))
         assert dispatch.choose(*key) == "eager"  # no verdict, no choice: eager, not remembered
         assert dispatch._choices == {}
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    with choosing.use_timer(_timer({"eager": 4.0, "triton": 1.0})):
+    with measure.use_timer(_timer({"eager": 4.0, "triton": 1.0})):
         assert dispatch.choose(*key) == "triton"
     dispatch.forget()  # decided before the capture, held in the cache: the capture uses it
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("timed inside a capture"))
+    monkeypatch.setattr(measure, "measure", lambda *a: pytest.fail("timed inside a capture"))
     assert dispatch.choose(*key) == "triton"
 
 
-TINY = timing.Shapes(hidden=32, intermediate=48, heads=2, embedding=16)
+TINY = tune.Shapes(hidden=32, intermediate=48, heads=2, embedding=16)
 
 
 def test_tune_prefills_the_choices_first_use_would_make(fresh, monkeypatch):
     ms = {"eager": 2.0, "triton": 1.0, "sdpa_padded": 1.5}
-    rows = timing.tune(torch.device("cpu"), torch.float32, TINY, (5, 16), (8,), timer=_timer(ms))
+    rows = tune.tune(torch.device("cpu"), torch.float32, TINY, (5, 16), (8,), timer=_timer(ms))
     ops_met = {r.op for r in rows}
     assert ops_met == {"embed", "attention", "attention_padded", "linear_residual_layer_norm",
                        "linear_bias_act"}
@@ -342,13 +342,13 @@ def test_tune_prefills_the_choices_first_use_would_make(fresh, monkeypatch):
     attention = [r for r in rows if r.op == "attention"][0]
     assert attention.ms == ms and attention.choice == "triton" and "torch_varlen" in attention.probe_error
     # A first use of a tuned class is served from the table, without timing.
-    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("timed again"))
+    monkeypatch.setattr(measure, "measure", lambda *a: pytest.fail("timed again"))
     x, w, b = torch.randn(10, 32), torch.randn(48, 32), torch.randn(48)
-    with choosing.use_timer(_timer({})):
+    with measure.use_timer(_timer({})):
         out = ops.linear_bias_act(x, w, b, "gelu")
     assert dispatch.choices_made() == {"cpu auto linear_bias_act:gelu|float32|32x48|t16": "triton"}
     torch.testing.assert_close(out, ops.bias_act_ref(x @ w.T + b, None, "gelu"), rtol=1e-5, atol=1e-5)
-    table = timing.format_table(rows, "cpu-interpreter float32")
+    table = format_tune_table(rows, "cpu-interpreter float32")
     assert table.count("\n") == len(rows) and "eager=2.000" in table
 
 
@@ -395,7 +395,7 @@ def test_every_probe_passes_on_this_gpu(dtype):
 def test_doctor_shows_the_per_bucket_choices_and_disabled_paths(fresh, monkeypatch, capsys):
     monkeypatch.setattr(act_kernel, "bias_act", lambda x, *a, **k: x)  # wrong: disabled by its probe
     x, b = torch.randn(6, 40), torch.randn(40)
-    with choosing.use_timer(_timer({"eager": 2.0, "triton": 1.0})), pytest.warns(RuntimeWarning):
+    with measure.use_timer(_timer({"eager": 2.0, "triton": 1.0})), pytest.warns(RuntimeWarning):
         ops.layer_norm(x, b, b, 1e-12)
         ops.bias_act(x, b, "gelu")
     assert main(["doctor"]) == 0
@@ -423,7 +423,7 @@ def test_a_timing_that_fails_warns_once_and_the_probe_verdict_serves(fresh):
         raise RuntimeError("CUDA out of memory")
 
     x, b = torch.randn(6, 40), torch.randn(40)
-    with choosing.use_timer(out_of_memory), \
+    with measure.use_timer(out_of_memory), \
             pytest.warns(RuntimeWarning, match="timing bias_act.*out of memory") as record:
         out = ops.bias_act(x, b, "gelu")
         ops.bias_act(x, b, "gelu")  # held for this process: not timed again
@@ -434,10 +434,10 @@ def test_a_timing_that_fails_warns_once_and_the_probe_verdict_serves(fresh):
 
 
 def test_an_empty_call_is_not_timed(fresh, monkeypatch):
-    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("an empty call was timed"))
+    monkeypatch.setattr(measure, "measure", lambda *a: pytest.fail("an empty call was timed"))
     q = torch.randn(0, 2, 64)
     cu = torch.zeros(3, dtype=torch.int32)
-    with choosing.use_timer(_timer({})), warnings.catch_warnings():
+    with measure.use_timer(_timer({})), warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ops.attention(q, q, q, cu, cu, 0, 0).shape == (0, 2, 64)
 
@@ -497,11 +497,11 @@ def test_tune_covers_every_call_class_of_a_model_forward(fresh, monkeypatch):
     model = rembert_fast.RemBertModel(config).eval()
     ids = torch.randint(3, 50, (3, 12))
     mask = (torch.arange(12)[None, :] < torch.tensor([12, 7, 5])[:, None]).long()  # 24 real tokens
-    rows = timing.tune(torch.device("cpu"), torch.float32, timing.shapes_of_config(config), (24,), (12,),
+    rows = tune.tune(torch.device("cpu"), torch.float32, tune.shapes_of_config(config), (24,), (12,),
                        timer=_timer({"eager": 2.0, "triton": 1.0, "sdpa_padded": 3.0}))
     assert {r.entry for r in rows} <= set(tuning.choices())
-    monkeypatch.setattr(choosing, "measure", lambda *a: pytest.fail("a class tune did not prefill"))
-    with torch.no_grad(), choosing.use_timer(_timer({})):
+    monkeypatch.setattr(measure, "measure", lambda *a: pytest.fail("a class tune did not prefill"))
+    with torch.no_grad(), measure.use_timer(_timer({})):
         model(input_ids=ids, attention_mask=mask)
     met = dispatch.choices_made()
     assert {"embed", "attention", "linear_bias_act", "linear_residual_layer_norm"} <= {

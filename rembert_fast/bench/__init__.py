@@ -27,9 +27,8 @@ to a table on stdout and a JSON file (device, date, git commit, versions, one en
 
 Run time: torch.compile (dynamic=False) compiles the 32-layer model once per dtype, input shape and
 mode (max-autotune also benchmarks GEMM configurations), so the GPU defaults (2 dtypes x 6 shapes x 2
-modes: 24 compilations) spend most of their time compiling (not yet timed on a GPU; a 32-layer default
-compile took 36 s on the 2-core CPU build machine); `--no-max-autotune`, `--no-compile` or a few
-`--shapes` make a quick run (benches/gpu_check.sh compiles one shape). Each row's `first_call_s` holds
+modes: 24 compilations) spend most of their time compiling; `--no-max-autotune`, `--no-compile` or a
+few `--shapes` make a quick run (benches/gpu_check.sh compiles one shape). Each row's `first_call_s` holds
 its compilation, autotuning or graph capture.
 
 Memory: `peak_activation_mb` is the CUDA allocator's peak during one call above what was allocated

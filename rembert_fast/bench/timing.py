@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rembert_fast.ops.timing import time_call
+from rembert_fast.ops.measure import time_call
 
 
 def sync(device: torch.device) -> None:

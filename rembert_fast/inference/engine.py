@@ -6,23 +6,18 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rembert_fast import ops
 from rembert_fast.inference import truncation
 from rembert_fast.inference.inputs import LineError, parse_item
-from rembert_fast.inference.tasks import (
-    AGGREGATIONS,
-    MODEL_CLASS,
-    POOLINGS,
-    TASKS,
-    TRAINED_HEAD,
-    TaskOutputs,
-)
+from rembert_fast.inference.tasks import AGGREGATIONS, POOLINGS, TASKS, TRAINED_HEAD, TaskOutputs, model_class
+from rembert_fast.inference.window import Batch, Window
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_WINDOW = 2048
@@ -46,25 +41,6 @@ class RunStats:
             f"in {self.seconds:.1f} s ({self.lines / seconds:.1f} lines/s, "
             f"{self.tokens / seconds:.0f} tokens/s)"
         )
-
-
-@dataclass
-class Batch:
-    rows: list[int]  # window-local line indices, longest first
-    input_ids: torch.Tensor  # (B, L) int64, padded with pad_token_id
-    attention_mask: torch.Tensor  # (B, L) int64
-    token_type_ids: torch.Tensor  # (B, L) int64
-
-
-@dataclass
-class Window:
-    first_line: int  # line number of the window's first line
-    heads: list[dict[str, Any]]  # per line: {"line": n} plus "id" when the input had one
-    records: list[dict[str, Any] | None]  # per line: the finished record, None while pending
-    texts: list[str | None]  # per line: `text`, for character offsets
-    encodings: list[Any]  # per line: tokenizers.Encoding, None for error lines
-    truncated: list[bool]  # per line: the text was cut to max_length
-    batches: list[Batch] = field(default_factory=list)
 
 
 # Rows [start, end) of a batch and their host outputs, or the ValueError the model raised for that row.
@@ -102,14 +78,14 @@ def _load_tokenizer(model_dir: Path) -> Any:
     return RemBertTokenizerFast.from_pretrained(str(model_dir))
 
 
-class InferenceEngine(TaskOutputs):
+class InferenceEngine:
     """A model, its fast tokenizer and the batching policy for one task.
 
     Args:
         model_dir: a transformers-layout directory: `config.json`, weights, `sentencepiece.model`
             and/or `tokenizer.json`; or a Hub model id ("google/rembert"), whose files are fetched into
-            (offline: found in) the Hub cache by `rembert_fast.hub.model_directory`. `model_dir` is then
-            the snapshot directory.
+            (offline: found in) the Hub cache by `model_files.model_directory`. `model_dir` is then the
+            snapshot directory.
         task: one of `TASKS`.
         device: "cpu", "cuda", "cuda:N" or None (CUDA when available).
         dtype: the model's dtype; None -> bfloat16 on CUDA, float32 on CPU. Results are float32.
@@ -145,8 +121,6 @@ class InferenceEngine(TaskOutputs):
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task {task!r} is not one of {TASKS}")
-        from rembert_fast import ops
-
         ops.requested_backend()  # a bad $REMBERT_FAST_BACKEND fails here, not in every batch
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
@@ -156,9 +130,9 @@ class InferenceEngine(TaskOutputs):
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if window < 1:
             raise ValueError(f"window must be at least 1 line, got {window}")
-        from rembert_fast import hub
+        from rembert_fast.inference.model_files import model_directory
 
-        self.model_dir = Path(hub.model_directory(model_dir, **hub_keywords))
+        self.model_dir = Path(model_directory(model_dir, **hub_keywords))
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"model directory {str(self.model_dir)!r} has no config.json")
         self.task = task
@@ -178,10 +152,8 @@ class InferenceEngine(TaskOutputs):
         self.pooling, self.top_k, self.all_scores, self.aggregate = pooling, top_k, all_scores, aggregate
         self.window = window
 
-        import rembert_fast
-
-        model_class = getattr(rembert_fast, MODEL_CLASS[task])
-        self.model = model_class.from_pretrained(str(self.model_dir), dtype=dtype, device=self.device).eval()
+        self.model = model_class(task).from_pretrained(str(self.model_dir), dtype=dtype,
+                                                       device=self.device).eval()
         self.config = self.model.config
         head = TRAINED_HEAD.get("pooler" if task == "embed" and pooling == "pooler" else task, ())
         fresh = [key for key in getattr(self.model, "newly_initialized_keys", ()) if key.startswith(head)]
@@ -217,9 +189,9 @@ class InferenceEngine(TaskOutputs):
         # Texts longer than this many characters are cut before tokenising (same ids, see truncation),
         # when the tokenizer allows it; 0: always tokenise the whole text.
         self._char_window = 16 * max_length if truncation.prefix_safe(self._backend) else 0
-        self.mask_token_id = self.tokenizer.mask_token_id
         self.pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
-        self._token_strs: dict[int, str] = {}
+        self._outputs = TaskOutputs(task, self.model, self.tokenizer, self._backend, self.id2label,
+                                    pooling=pooling, top_k=top_k, all_scores=all_scores, aggregate=aggregate)
         # Set after a CUDA out-of-memory: the most (rows x width) tokens a forward may take from then on.
         self._token_cap: int | None = None
         self.stats = RunStats()
@@ -494,6 +466,10 @@ class InferenceEngine(TaskOutputs):
             event.record(torch.cuda.current_stream(self.device))
         return chunks, event
 
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The task's forward of one batch on the device: named output tensors (`TaskOutputs.forward`)."""
+        return self._outputs.forward(ids, mask, types)
+
     def _forward_rows(self, batch: Batch, start: int, end: int) -> dict[str, torch.Tensor]:
         width = int(batch.attention_mask[start].sum())  # rows are longest first
         non_blocking = self.device.type == "cuda"
@@ -519,7 +495,7 @@ class InferenceEngine(TaskOutputs):
                     refused = f"the model refused this line: {outputs}"
                     window.records[row] = {**window.heads[row], "error": refused}
             else:
-                self._records(window, batch, start, end, outputs)
+                self._outputs.records(window, batch, start, end, outputs)
 
 
 def _refused_alike(chunks: list[_Chunk], ranges: list[tuple[int, int]]) -> bool:

@@ -4,22 +4,15 @@ for the record fields)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from rembert_fast.inference.engine import Batch, Window
+from rembert_fast.inference.window import Batch, Window
 
 TASKS = ("embed", "classify", "fill-mask", "token-classify")
 POOLINGS = ("cls", "mean", "pooler")
 AGGREGATIONS = ("none", "first", "average")
-MODEL_CLASS = {
-    "embed": "RemBertModel",
-    "classify": "RemBertForSequenceClassification",
-    "fill-mask": "RemBertForMaskedLM",
-    "token-classify": "RemBertForTokenClassification",
-}
 # Weights a task reads that a checkpoint of another task lacks (from_pretrained would initialise them).
 TRAINED_HEAD = {"classify": ("classifier.", "rembert.pooler."), "token-classify": ("classifier.",),
                  "fill-mask": ("cls.",), "pooler": ("pooler.",)}
@@ -27,14 +20,44 @@ TRAINED_HEAD = {"classify": ("classifier.", "rembert.pooler."), "token-classify"
 RESULT_KEYS = {"embed": "embedding", "classify": "label", "fill-mask": "masks", "token-classify": "tokens"}
 
 
+def model_class(task: str) -> type:
+    """The model class a task loads. Imported at the first engine, not with `rembert_fast.inference`:
+    the command's argument parser imports the package, and the models import transformers."""
+    from rembert_fast.modeling import (
+        RemBertForMaskedLM,
+        RemBertForSequenceClassification,
+        RemBertForTokenClassification,
+        RemBertModel,
+    )
+
+    return {"embed": RemBertModel, "classify": RemBertForSequenceClassification,
+            "fill-mask": RemBertForMaskedLM, "token-classify": RemBertForTokenClassification}[task]
+
+
 class TaskOutputs:
-    """The per-task half of `InferenceEngine`: the forward of one batch and its records.
+    """The per-task half of a batch run: the forward of one batch and its records, for one loaded model
+    and tokenizer and the engine's settings (`InferenceEngine` holds one)."""
 
-    Reads the engine's `task`, `model`, `config`, `pooling`, `top_k`, `all_scores`, `aggregate`,
-    `mask_token_id`, `id2label`, `tokenizer`, `_backend` and `_token_strs`.
-    """
+    def __init__(
+        self,
+        task: str,  # one of TASKS
+        model: Any,  # the loaded model_class(task), in eval mode
+        tokenizer: Any,  # the model's RemBertTokenizerFast
+        backend: Any,  # its tokenizers.Tokenizer: decodes ids, names pieces
+        id2label: dict[int, str],
+        *,
+        pooling: str,  # embed: one of POOLINGS
+        top_k: int,  # fill-mask: predictions per [MASK]
+        all_scores: bool,  # classify: every label's probability too
+        aggregate: str,  # token-classify: one of AGGREGATIONS
+    ) -> None:
+        self.task, self.model, self.config = task, model, model.config
+        self.tokenizer, self._backend, self.id2label = tokenizer, backend, id2label
+        self.mask_token_id = tokenizer.mask_token_id
+        self.pooling, self.top_k, self.all_scores, self.aggregate = pooling, top_k, all_scores, aggregate
+        self._token_strs: dict[int, str] = {}
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.task == "embed":
             out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types)
             if self.pooling == "pooler":
@@ -62,7 +85,7 @@ class TaskOutputs:
         return {"positions": positions, "scores": top.values, "tokens": top.indices}
 
     # ----------------------------------------------------------------------------- post-processing
-    def _records(self, window: Window, batch: Batch, start: int, end: int, outputs: dict[str, Any]) -> None:
+    def records(self, window: Window, batch: Batch, start: int, end: int, outputs: dict[str, Any]) -> None:
         masks: dict[int, list[dict[str, Any]]] = {}
         if self.task == "fill-mask":
             positions = outputs["positions"].tolist()

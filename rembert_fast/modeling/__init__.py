@@ -1,10 +1,12 @@
 """RemBERT and its heads, one job per file:
 
-- `modules.py`: the encoder's modules (classic padded path), embeddings, pooler and LM head;
+- `modules.py`: the encoder's modules (classic padded path), embeddings, pooler, LM head and its
+  forward (`prediction_head_forward`, also `optimize()`'s for transformers' LM head);
 - `pretrained.py`: `RemBertPreTrainedModel`, the base (init, loading, saving, resizing, checkpointing);
 - `model.py`: `RemBertModel`, which picks the packed or the classic path;
 - `heads.py`: the six task heads;
-- `inputs.py`: input validation and the classic path's masks.
+- `inputs.py`: input validation and the classic path's masks;
+- `cache_bridge.py`: transformers' `DynamicCache` read and extended for `generate`.
 
 Module tree, parameter names and state-dict keys are exactly transformers' `modeling_rembert.py`
 (a transformers state dict loads here with `strict=True`, and the reverse), and so are the forward
@@ -56,7 +58,7 @@ from rembert_fast.modeling.modules import (
 )
 from rembert_fast.modeling.pretrained import RemBertPreTrainedModel
 from rembert_fast.packed import (
-    PackedBatch,
+    EncodedBatch,
     embed_tokens,
     fused_qkv,
     packed_encoder_forward,
@@ -87,5 +89,5 @@ __all__ = [
     "packed_layer_forward",
     "packed_encoder_forward",
     "embed_tokens",
-    "PackedBatch",
+    "EncodedBatch",
 ]

@@ -32,6 +32,7 @@ from rembert_fast.outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from rembert_fast.packed import EncodedBatch
 
 
 class _RemBertWithLMHead(RemBertPreTrainedModel):
@@ -77,19 +78,12 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
         (N, 2) tensor of (row, column) pairs. `logits` is then (N, vocab) in row-major order of the
         positions, and `labels`, if given, are read at the same positions.
         """
-        enc = self.rembert.encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            padding_positions=loss_reads_padding(attention_mask, labels),
-        )
+        enc = self.rembert.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask,
+                                  inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+                                  encoder_attention_mask=encoder_attention_mask,
+                                  output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states,
+                                  padding_positions=loss_reads_padding(attention_mask, labels))
         if labels is not None:
             check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, enc.hidden)
         if masked_positions is not None:
@@ -143,21 +137,12 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         if cache_object is not None:
             past = legacy_past(cache_object)
             use_cache = True if use_cache is None else use_cache
-        enc = self.rembert.encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            padding_positions=loss_reads_padding(attention_mask, labels, shift=1),
-        )
+        enc = self.rembert.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask,
+                                  inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+                                  encoder_attention_mask=encoder_attention_mask, past_key_values=past,
+                                  use_cache=use_cache, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states,
+                                  padding_positions=loss_reads_padding(attention_mask, labels, shift=1))
         presents = enc.past_key_values
         if cache_object is not None and presents is not None:
             store_presents(cache_object, presents, cache_length(past))
@@ -179,16 +164,18 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         return out if return_dict_of(self.config, return_dict) else out.to_tuple()
 
 
-class RemBertForSequenceClassification(RemBertPreTrainedModel):
-    """Pooled output -> dropout -> linear. The loss follows `config.problem_type`, decided like transformers
-    when unset: one label -> regression (MSE); integer labels -> single-label (cross-entropy); otherwise
-    multi-label (BCE with logits). The pooler reads each sequence's first real token (see RemBertModel)."""
+class _RemBertClassifier(RemBertPreTrainedModel):
+    """The encoder, dropout and a linear classifier over `config.num_labels`: sequence classification (on
+    the pooled output) and token classification (on every token) share this body and forward, and
+    differ in `_classify`."""
+
+    pools = True  # whether the classifier reads the pooled output (else every token)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
         check_num_labels(type(self).__name__, config)
         self.num_labels = config.num_labels
-        self.rembert = RemBertModel(config)
+        self.rembert = RemBertModel(config, add_pooling_layer=self.pools)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init(self.classifier)
@@ -201,21 +188,30 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,  # (B,) class ids, (B,) or (B, 1) targets, or (B, num_labels)
+        labels: torch.Tensor | None = None,  # see the subclass
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SequenceClassifierOutput | tuple[Any, ...]:
-        enc = self.rembert.encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+    ) -> SequenceClassifierOutput | TokenClassifierOutput | tuple[Any, ...]:
+        reads_padding = not self.pools and loss_reads_padding(attention_mask, labels)
+        enc = self.rembert.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask,
+                                  inputs_embeds, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, padding_positions=reads_padding)
+        out = self._classify(enc, labels)
+        return out if return_dict_of(self.config, return_dict) else out.to_tuple()
+
+    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None) -> Any:
+        """The head's output (logits, and the loss when `labels` are given) from the encoder's rows."""
+        raise NotImplementedError
+
+
+class RemBertForSequenceClassification(_RemBertClassifier):
+    """Pooled output -> dropout -> linear. The loss follows `config.problem_type`, decided like transformers
+    when unset: one label -> regression (MSE); integer labels -> single-label (cross-entropy); otherwise
+    multi-label (BCE with logits). The pooler reads each sequence's first real token (see RemBertModel).
+    `labels`: (B,) class ids, (B,) or (B, 1) targets, or (B, num_labels)."""
+
+    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None) -> SequenceClassifierOutput:
         logits = self.classifier(self.dropout(enc.pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -242,10 +238,9 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
             else:
                 check_labels("labels", labels, tuple(logits.shape), None, logits)
                 loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        out = SequenceClassifierOutput(
+        return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
-        return out if return_dict_of(self.config, return_dict) else out.to_tuple()
 
 
 class RemBertForMultipleChoice(RemBertPreTrainedModel):
@@ -293,16 +288,10 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         def flat(t: torch.Tensor | None, trailing: int = 1) -> torch.Tensor | None:
             return None if t is None else t.reshape(-1, *t.shape[t.dim() - trailing :])
 
-        enc = self.rembert.encode(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            head_mask,
-            flat(inputs_embeds, 2),
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        enc = self.rembert.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids),
+                                  flat(position_ids), head_mask, flat(inputs_embeds, 2),
+                                  output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(enc.pooled)).view(-1, num_choices)  # (B, choices)
         loss = None
         if labels is not None:
@@ -314,51 +303,20 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         return out if return_dict_of(self.config, return_dict) else out.to_tuple()
 
 
-class RemBertForTokenClassification(RemBertPreTrainedModel):
-    """Per-token dropout -> linear (NER, POS); cross-entropy with -100 ignored."""
+class RemBertForTokenClassification(_RemBertClassifier):
+    """Per-token dropout -> linear (NER, POS); cross-entropy with -100 ignored. `labels`: (B, L)."""
 
-    def __init__(self, config: RemBertConfig) -> None:
-        super().__init__(config)
-        check_num_labels(type(self).__name__, config)
-        self.num_labels = config.num_labels
-        self.rembert = RemBertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init(self.classifier)
+    pools = False
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,  # (B, L), -100 = ignored
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> TokenClassifierOutput | tuple[Any, ...]:
-        enc = self.rembert.encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            padding_positions=loss_reads_padding(attention_mask, labels),
-        )
+    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None) -> TokenClassifierOutput:
         logits = enc.pad(self.classifier(self.dropout(enc.hidden)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             check_labels("labels", labels, (enc.batch, enc.seqlen), self.num_labels, logits)
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        out = TokenClassifierOutput(
+        return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
-        return out if return_dict_of(self.config, return_dict) else out.to_tuple()
 
 
 class RemBertForQuestionAnswering(RemBertPreTrainedModel):
@@ -396,17 +354,9 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
     ) -> QuestionAnsweringModelOutput | tuple[Any, ...]:
         reads_padding = (start_positions is not None and end_positions is not None
                          and loss_reads_padding(attention_mask, spans=True))
-        enc = self.rembert.encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            padding_positions=reads_padding,
-        )
+        enc = self.rembert.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask,
+                                  inputs_embeds, output_attentions=output_attentions,
+                                  output_hidden_states=output_hidden_states, padding_positions=reads_padding)
         logits = enc.pad(self.qa_outputs(enc.hidden))  # (B, L, num_labels)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)
         loss = None

@@ -1,5 +1,5 @@
 """RemBertModel: validate the inputs, pick the path (`packed.packable`), run the encoder and the
-pooler. Both paths hand their result to the heads as one `packed.PackedBatch`."""
+pooler. Both paths hand their result to the heads as one `packed.EncodedBatch`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from rembert_fast.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     PastKeyValues,
 )
-from rembert_fast.packed import PackedBatch, embed_tokens
+from rembert_fast.packed import EncodedBatch, embed_tokens
 
 
 class RemBertModel(RemBertPreTrainedModel):
@@ -61,20 +61,11 @@ class RemBertModel(RemBertPreTrainedModel):
         return_dict: bool | None = None,
         cache: PastKeyValues | None = None,  # transformers 5's name for past_key_values
     ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple[Any, ...]:
-        enc = self.encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            head_mask,
-            inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=one_cache(past_key_values, cache),
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                          encoder_hidden_states=encoder_hidden_states,
+                          encoder_attention_mask=encoder_attention_mask,
+                          past_key_values=one_cache(past_key_values, cache), use_cache=use_cache,
+                          output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         sequence_output = enc.padded()  # (B, L, hidden)
         hidden_states = enc.padded_hidden_states()
         if not return_dict_of(self.config, return_dict):
@@ -105,7 +96,7 @@ class RemBertModel(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         padding_positions: bool = False,
-    ) -> PackedBatch:
+    ) -> EncodedBatch:
         """Validate the inputs, pick the path, run the encoder and the pooler.
 
         `padding_positions=True` asks for transformers' hidden states at padding positions too (a head
@@ -173,7 +164,7 @@ class RemBertModel(RemBertPreTrainedModel):
         position_ids: torch.Tensor | None,
         inputs_embeds: torch.Tensor | None,
         output_hidden_states: bool,
-    ) -> PackedBatch:
+    ) -> EncodedBatch:
         enc = packed.packed_encoder_forward(
             self.embeddings,
             self.encoder,
@@ -206,7 +197,7 @@ class RemBertModel(RemBertPreTrainedModel):
         output_hidden_states: bool,
         batch: int,
         seqlen: int,
-    ) -> PackedBatch:
+    ) -> EncodedBatch:
         config = self.config
         device = (input_ids if input_ids is not None else inputs_embeds).device
         if position_ids is None:
@@ -284,7 +275,7 @@ class RemBertModel(RemBertPreTrainedModel):
                 else torch.zeros(batch, dtype=torch.long, device=device)
             )
             pooled = self.pooler(sequence[torch.arange(batch, device=device), first])
-        return PackedBatch.from_padded(
+        return EncodedBatch.from_padded(
             sequence,
             pooled=pooled,
             hidden_states=hidden_states,

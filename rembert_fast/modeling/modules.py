@@ -317,7 +317,19 @@ class RemBertLMPredictionHead(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.output_embedding_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return packed.prediction_head_forward(self, hidden_states, self.activation)
+        return prediction_head_forward(self, hidden_states, self.activation)
+
+
+def prediction_head_forward(
+    head: nn.Module,  # a RemBertLMPredictionHead (ours or transformers'): dense, LayerNorm, decoder
+    hidden_states: torch.Tensor,  # (..., hidden)
+    activation: str,  # config.hidden_act
+) -> torch.Tensor:
+    """decoder(LN(act(dense(x)))) -> (..., vocab), with bias+activation and the LayerNorm through the ops;
+    also the forward `optimize()` gives transformers' LM head."""
+    x = ops.linear_bias_act(hidden_states, head.dense.weight, head.dense.bias, activation)
+    x = ops.layer_norm(x, head.LayerNorm.weight, head.LayerNorm.bias, head.LayerNorm.eps)
+    return head.decoder(x)
 
 
 class RemBertOnlyMLMHead(nn.Module):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rembert_fast import ops
+from rembert_fast import checkpoint, ops
 from rembert_fast.configuration import RemBertConfig
 from rembert_fast.hf_base import TRANSFORMERS, ModelBase
 from rembert_fast.modeling.modules import RemBertEmbeddings, RemBertSelfAttention
@@ -109,14 +109,10 @@ class RemBertPreTrainedModel(ModelBase):
         **config_overrides: Any,
     ) -> RemBertPreTrainedModel:
         """Load a transformers (or rembert_fast) checkpoint directory; see `rembert_fast.checkpoint`."""
-        from rembert_fast import checkpoint
-
         return checkpoint.load_pretrained(cls, path, dtype=dtype, device=device, **config_overrides)
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """Write config.json and the weights in transformers' layout; see `rembert_fast.checkpoint`."""
-        from rembert_fast import checkpoint
-
         checkpoint.save_pretrained(self, path, **kwargs)
 
     @property

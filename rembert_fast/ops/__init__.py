@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rembert_fast import extension
 from rembert_fast.ops import competitors, contract, dispatch, library
 from rembert_fast.ops.contract import ACTIVATIONS, FLOAT_DTYPES, check_ids
 from rembert_fast.ops.dispatch import (
@@ -30,7 +31,7 @@ from rembert_fast.ops.reference import (
 
 __all__ = [
     "ACTIVATIONS", "BACKENDS", "FLOAT_DTYPES", "attention", "attention_padded", "attention_padded_ref",
-    "attention_per_sequence", "attention_ref", "backend_for", "backend_info",
+    "attention_kernel_head_dims", "attention_per_sequence", "attention_ref", "backend_for", "backend_info",
     "bias_act", "bias_act_ref", "check_ids", "embed", "embed_ref", "extension_takes_embed",
     "layer_norm", "layer_norm_ref", "linear_bias_act", "linear_residual_layer_norm",
     "requested_backend", "triton_status", "use_backend",
@@ -216,6 +217,14 @@ def attention(
                          softmax_scale=softmax_scale)
 
 
+def attention_kernel_head_dims() -> tuple[int, ...]:
+    """The head dims the Triton attention kernel takes; attention with another head_dim runs eagerly on
+    `auto` (its eager path reads the offsets on the host: a CUDA graph cannot capture it)."""
+    from rembert_fast.kernels import attention as kernel
+
+    return kernel.SUPPORTED_HEAD_DIMS
+
+
 def attention_padded(
     q: torch.Tensor,  # (B, Lq, heads, head_dim)
     k: torch.Tensor,  # (B, Lk, heads, head_dim)
@@ -253,10 +262,13 @@ def embed(
     eps: float,
     proj_weight: torch.Tensor | None = None,  # (hidden, E): embedding_hidden_mapping_in
     proj_bias: torch.Tensor | None = None,  # (hidden,)
+    *,
+    ids_checked: bool = False,  # the ids were checked against their tables already (on the host)
 ) -> torch.Tensor:
     """LN(word[ids] + type[tt] + pos[pos]) then the optional E->hidden projection; (..., E or hidden).
 
-    Ids outside their table raise ValueError naming the value.
+    Ids outside their table raise ValueError naming the value. With `ids_checked` the ids are not read
+    on the host (no device sync: a CUDA graph can capture the call); a bad id then gives a wrong row.
     """
     for name, ids in (("position_ids", position_ids), ("token_type_ids", token_type_ids)):
         if ids.shape != input_ids.shape:
@@ -290,13 +302,11 @@ def embed(
                            (width, 0 if proj_weight is None else proj_weight.shape[0]), input_ids.device,
                            word_weight.dtype, input_ids.numel(), ())
     if impl == "cuda" and not grads:
-        from rembert_fast import extension
-
         # On `auto`, what the kernel cannot read as it is takes the eager path.
         if extension_takes_embed(word_weight, position_weight, type_weight, ln_weight, ln_bias):
             if torch.compiler.is_compiling():
                 return library.embed(*args)
-            return extension.embed(extension.load(), *args)
+            return extension.embed(extension.load(), *args, check_ids=not ids_checked)
         if requested_backend() == "cuda":
             raise ValueError("backend 'cuda' was requested but the extension's kernel cannot read these "
                              "weights: it needs contiguous tables and LayerNorm weight and bias, the "
@@ -305,7 +315,7 @@ def embed(
                              f"{'None' if ln_bias is None else 'one'}); backend 'auto' runs these eagerly")
     # Checked here, not before the extension call: its kernel validates the ids itself (one sync, not three).
     # A host read each, so not inside a graph torch.compile traces: there F.embedding refuses bad ids.
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not ids_checked:
         check_ids("input_ids", input_ids, word_weight.shape[0], "vocab_size")
         check_ids("position_ids", position_ids, position_weight.shape[0], "max_position_embeddings")
         check_ids("token_type_ids", token_type_ids, type_weight.shape[0], "type_vocab_size")

@@ -1,19 +1,14 @@
-"""What may serve each op, and random inputs of one bucket's shape to time the candidates on.
+"""What may serve a call class, and each candidate as a call on random inputs of the class's bucket shape.
 
-A call class is (op, variant, width, bucket): the variant is what changes the work but not the shapes
-(activation, causal, which optional inputs), the width the call's fixed dimensions, the bucket its
-token count rounded up to a power of two (and for attention its longest sequence). Candidates per op:
+Candidates per op (`registry.OPS`): the eager composition always; the op's fused path where the
+op-level decision (`dispatch.backend_for`) chose it; each competitor that can run for the class
+(`extra_status`) and passed its own probe:
 
     layer_norm, bias_act, attention_padded   eager, triton
     linear_bias_act                          eager (addmm, eager activation), triton (mm, fused epilogue)
     linear_residual_layer_norm               eager (addmm, eager LN), triton (mm, fused LN epilogue)
     attention                                eager, triton, sdpa_padded, torch_varlen (`competitors`)
     embed                                    eager, cuda (the extension)
-
-`fused_name(op)` is the candidate the op-level decision (`dispatch.backend_for`) stands for; the others
-are probed on their own (`tuning.fused_ok(..., candidate=...)`). `calls(...)` gives each candidate
-as a no-argument function on inputs of the bucket's shape, drawn from a private generator (the
-caller's random stream is untouched).
 """
 
 from __future__ import annotations
@@ -23,38 +18,40 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from rembert_fast.ops import competitors, reference
+from rembert_fast import extension
+from rembert_fast.ops import competitors, reference, registry
+from rembert_fast.ops.call_class import CallClass
 
-OPS = ("layer_norm", "bias_act", "attention", "attention_padded", "embed", "linear_bias_act",
-       "linear_residual_layer_norm")
-EXTRA = {"attention": ("sdpa_padded", "torch_varlen")}
 _EMBED_ROWS = 4096  # table rows of a timed embed: a gather's cost barely depends on the vocabulary
-
-
-def fused_name(op: str) -> str:
-    """The candidate `backend_for`'s fused answer names: "cuda" for embed, "triton" for the rest."""
-    return "cuda" if op == "embed" else "triton"
 
 
 def extra_status(op: str, name: str, variant: tuple, width: tuple, device_type: str,
                  dtype: torch.dtype) -> str | None:
-    """None where the non-fused competitor `name` of `op` can run for this call class, else why not."""
+    """None where the competitor `name` of `op` can run for this call class, else why not."""
+    if name not in registry.get(op).competitors:
+        raise ValueError(f"op {op!r} has no candidate {name!r}")
     if name == "torch_varlen":
         causal, self_attention = variant
         return competitors.torch_varlen_status(device_type, dtype, width[1], self_attention)
-    if name == "sdpa_padded":
-        return None
-    raise ValueError(f"op {op!r} has no candidate {name!r}")
+    return None
 
 
-def entry(op: str, variant: tuple, dtype: torch.dtype, width: tuple, bucket: tuple[int, int]) -> str:
-    """The cache's name for a call class: op and variant flags, dtype, width, bucket, e.g.
-    "attention:False:True|bfloat16|18x64|t512s128" (not causal, one offset table)."""
-    flags = ":".join(str(v) for v in variant)
-    tokens, seqlen = bucket
-    shape = f"t{tokens}" + (f"s{seqlen}" if seqlen else "")
-    return f"{op}{':' + flags if flags else ''}|{str(dtype).removeprefix('torch.')}|" \
-           f"{'x'.join(map(str, width))}|{shape}"
+def names(call: CallClass, device_type: str, base: str, probed_ok: Callable[[str], str | None]
+          ) -> tuple[tuple[str, ...], list[str]]:
+    """(the candidates that may serve `call`, why each competitor left out is): eager always, the op's
+    fused path where the op-level decision `base` chose it, each competitor that can run here and whose
+    probe `probed_ok(name)` passes (None, else why not)."""
+    chosen = ("eager",) + ((base,) if base != "eager" else ())
+    errors = []
+    for extra in registry.get(call.op).competitors:
+        why = extra_status(call.op, extra, call.variant, call.width, device_type, call.dtype)
+        if why is None:
+            why = probed_ok(extra)
+        if why is None:
+            chosen += (extra,)
+        else:
+            errors.append(f"{extra}: {why}")
+    return chosen, errors
 
 
 def _lengths(tokens: int, seqlen: int) -> list[int]:
@@ -63,24 +60,21 @@ def _lengths(tokens: int, seqlen: int) -> list[int]:
     return [seqlen] * full + ([rest] if rest else [])
 
 
-def calls(op: str, variant: tuple, width: tuple, bucket: tuple[int, int], device: torch.device,
-          dtype: torch.dtype, names: tuple[str, ...]) -> dict[str, Callable[[], object]]:
-    """{name: fn} for each candidate in `names`, each a call of it on one input of the bucket's shape.
+def calls(call: CallClass, device: torch.device, names: tuple[str, ...]) -> dict[str, Callable[[], object]]:
+    """{name: fn} for each candidate in `names`, each a call of it on one input of the class's bucket
+    shape, drawn from a private generator (the caller's random stream is untouched).
 
     ValueError for an op or candidate this module does not know."""
     gen = torch.Generator(device=device).manual_seed(0)
-    tokens, seqlen = bucket
 
     def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+        return torch.randn(*shape, generator=gen, device=device, dtype=call.dtype)
 
-    table = _TABLES.get(op)
-    if table is None:
-        raise ValueError(f"op {op!r} has no candidates; ops are {OPS}")
-    args, impls = table(r, variant, width, tokens, seqlen, device)
+    args, impls = _TABLES[registry.get(call.op).name](r, call.variant, call.width, call.tokens, call.seqlen,
+                                                       device)
     unknown = set(names) - set(impls)
     if unknown:
-        raise ValueError(f"op {op!r} has no candidate {sorted(unknown)}; it has {sorted(impls)}")
+        raise ValueError(f"op {call.op!r} has no candidate {sorted(unknown)}; it has {sorted(impls)}")
     return {name: (lambda fn=impls[name]: fn(*args)) for name in names}
 
 
@@ -149,8 +143,6 @@ def _embed(r, variant, width, tokens, seqlen, device):
             r(hidden, e) if has_projection else None, r(hidden) if has_projection else None)
 
     def extension_embed(*a):
-        from rembert_fast import extension
-
         return extension.embed(extension.load(), *a, check_ids=False)
 
     return args, {"eager": reference.embed_ref, "cuda": extension_embed}
@@ -177,7 +169,7 @@ def _linear_residual_layer_norm(r, variant, width, tokens, seqlen, device):
     }
 
 
-_TABLES = {
+_TABLES = registry.covers({
     "layer_norm": _layer_norm,
     "bias_act": _bias_act,
     "attention": _attention,
@@ -185,4 +177,4 @@ _TABLES = {
     "embed": _embed,
     "linear_bias_act": _linear_bias_act,
     "linear_residual_layer_norm": _linear_residual_layer_norm,
-}
+}, "the candidate calls")

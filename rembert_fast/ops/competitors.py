@@ -75,7 +75,7 @@ def attention_sdpa_padded(
 def torch_varlen_status(device_type: str, dtype: torch.dtype, head_dim: int,
                         self_attention: bool) -> str | None:
     """None where `attention_torch_varlen` can serve this class of calls, else why not. Never imports
-    the module itself (its import loads torch._dynamo, about a second)."""
+    the module itself (its import loads torch._dynamo)."""
     if importlib.util.find_spec("torch.nn.attention.varlen") is None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen"
     if device_type != "cuda":

@@ -1,4 +1,4 @@
-"""Backend resolution for the op API: which backend runs an op for given tensors.
+"""The one place a backend is chosen for an op call (architecture: dispatch).
 
 Backends: ``triton`` (the kernels in ``rembert_fast.kernels``; CUDA tensors, or CPU tensors under
 ``TRITON_INTERPRET=1``), ``cuda`` (the compiled extension ``rembert_fast._C``; ``embed`` on CUDA),
@@ -9,8 +9,13 @@ enabled and an input that requires grad) every op runs eagerly: the kernels have
 
 Two levels: `backend_for(op, device, dtype)` is the op-level decision (availability, the probe verdict,
 a trace-time constant under torch.compile); `choose(op, variant, width, device, dtype, tokens, ...)` is
-what each op asks per call, the candidate for its call class (`rembert_fast.ops.candidates`), made
-once at first use (`rembert_fast.ops.choosing`: timed where timing is allowed) and then a dict lookup.
+what each op asks per call, the candidate for its call class, made once at first use and then a dict
+lookup. A first use on `auto` runs the pipeline, each step in its own module:
+
+    call class (`call_class.CallClass`) -> candidates (`candidates.names`, from `registry.OPS`)
+      -> check (`tuning.fused_ok`: the probe verdict, `probe.run_probe` at first need)
+      -> measure (`measure.measure`, where timing is allowed) -> choose the fastest
+      -> cache (`tuning.record_choice`: in memory and in the JSON cache)
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from rembert_fast import extension
 from rembert_fast.kernels._launch import interpreting
+from rembert_fast.ops import candidates, measure, tuning
+from rembert_fast.ops.call_class import CallClass, probed_name, verdict_name
+from rembert_fast.ops.registry import EXTENSION_OPS, TRITON_OPS
 
 BACKENDS = ("auto", "eager", "triton", "cuda")
 
@@ -31,7 +41,7 @@ BACKENDS = ("auto", "eager", "triton", "cuda")
 def _constant_under_compile(fn: Callable[..., str]) -> Callable[..., str]:
     """`torch.compiler.assume_constant_result`: dynamo calls `fn` while tracing and keeps its answer
     as a constant of the graph. The same mark, set without importing torch._dynamo (which the public
-    decorator does, adding about a second to every process that imports the ops)."""
+    decorator does, a cost every process that imports the ops would pay)."""
     fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return fn
 
@@ -118,10 +128,6 @@ def needs_autograd(tensors: tuple[torch.Tensor | None, ...]) -> bool:
     return False
 
 
-TRITON_OPS = ("layer_norm", "bias_act", "attention", "attention_padded", "linear_bias_act",
-              "linear_residual_layer_norm")
-EXTENSION_OPS = ("embed",)
-
 # backend_for's decisions: (op, device type, dtype, request) -> backend. A request is a name, so a
 # use_backend block (entered or left, in any thread) or a new $REMBERT_FAST_BACKEND selects another entry.
 _decisions: dict[tuple[str, str, torch.dtype, str], str] = {}
@@ -136,8 +142,6 @@ def _triton_runnable(device_type: str) -> tuple[bool, str]:
 def _decide(op: str, device_type: str, requested: str) -> str:
     if op in EXTENSION_OPS:
         if device_type == "cuda" and requested in ("auto", "cuda"):
-            from rembert_fast import extension
-
             if extension.load() is not None:
                 return "cuda"
             if requested == "cuda":
@@ -163,8 +167,6 @@ def _decision(op: str, device_type: str, dtype: torch.dtype, requested: str) -> 
     if backend is None:
         backend = _decide(op, device_type, requested)
         if backend != "eager" and requested == "auto":  # an explicit request is trusted, never probed
-            from rembert_fast.ops import tuning
-
             verdict = tuning.fused_ok(op, device_type, dtype)
             if verdict is None:  # inside a capture or a trace, before any probe: eager, ask again later
                 return "eager"
@@ -193,11 +195,6 @@ def backend_for(op: str, device: torch.device, dtype: torch.dtype) -> str:
 _choices: dict[tuple, str] = {}
 
 
-def _pow2(n: int) -> int:
-    """n rounded up to a power of two (0 stays 0)."""
-    return 1 << (n - 1).bit_length() if n > 0 else 0
-
-
 def _from_bits(bits: int) -> int:
     """The bucket a key's bit length stands for: 1 << bits, or 0 for -1."""
     return 1 << bits if bits >= 0 else 0
@@ -218,7 +215,7 @@ def choose(
     Under autograd "eager". While torch.compile traces, the op-level `backend_for` (a trace-time
     constant that never reads a size). Else decided once per call class and kept (a dict lookup on
     every later call): on `auto` the probed candidates are timed at first use on a bucket-shaped
-    input and the fastest kept (`rembert_fast.ops.choosing`); an explicit request is served as asked.
+    input and the fastest kept (the pipeline above); an explicit request is served as asked.
     Raises as backend_for."""
     if needs_autograd(tensors):
         return "eager"
@@ -231,54 +228,66 @@ def choose(
     return made if made is not None else _choose_first(key, device)
 
 
-PER_ACTIVATION = ("bias_act", "linear_bias_act")  # ops whose probe verdict is kept per activation
-
-
-def probed_name(op: str, variant: tuple) -> str:
-    """The op-level name a call class's probe verdict is kept under: "bias_act[gelu]" for the ops with
-    an activation (the variant's first item; each activation is its own kernel, probed on its own), the
-    op itself for the rest."""
-    return f"{op}[{variant[0]}]" if op in PER_ACTIVATION else op
-
-
 def _choose_first(key: tuple, device: torch.device) -> str:
-    from rembert_fast.ops import choosing, tuning
-
     op, variant, width, device_type, dtype, requested, token_bits, seqlen_bits = key
-    tokens, seqlen = _from_bits(token_bits), _from_bits(seqlen_bits)
-    base = _decision(probed_name(op, variant), device_type, dtype, requested)
+    call = CallClass(op, variant, width, dtype, _from_bits(token_bits), _from_bits(seqlen_bits))
+    base = _decision(call.probed, device_type, dtype, requested)
     forbidden = tuning.probing_forbidden()
     if requested != "auto" or (device_type == "cpu" and not interpreting()):
         if not forbidden:
             _choices[key] = base
         return base
-    names, _ = candidate_names(op, variant, width, device_type, dtype, base)
-    choice = base if len(names) == 1 else choosing.decide(op, variant, width, (tokens, seqlen), device,
-                                                            dtype, names, fallback=base)
+    names, _ = candidate_names(call, device_type, base)
+    choice = base if len(names) == 1 else _measure_and_choose(call, device, names, fallback=base)
     if choice is None or forbidden:  # inside a trace or capture: the probe verdict, asked again later
         return choice or base
     _choices[key] = choice
     return choice
 
 
-def candidate_names(op: str, variant: tuple, width: tuple, device_type: str, dtype: torch.dtype,
-                    base: str) -> tuple[tuple[str, ...], list[str]]:
-    """(the candidates that may serve this call class, why each competitor left out is): eager always,
-    the op's fused path where the op-level decision `base` chose it, each competitor that can run here
-    and passed its probe (probed now unless inside a trace or capture)."""
-    from rembert_fast.ops import candidates, tuning
+def candidate_names(call: CallClass, device_type: str, base: str) -> tuple[tuple[str, ...], list[str]]:
+    """(the candidates that may serve `call`, why each competitor left out is): eager always, the op's
+    fused path where the op-level decision `base` chose it, each competitor that can run here and passed
+    its probe (probed now unless inside a trace or capture)."""
 
-    names = ("eager",) + ((base,) if base != "eager" else ())
-    errors = []
-    for extra in candidates.EXTRA.get(op, ()):
-        why = candidates.extra_status(op, extra, variant, width, device_type, dtype)
-        if why is None and not tuning.fused_ok(op, device_type, dtype, extra):
-            why = tuning.verdicts().get(tuning.entry(op, dtype, extra)) or "not probed yet"
-        if why is None:
-            names += (extra,)
-        else:
-            errors.append(f"{extra}: {why}")
-    return names, errors
+    def probed(candidate: str) -> str | None:
+        if tuning.fused_ok(call.op, device_type, call.dtype, candidate):
+            return None
+        return tuning.verdicts().get(verdict_name(call.op, call.dtype, candidate)) or "not probed yet"
+
+    return candidates.names(call, device_type, base, probed)
+
+
+def _measure_and_choose(call: CallClass, device: torch.device, names: tuple[str, ...],
+                        fallback: str) -> str | None:
+    """The candidate (one of `names`) serving `call`: the choice held in the tuning cache; else, where
+    timing is allowed, the fastest measured now (and cached); `fallback` where nothing may be timed here
+    or the timing itself fails (one warning; not cached); None inside a trace or a capture when no choice
+    is held (the caller does not remember it)."""
+    if tuning.mode() == "off" or call.tokens == 0:  # off, or an empty call: nothing worth timing
+        return fallback
+    held = tuning.held_choice(device.type, call.name)
+    if held is not None and held["choice"] in names:
+        return held["choice"]
+    if tuning.probing_forbidden():
+        return None
+    timer = measure.active_timer(device)
+    if timer is None:
+        return fallback
+    try:
+        ms = measure.measure(call, device, names, timer)
+    except Exception as error:  # the inputs or eager itself fail at this size (out of memory): not chosen
+        warnings.warn(f"rembert_fast: timing {call.name} failed ({type(error).__name__}: {error}); "
+                      f"{fallback} serves it in this process", RuntimeWarning, stacklevel=4)
+        return fallback
+    return choose_fastest(call, device.type, ms)
+
+
+def choose_fastest(call: CallClass, device_type: str, ms: dict[str, float]) -> str:
+    """The candidate with the least ms, recorded as `call`'s choice in the tuning cache."""
+    choice = min(ms, key=ms.__getitem__)
+    tuning.record_choice(device_type, call.name, choice, ms)
+    return choice
 
 
 def unavailable_reason(op: str, device_type: str) -> str:
@@ -286,8 +295,6 @@ def unavailable_reason(op: str, device_type: str) -> str:
     if op in EXTENSION_OPS:
         if device_type != "cuda":
             return f"the extension runs on CUDA tensors only, not {device_type}"
-        from rembert_fast import extension
-
         return f"the extension is unavailable: {extension.status()[1]}"
     return _triton_runnable(device_type)[1]
 
@@ -295,10 +302,8 @@ def unavailable_reason(op: str, device_type: str) -> str:
 def choices_made() -> dict[str, str]:
     """The candidate serving each call class met in this process: "device request entry" -> name, the
     entry as the tuning cache names it (e.g. "cuda auto attention:False:True|bfloat16|18x64|t512s128")."""
-    from rembert_fast.ops import candidates
-
     return {f"{device_type} {requested} "
-            f"{candidates.entry(op, variant, dtype, width, (_from_bits(tokens), _from_bits(seqlen)))}": name
+            f"{CallClass(op, variant, width, dtype, _from_bits(tokens), _from_bits(seqlen)).name}": name
             for (op, variant, width, device_type, dtype, requested, tokens, seqlen), name
             in list(_choices.items())}
 
@@ -307,13 +312,6 @@ def forget() -> None:
     """Drop every decision held in this process (made again, from the tuning cache, on the next call)."""
     _decisions.clear()
     _choices.clear()
-
-
-def use_triton(
-    op: str, device: torch.device, dtype: torch.dtype, tensors: tuple[torch.Tensor | None, ...]
-) -> bool:
-    """Whether this call of `op` runs its Triton kernel (never under autograd); raises as backend_for."""
-    return not needs_autograd(tensors) and backend_for(op, device, dtype) == "triton"
 
 
 def extension_takes_embed(
@@ -332,8 +330,6 @@ def extension_takes_embed(
 
 def backend_info() -> dict[str, Any]:
     """What is available in this process and why not: versions, devices, backends, the extension."""
-    from rembert_fast import extension
-
     triton_ok, triton_reason = triton_status()
     try:
         import triton
@@ -342,7 +338,6 @@ def backend_info() -> dict[str, Any]:
     except Exception:
         triton_version = None
     ext_ok, ext_reason = extension.status()
-    from rembert_fast.ops import tuning
     try:
         requested = requested_backend()
     except ValueError as error:  # a bad $REMBERT_FAST_BACKEND: what a diagnosis should show, not crash on

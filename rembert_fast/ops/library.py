@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from rembert_fast import extension
+
 NAMESPACE = "rembert_fast"
 
 
@@ -60,8 +62,6 @@ def attention_padded(*args):
                      "Tensor position_weight, Tensor type_weight, Tensor ln_weight, Tensor ln_bias, "
                      "float eps, Tensor? proj_weight, Tensor? proj_bias) -> Tensor")
 def embed(*args):
-    from rembert_fast import extension
-
     return extension.embed(extension.load(), *args)
 
 

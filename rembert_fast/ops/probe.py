@@ -5,7 +5,7 @@ inputs; it passes where the kernel's max error is at most twice the same-dtype e
 (the error a correct kernel cannot avoid: rounding to its output dtype once, and fp32 reassociation).
 `run_probe(op, device, dtype, candidate=None)` returns None on agreement, else a one-line reason
 (mismatch, or the exception a compile or launch raised). `candidate` names a competitor other than the
-op's fused path (`candidates.EXTRA`), probed on the same input against the same reference. The ops with
+op's fused path (`registry.OPS`), probed on the same input against the same reference. The ops with
 an activation are probed per activation: `op[activation]` (e.g. "bias_act[gelu]") runs only that one
 (each activation is its own kernel specialisation, so its own compile); a bare name runs every one.
 """
@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from rembert_fast.ops import competitors, reference
+from rembert_fast import extension
+from rembert_fast.ops import competitors, reference, registry
 from rembert_fast.ops.contract import ACTIVATIONS
-from rembert_fast.ops.dispatch import PER_ACTIVATION
 
 _ROWS, _WIDTH = 8, 96  # the probe's class of input: small, a width that is not a power of two
 _HEADS, _HEAD_DIM, _LENGTHS = 2, 64, (5, 9)
@@ -88,8 +88,6 @@ def _attention_padded_case(gen: torch.Generator) -> tuple[tuple, Callable, Calla
 
 
 def _embed_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
-    from rembert_fast import extension
-
     ids = torch.randint(0, 50, (_ROWS,), generator=gen)
     args = (ids, torch.arange(_ROWS), ids % 2, _rand(gen, 50, _WIDTH), _rand(gen, _ROWS, _WIDTH),
             _rand(gen, 2, _WIDTH), _rand(gen, _WIDTH), _rand(gen, _WIDTH), 1e-12, _rand(gen, 48, _WIDTH),
@@ -125,7 +123,7 @@ def _linear_residual_layer_norm_case(gen: torch.Generator) -> tuple[tuple, Calla
             lambda x, w, b, res, lw, lb: reference.layer_norm_ref(F.linear(x, w, b), lw, lb, 1e-12, res))
 
 
-CASES: dict[str, Callable[[torch.Generator], tuple[tuple, Callable, Callable]]] = {
+CASES: dict[str, Callable[..., tuple[tuple, Callable, Callable]]] = registry.covers({
     "layer_norm": _layer_norm_case,
     "bias_act": _bias_act_case,
     "attention": _attention_case,
@@ -133,25 +131,27 @@ CASES: dict[str, Callable[[torch.Generator], tuple[tuple, Callable, Callable]]] 
     "embed": _embed_case,
     "linear_bias_act": _linear_bias_act_case,
     "linear_residual_layer_norm": _linear_residual_layer_norm_case,
-}
+}, "the probe cases")
+
+
 def split_name(op: str) -> tuple[str, tuple[str, ...] | None]:
     """("bias_act", ("gelu",)) for "bias_act[gelu]"; (op, None) for a bare name. ValueError names an
     activation that is not one of ACTIVATIONS or an op that takes none."""
     if not op.endswith("]") or "[" not in op:
         return op, None
     base, _, activation = op[:-1].partition("[")
-    if base not in PER_ACTIVATION:
-        raise ValueError(f"op {base!r} takes no activation; per-activation ops are {PER_ACTIVATION}")
+    if base not in registry.PER_ACTIVATION:
+        raise ValueError(f"op {base!r} takes no activation; per-activation ops are {registry.PER_ACTIVATION}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} in {op!r} is not one of {ACTIVATIONS}")
     return base, (activation,)
 
 
-# Competitors other than an op's fused path, probed on that op's input (both causal and not).
-COMPETITORS: dict[tuple[str, str], Callable] = {
+# Competitors other than an op's fused path (`registry.OPS`), probed on that op's input (causal and not).
+COMPETITORS: dict[tuple[str, str], Callable] = registry.covers_competitors({
     ("attention", "sdpa_padded"): competitors.attention_sdpa_padded,
     ("attention", "torch_varlen"): competitors.attention_torch_varlen,
-}
+}, "the probe's competitors")
 
 
 def _to(args: tuple, device: torch.device, dtype: torch.dtype) -> tuple:

@@ -4,11 +4,11 @@
 backend (or a competitor, `candidate`) on `auto`. The first time for a key (the GPU's name and
 capability, or "cpu-interpreter"; the dtype; the op), it runs `probe.run_probe`; a mismatch, compile
 error or launch error disables that path for the key with one warning naming op, key and error, and the
-eager path serves it. The per-bucket choices `rembert_fast.ops.choosing` times are kept beside the
-verdicts (`held_choice`, `record_choice`). Both persist in a JSON cache, one file per GPU, stamped
-with the GPU, CUDA/driver, torch and triton versions and a hash of the kernel sources; a file that is
-corrupt, truncated or stamped otherwise is ignored with one warning and
-rewritten (temp file + os.replace, under an fcntl lock).
+eager path serves it. The per-bucket choices the dispatch measures (`rembert_fast.ops.measure`) are kept
+beside the verdicts (`held_choice`, `record_choice`), each under its `CallClass.name`. Both persist
+in a JSON cache, one file per GPU, stamped with the GPU, CUDA/driver, torch and triton versions and a
+hash of the kernel sources; a file that is corrupt, truncated or stamped otherwise is ignored with one
+warning and rewritten (temp file + os.replace, under an fcntl lock).
 
 `$REMBERT_FAST_TUNE`: `on` (default), `off` (no probe; fused paths trusted), `force` (ignore the cache,
 probe again once per process). `$REMBERT_FAST_CACHE`: the cache directory (default
@@ -31,10 +31,15 @@ from typing import Any
 
 import torch
 
+from rembert_fast import kernels
+from rembert_fast.kernels._launch import interpreting
+from rembert_fast.ops import probe
+from rembert_fast.ops.call_class import verdict_name
+
 MODES = ("off", "on", "force")
 _lock = threading.Lock()
 _verdicts: dict[str, str | None] = {}  # "op|dtype" -> None (fused ok) or the reason it is disabled
-_choices: dict[str, dict[str, Any]] = {}  # candidates.entry(...) -> {"choice": name, "ms": {name: ms}}
+_choices: dict[str, dict[str, Any]] = {}  # CallClass.name -> {"choice": name, "ms": {name: ms}}
 _loaded_for: str | None = None  # the cache file the verdicts were loaded from
 
 
@@ -76,8 +81,6 @@ def kernel_sources_hash() -> str:
     """sha256 (first 16 hex digits) of the kernel sources, kernels/*.py, in name order."""
     global _sources_hash
     if _sources_hash is None:
-        from rembert_fast import kernels
-
         digest = hashlib.sha256()
         for path in sorted(Path(kernels.__file__).parent.glob("*.py")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -163,11 +166,6 @@ def probing_forbidden() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def entry(op: str, dtype: torch.dtype, candidate: str | None = None) -> str:
-    """The cache's name for a verdict: "op|dtype", or "op.candidate|dtype" for a competitor."""
-    return f"{op}{'.' + candidate if candidate else ''}|{str(dtype).removeprefix('torch.')}"
-
-
 def _load(device_type: str) -> tuple[Path, dict[str, Any]]:
     global _loaded_for
     key = device_key(device_type)
@@ -189,18 +187,16 @@ def fused_ok(op: str, device_type: str, dtype: torch.dtype, candidate: str | Non
     or a trace: run eager, ask again later). With $REMBERT_FAST_TUNE=off always True."""
     if mode() == "off":
         return True
-    name = entry(op, dtype, candidate)
+    name = verdict_name(op, dtype, candidate)
     with _lock:
         path, key = _load(device_type)
         if name in _verdicts:
             return _verdicts[name] is None
         if probing_forbidden():
             return None
-        from rembert_fast.ops.probe import run_probe
-
         device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else \
             torch.device("cpu")
-        reason = run_probe(op, device, dtype, *([candidate] if candidate else []))
+        reason = probe.run_probe(op, device, dtype, *([candidate] if candidate else []))
         _verdicts[name] = reason
         if reason is not None:
             what = op if candidate is None else f"{op} ({candidate})"
@@ -213,14 +209,6 @@ def fused_ok(op: str, device_type: str, dtype: torch.dtype, candidate: str | Non
             warnings.warn(f"rembert_fast: tuning cache {path} cannot be written ({error})",
                           RuntimeWarning, stacklevel=3)
         return reason is None
-
-
-def record(device_type: str, decided: dict[str, str | None]) -> None:
-    """Hold and persist verdicts made elsewhere (by `timing.tune`): "op|dtype" -> None or why not."""
-    with _lock:
-        path, key = _load(device_type)
-        _verdicts.update(decided)
-        write_cache(path, key, decided)
 
 
 def held_choice(device_type: str, name: str) -> dict[str, Any] | None:
@@ -247,8 +235,6 @@ def record_choice(device_type: str, name: str, choice: str, ms: dict[str, float]
 def describe() -> dict[str, Any]:
     """What `doctor` shows: the mode, this device's cache file and the verdicts it holds (None where no
     fused path runs here: plain CPU, or triton not importable)."""
-    from rembert_fast.kernels._launch import interpreting
-
     device_type = "cuda" if torch.cuda.is_available() else "cpu" if interpreting() else None
     try:
         tune_mode = mode()

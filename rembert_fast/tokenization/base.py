@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rembert_fast import hub
-from rembert_fast.configuration import LOADER_ONLY_KEYWORDS
+from rembert_fast.hub import LOADER_ONLY_KEYWORDS
 from rembert_fast.tokenization.batch_encoding import BatchEncoding, to_tensors
 from rembert_fast.tokenization.files import (
     ADDED_TOKENS_FILE,
