@@ -273,7 +273,7 @@ def _run_on(args: argparse.Namespace, stream: Any, model: Path, output: Path, er
     """Load the engine, write (this rank's part of) the output, merge parts, report; the exit status."""
     from rembert_fast import inference
 
-    jsonl = (args.input_format or ("jsonl" if args.input.endswith(".jsonl") else "txt")) == "jsonl"
+    jsonl = inference.reads_jsonl(args.input, args.input_format)
     rank, world, device = _distributed(args.device)
     if world > 1 and args.input == "-":
         raise UsageError("a multi-process run (torchrun) needs an input file, not stdin")
