@@ -421,9 +421,10 @@ def _add_task(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N (default: cuda when available); under torchrun cuda:LOCAL_RANK")
     p.add_argument("--resume", action="store_true",
                    help="continue a partial output; refused (exit 2) unless written with the same settings")
-    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of a failure (with --ray: Ray's error chain and its own logs)")
     p.add_argument("--progress", action="store_true",
-                   help="show the progress bar even when stderr is not a TTY")
+                   help="show the progress bar even when stderr is not a TTY (with --ray: Ray Data's)")
     p.add_argument("--window", type=_positive, default=DEFAULT_WINDOW,
                    help="lines sorted by length together (resume and torchrun parts need the same value)")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
