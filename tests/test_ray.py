@@ -392,3 +392,21 @@ def test_job_error_unwraps_ray_to_the_workers_exception(ray_cluster):
             ray_cluster.get(actor_class.remote(error).ping.remote())
         reported = job_error(caught.value, "/models/m")
         assert type(reported) is ValueError and str(reported) == said
+
+
+def test_predictor_reads_each_row_in_its_marked_format(dirs, ref):
+    """Rows marked `jsonl` false in a "jsonl" predictor are texts (no id, a JSON-looking text embedded
+    as it is), the others JSON records; each embedding is transformers' on that text alone. A "txt"
+    predictor refuses rows marked JSON (it has no id column to give them)."""
+    import pyarrow as pa
+
+    raws = ['{"text": "first line", "id": 4}', '{"text": "a text that looks like JSON"}', "{bad"]
+    batch = pa.table({"line": [1, 2, 3], "raw": raws, "jsonl": [True, False, None]})
+    rows = Embedder(model_dir=str(dirs["cls"]), input_format="jsonl", device="cpu")(batch).to_pylist()
+    assert [r["id"] for r in rows] == ["4", None, None] and "jsonl" not in rows[0]
+    assert rows[2]["embedding"] is None and rows[2]["error"].startswith("malformed JSON")
+    for got, text in zip(rows[:2], ["first line", raws[1]], strict=True):
+        np.testing.assert_allclose(np.asarray(got["embedding"]), ref.embedding(text, "cls").numpy(),
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="jsonl=true needs input_format 'jsonl'"):
+        Embedder(model_dir=str(dirs["cls"]), input_format="txt", device="cpu")(batch)
