@@ -229,7 +229,7 @@ def _run_on(args: argparse.Namespace, stream: Any, model: Path, output: Path, er
     """Load the engine, write (this rank's part of) the output, merge parts, report; the exit status."""
     from rembert_fast import inference
 
-    jsonl = (args.input_format or ("jsonl" if args.input.endswith(".jsonl") else "txt")) == "jsonl"
+    jsonl = inference.reads_jsonl(args.input, args.input_format)
     rank, world, device = _distributed(args.device)
     if world > 1 and args.input == "-":
         raise UsageError("a multi-process run (torchrun) needs an input file, not stdin")
@@ -463,9 +463,10 @@ def _add_task(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N (default: cuda when available); under torchrun cuda:LOCAL_RANK")
     p.add_argument("--resume", action="store_true",
                    help="continue a partial output; refused (exit 2) unless written with the same settings")
-    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of a failure (with --ray: Ray's error chain and its own logs)")
     p.add_argument("--progress", action="store_true",
-                   help="show the progress bar even when stderr is not a TTY")
+                   help="show the progress bar even when stderr is not a TTY (with --ray: Ray Data's)")
     p.add_argument("--window", type=_positive, default=DEFAULT_WINDOW,
                    help="lines sorted by length together (resume and torchrun parts need the same value)")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",

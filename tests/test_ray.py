@@ -7,8 +7,12 @@ checks that `--ray` then exits 2.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,22 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_console():
+    """What Ray Data's console log handlers print during the test. They write to the stderr of the time
+    `ray.data` was imported, which capsys does not see: here to a StringIO instead."""
+    stream = io.StringIO()
+    handlers = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    assert handlers, "Ray Data has no console log handler: the quiet-output checks would check nothing"
+    streams = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.setStream(stream)
+    yield stream
+    for handler, previous in zip(handlers, streams, strict=True):
+        handler.setStream(previous)
+
+
 def _hostile_input(tmp_path: Path) -> Path:
     """The batch-engine tests' mixed JSONL lines, multilingual texts, a non-UTF-8 line, a lone surrogate,
     a BOM before the first line and a CRLF line end."""
@@ -52,18 +72,20 @@ def _hostile_input(tmp_path: Path) -> Path:
     return path
 
 
-def _command_records(capsys, task: str, model: Path, inp: Path, out: Path) -> list[dict]:
-    code = main([task, "--model", str(model), "--input", str(inp), "--output", str(out), "--device", "cpu",
-                 *SETTINGS])
+def _command_records(capsys, task: str, model: Path, inp: Path, out: Path, *extra: str,
+                     code: int = 1) -> list[dict]:
+    """The plain command's records for `inp` (exit status `code`: 1, the hostile lines are errors)."""
+    got = main([task, "--model", str(model), "--input", str(inp), "--output", str(out), "--device", "cpu",
+                *SETTINGS, *extra])
     capsys.readouterr()
-    assert code == 1  # the hostile lines are error records
+    assert got == code
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
 def _assert_same(task: str, got: dict, want: dict, atol: float) -> None:
     """One Ray row against the command's record of the same line."""
     assert got["line"] == want["line"]
-    assert (None if got["id"] is None else json.loads(got["id"])) == want.get("id")
+    assert (None if got.get("id") is None else json.loads(got["id"])) == want.get("id")
     if "error" in want:
         assert got["error"] == want["error"] and got[RESULT[task]] is None
         return
@@ -193,3 +215,198 @@ def test_ray_usage_errors_exit_2(ray_cluster, dirs, capsys, tmp_path, case):
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     said = {"output_not_empty": "not empty", "resume": "--resume", "no_input": "no glob matching"}[case]
     assert said in err
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("input_format", [None, "txt"])
+def test_ray_reads_each_file_of_a_mixed_directory_as_the_command_does(ray_cluster, dirs, capsys, tmp_path,
+                                                                     ray_console, input_format):
+    """A directory of a .jsonl and a .txt file: each file's rows are the command's records for that file
+    (JSON lines with their ids, malformed records as errors; text lines, a JSON-looking one as text), or
+    all text with `--input-format txt`. The command's summary is all it prints: no Ray log line, no
+    warning of Ray's."""
+    inp = _hostile_input(tmp_path)
+    text = inp.parent / "plain.txt"
+    texts = [*sample_texts()[:5], '{"text": "a JSON-looking text line", "id": 9}', "{not json"]
+    text.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    extra = [] if input_format is None else ["--input-format", input_format]
+    want = {path: _command_records(capsys, "embed", dirs["cls"], path, tmp_path / f"{path.stem}.jsonl",
+                                   *extra, code=1 if path == inp else 0)
+            for path in (inp, text)}
+    out = tmp_path / "ray_out"
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        code = main(["embed", "--ray", "--model", str(dirs["cls"]), "--input", str(inp.parent), "--output",
+                     str(out), "--device", "cpu", *SETTINGS, *extra])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    rays = [w for w in warned if issubclass(w.category, DeprecationWarning) or "/ray/" in w.filename]
+    assert ray_console.getvalue() == "" and [str(w.message) for w in rays] == []
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["path"], r["line"]) for r in rows] == [(str(path), record["line"])
+                                                      for path in sorted(want) for record in want[path]]
+    assert ("id" in rows[0]) == (input_format is None)
+    for got, expected in zip(rows, [record for path in sorted(want) for record in want[path]], strict=True):
+        _assert_same("embed", got, expected, atol=1e-6)
+
+
+def _writable(path: Path) -> bool:
+    try:
+        (path / "probe").touch()
+    except OSError:
+        return False
+    (path / "probe").unlink()
+    return True
+
+
+def _make_unwritable(path: Path) -> None:
+    """Read-only for this process, root included (an immutable directory then)."""
+    path.chmod(0o555)
+    if _writable(path):
+        subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if _writable(path):
+        pytest.skip("cannot make a directory unwritable here (root, and no chattr +i)")
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """An existing, empty directory this process cannot write; writable again after the test."""
+    path = tmp_path / "read-only"
+    path.mkdir()
+    yield path
+    subprocess.run(["chattr", "-i", str(path)], capture_output=True, check=False)
+    path.chmod(0o755)
+
+
+@pytest.mark.ray
+def test_ray_unwritable_output_fails_before_the_job_as_the_command(ray_cluster, dirs, capsys, tmp_path,
+                                                                   unwritable, monkeypatch):
+    """An existing, empty, read-only --output: the command's exit status (3) and one line naming the
+    error and the directory, before any input is read."""
+    _make_unwritable(unwritable)
+    inp = tmp_path / "in.txt"
+    inp.write_text("hello\n")
+    plain = main(["embed", "--model", str(dirs["cls"]), "--input", str(inp), "--output",
+                  str(unwritable / "out.jsonl"), "--device", "cpu"])
+    capsys.readouterr()
+
+    def started(*args, **kwargs):
+        raise AssertionError("the Ray job started")
+
+    monkeypatch.setattr(ray_cluster.data, "read_binary_files", started)
+    code = main(["embed", "--ray", "--model", str(dirs["cls"]), "--input", str(inp), "--output",
+                 str(unwritable), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == plain == 3 and len(err.strip().splitlines()) == 1, err
+    assert "PermissionError" in err and str(unwritable) in err and "\x1b" not in err
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("debug", [False, True])
+def test_ray_job_failure_is_one_line_naming_the_innermost_error(ray_cluster, dirs, capsys, tmp_path,
+                                                                unwritable, monkeypatch, ray_console, debug):
+    """The output directory turns read-only once checked: Ray's writer fails inside a Ray task. Exit 3,
+    one line naming the worker's error (type, message, file) without colour codes; --debug prints
+    Ray's whole chain (its RayTaskError with the remote traceback) and Ray's own log lines."""
+    from rembert_fast.integrations import ray_job
+
+    checked = ray_job._check_output
+
+    def check_then_lock(spec: str) -> None:
+        checked(spec)
+        _make_unwritable(Path(spec))
+
+    monkeypatch.setattr(ray_job, "_check_output", check_then_lock)
+    inp = tmp_path / "in.txt"
+    inp.write_text("hello\nworld\n")
+    code = main(["embed", "--ray", "--model", str(dirs["cls"]), "--input", str(inp), "--output",
+                 str(unwritable), "--device", "cpu", *(["--debug"] if debug else [])])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rembert-fast embed: failed: RayJobFailed: PermissionError: ")
+    assert str(unwritable) in last
+    assert "\x1b" not in last
+    if debug:
+        assert "RayTaskError(PermissionError)" in err and "The above exception was the direct cause" in err
+        assert "Dataset" in ray_console.getvalue()  # Ray Data's own log lines
+    else:
+        assert len(err.strip().splitlines()) == 1 and ray_console.getvalue() == "", err
+
+
+@pytest.mark.ray
+def test_ray_model_without_the_task_head_exits_2_with_the_command_message(ray_cluster, dirs, capsys,
+                                                                           tmp_path):
+    """classify on a masked-LM checkpoint (no classifier weights): the actors' engine refuses it; exit 2
+    with the plain command's one-line message."""
+    inp = tmp_path / "in.txt"
+    inp.write_text("hello\n")
+    plain = main(["classify", "--model", str(dirs["mlm"]), "--input", str(inp), "--output",
+                  str(tmp_path / "plain.jsonl"), "--device", "cpu"])
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rembert-fast")]
+    code = main(["classify", "--ray", "--model", str(dirs["mlm"]), "--input", str(inp), "--output",
+                 str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == plain == 2 and "has no trained weights for classify" in said[0]
+    assert err.strip().splitlines() == said
+
+
+def _raises_oserror(path: str) -> None:
+    raise FileNotFoundError(2, "No such file or directory", path)
+
+
+class _RefusesModel:
+    def __init__(self, error: Exception) -> None:
+        raise error
+
+    def ping(self) -> None:
+        """Never runs: the constructor raised."""
+
+
+@pytest.mark.ray
+def test_job_error_unwraps_ray_to_the_workers_exception(ray_cluster):
+    """A task's error, also through a task that waits on it, is reported as the worker's exception (type,
+    message, path) in one line without colour codes; an actor constructor's as the command's model
+    message (a ValueError: exit 2)."""
+    from rembert_fast.integrations.ray_errors import RayJobFailed, job_error
+
+    inner = ray_cluster.remote(_raises_oserror)
+
+    @ray_cluster.remote
+    def outer(path: str) -> None:
+        ray_cluster.get(inner.remote(path))
+
+    for task in (inner, outer):
+        with pytest.raises(ray_cluster.exceptions.RayTaskError) as caught:
+            ray_cluster.get(task.remote("/no/such/file.txt"))
+        assert "\x1b" in str(caught.value)  # what the command printed before: Ray's coloured header
+        reported = job_error(caught.value, "/models/m")
+        assert isinstance(reported, RayJobFailed)
+        assert str(reported) == "FileNotFoundError: [Errno 2] No such file or directory: '/no/such/file.txt'"
+    actor_class = ray_cluster.remote(num_cpus=0)(_RefusesModel)
+    for error, said in [(ValueError("no head\nsecond line"), "/models/m: no head"),
+                        (OSError("unreadable weights"), "cannot load model '/models/m': unreadable weights")]:
+        with pytest.raises(ray_cluster.exceptions.RayActorError) as caught:
+            ray_cluster.get(actor_class.remote(error).ping.remote())
+        reported = job_error(caught.value, "/models/m")
+        assert type(reported) is ValueError and str(reported) == said
+
+
+def test_predictor_reads_each_row_in_its_marked_format(dirs, ref):
+    """Rows marked `jsonl` false in a "jsonl" predictor are texts (no id, a JSON-looking text embedded
+    as it is), the others JSON records; each embedding is transformers' on that text alone. A "txt"
+    predictor refuses rows marked JSON (it has no id column to give them)."""
+    import pyarrow as pa
+
+    raws = ['{"text": "first line", "id": 4}', '{"text": "a text that looks like JSON"}', "{bad"]
+    batch = pa.table({"line": [1, 2, 3], "raw": raws, "jsonl": [True, False, None]})
+    rows = Embedder(model_dir=str(dirs["cls"]), input_format="jsonl", device="cpu")(batch).to_pylist()
+    assert [r["id"] for r in rows] == ["4", None, None] and "jsonl" not in rows[0]
+    assert rows[2]["embedding"] is None and rows[2]["error"].startswith("malformed JSON")
+    for got, text in zip(rows[:2], ["first line", raws[1]], strict=True):
+        np.testing.assert_allclose(np.asarray(got["embedding"]), ref.embedding(text, "cls").numpy(),
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="jsonl=true needs input_format 'jsonl'"):
+        Embedder(model_dir=str(dirs["cls"]), input_format="txt", device="cpu")(batch)

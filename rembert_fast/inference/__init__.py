@@ -57,7 +57,7 @@ from rembert_fast.inference.engine import (
     resolve_device,
 )
 from rembert_fast.inference.guards import OutputInUse, OutputLock, ResumeError
-from rembert_fast.inference.inputs import LineError, count_lines, iter_lines, shard_line
+from rembert_fast.inference.inputs import LineError, count_lines, iter_lines, reads_jsonl, shard_line
 from rembert_fast.inference.merge import merge_jsonl, merge_npy
 from rembert_fast.inference.tasks import AGGREGATIONS, POOLINGS, RESULT_KEYS, TASKS
 from rembert_fast.inference.writers import JsonlWriter, NpyWriter, encode_record, nan_row
@@ -65,6 +65,6 @@ from rembert_fast.inference.writers import JsonlWriter, NpyWriter, encode_record
 __all__ = [
     "AGGREGATIONS", "DEFAULT_WINDOW", "DTYPES", "POOLINGS", "RESULT_KEYS", "TASKS", "InferenceEngine",
     "JsonlWriter", "LineError", "NpyWriter", "OutputInUse", "OutputLock", "ResumeError", "RunStats",
-    "count_lines", "encode_record", "iter_lines", "merge_jsonl", "merge_npy", "nan_row", "resolve_device",
-    "shard_line",
+    "count_lines", "encode_record", "iter_lines", "merge_jsonl", "merge_npy", "nan_row", "reads_jsonl",
+    "resolve_device", "shard_line",
 ]

@@ -18,6 +18,11 @@ class LineError:
     message: str
 
 
+def reads_jsonl(name: str, input_format: str | None) -> bool:
+    """Whether the batch command reads input `name` as JSON lines: `input_format` ("txt" or "jsonl")
+    when given, else a name ending in ".jsonl"."""
+    return (input_format or ("jsonl" if name.endswith(".jsonl") else "txt")) == "jsonl"
+
 
 def parse_item(item: Any, jsonl: bool, head: dict[str, Any]) -> tuple[str, str | None] | str:
     """(text, text_pair) of one input, or the reason it is not usable. Sets head["id"] when present."""

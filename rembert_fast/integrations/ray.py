@@ -26,8 +26,10 @@ aggregate, window), plus `input_format`:
   followed by the result columns and `error`; a batch already holding one of those is a ValueError.
 - "txt" or "jsonl": a batch has a column `raw` (one input line: the text, or a JSON record
   `{"text", "text_pair"?, "id"?}`) and may have `read_error` (why a line could not be read, a string,
-  else null). The output drops those two, keeps the others (such as `path` and `line`), and for
-  "jsonl" adds `id`: the record's id as JSON text (ids of any JSON type fit one string column).
+  else null) and `jsonl` (bool: this row's line is a JSON record, else a text; null or no column:
+  as `input_format` says). The output drops those three, keeps the others (such as `path` and
+  `line`), and for "jsonl" adds `id`: the record's id as JSON text (ids of any JSON type fit one
+  string column; null for a row without one, a text row among them).
 
 Result columns (Arrow types; null on error rows), the engine's record fields:
 - embed: `embedding` fixed_size_list<float32>[hidden_size].
@@ -49,7 +51,7 @@ import pyarrow as pa
 from rembert_fast.inference import DEFAULT_WINDOW, InferenceEngine, LineError
 
 INPUT_FORMATS = ("columns", "txt", "jsonl")
-RAW_COLUMN, READ_ERROR_COLUMN = "raw", "read_error"
+RAW_COLUMN, READ_ERROR_COLUMN, JSONL_COLUMN = "raw", "read_error", "jsonl"
 
 
 def result_schema(engine: InferenceEngine) -> pa.Schema:
@@ -112,7 +114,8 @@ class RemBertPredictor:
             items, kept = self._column_items(table), table
         else:
             items = self._raw_items(table)
-            kept = table.drop_columns([c for c in (RAW_COLUMN, READ_ERROR_COLUMN) if c in table.column_names])
+            kept = table.drop_columns([c for c in (RAW_COLUMN, READ_ERROR_COLUMN, JSONL_COLUMN)
+                                       if c in table.column_names])
         clash = sorted(set(kept.column_names) & set(self.schema.names))
         if clash:
             raise ValueError(f"the batch already has the output column(s) {clash}: rename them first")
@@ -136,17 +139,26 @@ class RemBertPredictor:
         return [{"text": text} if pair is None else {"text": text, "text_pair": pair}
                 for text, pair in zip(texts, pairs, strict=True)]
 
-    def _raw_items(self, table: pa.Table) -> list[str | LineError]:
+    def _raw_items(self, table: pa.Table) -> list[str | dict[str, str] | LineError]:
+        """Per row what `engine.run(jsonl=input_format == "jsonl")` reads as that row's line."""
         if RAW_COLUMN not in table.column_names:
             raise ValueError(f"input_format {self.input_format!r} needs a column {RAW_COLUMN!r} of input "
                              f"lines; the batch's columns are {table.column_names}")
         raws = table.column(RAW_COLUMN).to_pylist()
-        errors = (table.column(READ_ERROR_COLUMN).to_pylist() if READ_ERROR_COLUMN in table.column_names
-                  else [None] * len(raws))
-        items: list[str | LineError] = []
-        for raw, error in zip(raws, errors, strict=True):
+
+        def column(name: str) -> list[Any]:
+            return table.column(name).to_pylist() if name in table.column_names else [None] * len(raws)
+
+        default = self.input_format == "jsonl"
+        items: list[str | dict[str, str] | LineError] = []
+        for raw, error, jsonl in zip(raws, column(READ_ERROR_COLUMN), column(JSONL_COLUMN), strict=True):
             if error is not None or raw is None:
                 items.append(LineError(error or "the line has no text (null)"))
+            elif default and jsonl is False:
+                items.append({"text": raw})  # a text line in a JSON-lines run: the record it stands for
+            elif not default and jsonl:
+                raise ValueError(f"a row marked {JSONL_COLUMN}=true needs input_format 'jsonl' (which adds "
+                                 "the id column), not 'txt'")
             else:
                 items.append(raw)
         return items
