@@ -459,12 +459,15 @@ def packed_encoder_forward(
     config: Any,  # RemBertConfig (ours or transformers'): hidden_act, is_decoder
     inputs_embeds: torch.Tensor | None = None,  # (B, L, E) instead of input_ids
     output_hidden_states: bool = False,
+    sequences: tuple[torch.Tensor, int] | None = None,  # a padding-free row: (n+1,) int32 offsets, max len
 ) -> PackedBatch:
     """Unpad once, embed and run every layer on the real tokens only; see `PackedBatch`.
 
     Padding positions keep transformers' position ids (left padding and holes in the mask give the
     same numbers). One host read (token count and max_seqlen) when a mask is given, none without.
-    A mask row with no real token raises `padding.NoRealTokensError` naming the row.
+    A mask row with no real token raises `padding.NoRealTokensError` naming the row. `sequences` (no
+    mask, one row: a padding-free batch, see `modeling.flattened`) splits the row into the sequences it
+    concatenates: attention stays inside each (the caller gives the position ids).
     """
     source = input_ids if input_ids is not None else inputs_embeds
     batch, seqlen = source.shape[:2]
@@ -475,6 +478,8 @@ def packed_encoder_forward(
         max_seqlen = seqlen
         packed_source = source.reshape(batch * seqlen, *source.shape[2:])
         default_positions = torch.arange(seqlen, device=device).repeat(batch)
+        if sequences is not None:
+            cu_seqlens, max_seqlen = sequences
     else:
         packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask,
                                                                              allow_empty_rows=False)

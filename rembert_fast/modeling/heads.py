@@ -20,6 +20,8 @@ from rembert_fast.modeling.inputs import (
     one_cache,
     return_dict_of,
 )
+from rembert_fast.modeling.lm_loss import prediction_loss
+from rembert_fast.modeling.losses import causal_targets, cross_entropy, no_shift_labels, per_item
 from rembert_fast.modeling.model import RemBertModel
 from rembert_fast.modeling.modules import RemBertOnlyMLMHead
 from rembert_fast.modeling.pretrained import RemBertPreTrainedModel
@@ -36,7 +38,15 @@ from rembert_fast.outputs import (
 
 class _RemBertWithLMHead(RemBertPreTrainedModel):
     """The encoder without a pooler plus the untied vocabulary head (`cls.predictions`): the masked and
-    the causal language models share this body and differ only in their forward."""
+    the causal language models share this body and differ only in their forward.
+
+    With labels, in training mode (`model.train()`), unless `return_logits=True`: the loss is computed
+    at the labelled positions only, chunk by chunk, without the (tokens x vocab) logits
+    (`modeling.lm_loss`), and `logits` is None. Otherwise `logits` is transformers' and the loss is
+    computed from it.
+    """
+
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -49,6 +59,25 @@ class _RemBertWithLMHead(RemBertPreTrainedModel):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.cls.predictions.decoder = new_embeddings
+
+    def _sparse_loss(self, labels: torch.Tensor | None, return_logits: bool | None) -> bool:
+        """The documented rule (class docstring): labels in training mode, logits not asked for."""
+        return labels is not None and self.training and not return_logits
+
+    def _labelled_loss(
+        self,
+        enc: Any,  # the encoder's PackedBatch
+        flat: torch.Tensor | None,  # (N,) flat positions into B*L the targets belong to; None: all of them
+        targets: torch.Tensor,  # (N,) or (B, L) int64, -100 = not scored
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
+        """The LM loss at the labelled positions only (one host read: which positions)."""
+        targets = targets.reshape(-1)
+        scored = (targets != -100).nonzero().flatten()  # (n,)
+        positions = scored if flat is None else flat.index_select(0, scored)
+        rows = enc.rows_at(positions)  # (n, hidden)
+        return prediction_loss(self.cls.predictions, rows, targets.index_select(0, scored),
+                               self.config.hidden_act, num_items_in_batch)
 
 
 class RemBertForMaskedLM(_RemBertWithLMHead):
@@ -69,14 +98,23 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         masked_positions: torch.Tensor | None = None,  # rembert_fast extra: (B, L) bool or (N, 2) index
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
+        return_logits: bool | None = None,  # rembert_fast extra: logits in training with labels too
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
     ) -> MaskedLMOutput | tuple[Any, ...]:
-        """transformers' MLM forward, plus `masked_positions`.
+        """transformers' MLM forward, plus `masked_positions` and `return_logits`.
 
         `masked_positions` (a rembert_fast extra) computes the vocabulary-wide decoder only at the given
         positions, which costs as much as the whole encoder per token: either a (B, L) bool mask or an
         (N, 2) tensor of (row, column) pairs. `logits` is then (N, vocab) in row-major order of the
-        positions, and `labels`, if given, are read at the same positions.
+        positions, and `labels`, if given, are read at the same positions. In training mode with labels,
+        `logits` is None unless `return_logits=True` (see the class docstring).
         """
+        no_shift_labels(type(self).__name__, shift_labels)
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -89,19 +127,21 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             padding_positions=loss_reads_padding(attention_mask, labels),
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
         )
         if labels is not None:
             check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, enc.hidden)
-        if masked_positions is not None:
-            flat = flat_positions(masked_positions, enc.batch, enc.seqlen)  # (N,) into B*L
-            logits = self.cls(enc.rows_at(flat))  # (N, vocab)
-            if labels is not None:
-                labels = labels.reshape(-1).index_select(0, flat)
+        flat = None if masked_positions is None else flat_positions(masked_positions, enc.batch, enc.seqlen)
+        if flat is not None and labels is not None:
+            labels = labels.reshape(-1).index_select(0, flat)  # (N,)
+        logits = loss = None
+        if self._sparse_loss(labels, return_logits):
+            loss = self._labelled_loss(enc, flat, labels, num_items_in_batch)
         else:
-            logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1))
+            logits = self.cls(enc.rows_at(flat)) if flat is not None else enc.pad(self.cls(enc.hidden))
+            if labels is not None:  # logits: (N, vocab) at masked_positions, else (B, L, vocab)
+                loss = cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1),
+                                     num_items_in_batch)
         out = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
@@ -135,7 +175,17 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: PastKeyValues | None = None,  # transformers 5's name for past_key_values
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
+        return_logits: bool | None = None,  # rembert_fast extra: logits in training with labels too
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
     ) -> CausalLMOutputWithCrossAttentions | tuple[Any, ...]:
+        """transformers' causal-LM forward (loss: transformers' `ForCausalLMLoss`, with `shift_labels`
+        and `num_items_in_batch`), plus `return_logits`: in training mode with labels, `logits` is None
+        unless `return_logits=True` (see the class docstring)."""
         if labels is not None:
             use_cache = False
         past = one_cache(past_key_values, cache)
@@ -156,18 +206,29 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            padding_positions=loss_reads_padding(attention_mask, labels, shift=1),
+            padding_positions=(loss_reads_padding(attention_mask, shift_labels) if shift_labels is not None
+                               else loss_reads_padding(attention_mask, labels, shift=1)),
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
         )
         presents = enc.past_key_values
         if cache_object is not None and presents is not None:
             store_presents(cache_object, presents, cache_length(past))
             presents = cache_object
-        logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
-        loss = None
+        targets = None
         if labels is not None:
-            check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, logits)
-            shifted = logits[:, :-1, :].float().reshape(-1, self.config.vocab_size)
-            loss = F.cross_entropy(shifted, labels[:, 1:].reshape(-1))
+            shape, vocab = (enc.batch, enc.seqlen), self.config.vocab_size
+            check_labels("labels", labels, shape, vocab, enc.hidden)
+            if shift_labels is not None:
+                check_labels("shift_labels", shift_labels, shape, vocab, enc.hidden)
+            targets = causal_targets(labels, shift_labels)  # (B, L): position i's target
+        logits = loss = None
+        if self._sparse_loss(targets, return_logits):
+            loss = self._labelled_loss(enc, None, targets, num_items_in_batch)
+        else:
+            logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
+            if targets is not None:
+                loss = cross_entropy(logits.reshape(-1, self.config.vocab_size), targets.reshape(-1),
+                                     num_items_in_batch)
         out = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
@@ -182,7 +243,11 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
 class RemBertForSequenceClassification(RemBertPreTrainedModel):
     """Pooled output -> dropout -> linear. The loss follows `config.problem_type`, decided like transformers
     when unset: one label -> regression (MSE); integer labels -> single-label (cross-entropy); otherwise
-    multi-label (BCE with logits). The pooler reads each sequence's first real token (see RemBertModel)."""
+    multi-label (BCE with logits). The pooler reads each sequence's first real token (see RemBertModel).
+    A padding-free batch (`modeling.flattened`) gives one logit row per sequence it concatenates, and
+    takes one label per sequence."""
+
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -205,7 +270,14 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
     ) -> SequenceClassifierOutput | tuple[Any, ...]:
+        no_shift_labels(type(self).__name__, shift_labels)
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -215,6 +287,7 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
             inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
         )
         logits = self.classifier(self.dropout(enc.pooled))  # (B, num_labels)
         loss = None
@@ -231,17 +304,18 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
                 if self.num_labels == 1:
                     if labels.numel() != batch:
                         check_labels("labels", labels, (batch,), None, logits)
-                    loss = F.mse_loss(logits.squeeze(), labels.squeeze())
+                    loss = per_item(F.mse_loss, logits.squeeze(), labels.squeeze(), num_items_in_batch)
                 else:
                     check_labels("labels", labels, tuple(logits.shape), None, logits)
-                    loss = F.mse_loss(logits, labels)
+                    loss = per_item(F.mse_loss, logits, labels, num_items_in_batch)
             elif self.config.problem_type == "single_label_classification":
                 check_labels("labels", labels.reshape(-1) if labels.numel() == batch else labels, (batch,),
                               self.num_labels, logits)
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+                loss = cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), num_items_in_batch)
             else:
                 check_labels("labels", labels, tuple(logits.shape), None, logits)
-                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+                loss = per_item(F.binary_cross_entropy_with_logits, logits, labels.to(logits.dtype),
+                                num_items_in_batch)
         out = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
@@ -250,6 +324,8 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
 
 class RemBertForMultipleChoice(RemBertPreTrainedModel):
     """(B, choices, L) inputs -> one score per choice from the pooled output; cross-entropy over choices."""
+
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -270,7 +346,10 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
     ) -> MultipleChoiceModelOutput | tuple[Any, ...]:
+        no_shift_labels(type(self).__name__, shift_labels)
         source = input_ids if input_ids is not None else inputs_embeds
         if source is None:
             raise ValueError("pass exactly one of input_ids and inputs_embeds (got neither)")
@@ -307,7 +386,7 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         loss = None
         if labels is not None:
             check_labels("labels", labels, (logits.shape[0],), num_choices, logits)
-            loss = F.cross_entropy(logits, labels)
+            loss = cross_entropy(logits, labels, num_items_in_batch)
         out = MultipleChoiceModelOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
@@ -316,6 +395,8 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
 
 class RemBertForTokenClassification(RemBertPreTrainedModel):
     """Per-token dropout -> linear (NER, POS); cross-entropy with -100 ignored."""
+
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -338,7 +419,14 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
     ) -> TokenClassifierOutput | tuple[Any, ...]:
+        no_shift_labels(type(self).__name__, shift_labels)
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -349,12 +437,13 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             padding_positions=loss_reads_padding(attention_mask, labels),
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
         )
         logits = enc.pad(self.classifier(self.dropout(enc.hidden)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             check_labels("labels", labels, (enc.batch, enc.seqlen), self.num_labels, logits)
-            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            loss = cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), num_items_in_batch)
         out = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
@@ -368,7 +457,11 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
     transformers' loss is a softmax over every position, padding included, so a call with positions and
     a padded `attention_mask` runs the padded path, which gives padding positions transformers' logits
     (the packed path leaves them 0). Without positions, padding logits are 0, as for every head.
+    A padding-free batch (`modeling.flattened`) gives per-token logits; its spans cannot be scored (one
+    softmax would run across the sequences it concatenates), so positions with it raise ValueError.
     """
+
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -393,7 +486,14 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
     ) -> QuestionAnsweringModelOutput | tuple[Any, ...]:
+        no_shift_labels(type(self).__name__, shift_labels)
         reads_padding = (start_positions is not None and end_positions is not None
                          and loss_reads_padding(attention_mask, spans=True))
         enc = self.rembert.encode(
@@ -406,11 +506,16 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             padding_positions=reads_padding,
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
         )
         logits = enc.pad(self.qa_outputs(enc.hidden))  # (B, L, num_labels)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)
         loss = None
         if start_positions is not None and end_positions is not None:
+            sequences = enc.cu_seqlens.numel() - 1
+            if sequences != enc.batch:
+                raise ValueError(f"start/end positions with a padding-free batch ({sequences} sequences in "
+                                 "one row): span losses need one row per sequence; pad instead")
             for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)):
                 if isinstance(positions, torch.Tensor) and positions.numel() == enc.batch:
                     positions = positions.reshape(-1)
@@ -423,8 +528,8 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
             start = start_positions.reshape(-1).clamp(0, ignored)
             end = end_positions.reshape(-1).clamp(0, ignored)
             loss = (
-                F.cross_entropy(start_logits, start, ignore_index=ignored)
-                + F.cross_entropy(end_logits, end, ignore_index=ignored)
+                cross_entropy(start_logits, start, num_items_in_batch, ignore_index=ignored)
+                + cross_entropy(end_logits, end, num_items_in_batch, ignore_index=ignored)
             ) / 2
         out = QuestionAnsweringModelOutput(
             loss=loss,
