@@ -21,7 +21,13 @@ from rembert_fast.modeling.inputs import (
     return_dict_of,
 )
 from rembert_fast.modeling.lm_loss import prediction_loss
-from rembert_fast.modeling.losses import causal_targets, cross_entropy, no_shift_labels, per_item
+from rembert_fast.modeling.losses import (
+    causal_targets,
+    cross_entropy,
+    no_shift_labels,
+    per_item,
+    shift_labels_of,
+)
 from rembert_fast.modeling.model import RemBertModel
 from rembert_fast.modeling.modules import RemBertOnlyMLMHead
 from rembert_fast.modeling.pretrained import RemBertPreTrainedModel
@@ -99,12 +105,12 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
         return_dict: bool | None = None,
         masked_positions: torch.Tensor | None = None,  # rembert_fast extra: (B, L) bool or (N, 2) index
         num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
-        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
         return_logits: bool | None = None,  # rembert_fast extra: logits in training with labels too
         cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
         cu_seq_lens_k: torch.Tensor | None = None,
         max_length_q: int | None = None,
         max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> MaskedLMOutput | tuple[Any, ...]:
         """transformers' MLM forward, plus `masked_positions` and `return_logits`.
 
@@ -114,7 +120,7 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
         positions, and `labels`, if given, are read at the same positions. In training mode with labels,
         `logits` is None unless `return_logits=True` (see the class docstring).
         """
-        no_shift_labels(type(self).__name__, shift_labels)
+        no_shift_labels(type(self).__name__, loss_kwargs)
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -176,16 +182,17 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         return_dict: bool | None = None,
         cache: PastKeyValues | None = None,  # transformers 5's name for past_key_values
         num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
-        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
         return_logits: bool | None = None,  # rembert_fast extra: logits in training with labels too
         cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
         cu_seq_lens_k: torch.Tensor | None = None,
         max_length_q: int | None = None,
         max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> CausalLMOutputWithCrossAttentions | tuple[Any, ...]:
         """transformers' causal-LM forward (loss: transformers' `ForCausalLMLoss`, with `shift_labels`
         and `num_items_in_batch`), plus `return_logits`: in training mode with labels, `logits` is None
         unless `return_logits=True` (see the class docstring)."""
+        shift_labels = shift_labels_of(type(self).__name__, loss_kwargs)
         if labels is not None:
             use_cache = False
         past = one_cache(past_key_values, cache)
@@ -271,13 +278,13 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
-        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
         cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
         cu_seq_lens_k: torch.Tensor | None = None,
         max_length_q: int | None = None,
         max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> SequenceClassifierOutput | tuple[Any, ...]:
-        no_shift_labels(type(self).__name__, shift_labels)
+        no_shift_labels(type(self).__name__, loss_kwargs)
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -347,9 +354,9 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
-        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> MultipleChoiceModelOutput | tuple[Any, ...]:
-        no_shift_labels(type(self).__name__, shift_labels)
+        no_shift_labels(type(self).__name__, loss_kwargs)
         source = input_ids if input_ids is not None else inputs_embeds
         if source is None:
             raise ValueError("pass exactly one of input_ids and inputs_embeds (got neither)")
@@ -420,13 +427,13 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
-        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
         cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
         cu_seq_lens_k: torch.Tensor | None = None,
         max_length_q: int | None = None,
         max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> TokenClassifierOutput | tuple[Any, ...]:
-        no_shift_labels(type(self).__name__, shift_labels)
+        no_shift_labels(type(self).__name__, loss_kwargs)
         enc = self.rembert.encode(
             input_ids,
             attention_mask,
@@ -487,13 +494,13 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
-        shift_labels: torch.Tensor | None = None,  # causal LM only (modeling.losses)
         cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
         cu_seq_lens_k: torch.Tensor | None = None,
         max_length_q: int | None = None,
         max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> QuestionAnsweringModelOutput | tuple[Any, ...]:
-        no_shift_labels(type(self).__name__, shift_labels)
+        no_shift_labels(type(self).__name__, loss_kwargs)
         reads_padding = (start_positions is not None and end_positions is not None
                          and loss_reads_padding(attention_mask, spans=True))
         enc = self.rembert.encode(

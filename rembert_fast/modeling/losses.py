@@ -9,12 +9,15 @@ position i scored against shift_labels[i], instead of labels shifted left by one
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from rembert_fast.modeling.lm_loss import IGNORE_INDEX
 
-__all__ = ["cross_entropy", "per_item", "causal_targets", "no_shift_labels"]
+__all__ = ["cross_entropy", "per_item", "causal_targets", "shift_labels_of", "no_shift_labels"]
 
 
 def _divide(loss_sum: torch.Tensor, num_items_in_batch: torch.Tensor | int) -> torch.Tensor:
@@ -37,7 +40,7 @@ def cross_entropy(
     return _divide(loss, num_items_in_batch)
 
 
-def per_item(loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
+def per_item(loss_fn: Callable[..., torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
              num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
     """An elementwise loss (`F.mse_loss`, `F.binary_cross_entropy_with_logits`) reduced like
     `cross_entropy`: the mean, or the sum divided by `num_items_in_batch`."""
@@ -55,8 +58,18 @@ def causal_targets(labels: torch.Tensor, shift_labels: torch.Tensor | None) -> t
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def no_shift_labels(head: str, shift_labels: torch.Tensor | None) -> None:
+def shift_labels_of(head: str, loss_kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """`shift_labels` from a forward's extra keywords (not a named parameter: Trainer takes every
+    parameter whose name holds "label" for a label column, and would then find no labels to evaluate);
+    any other extra keyword is a TypeError naming it, as for a function without it."""
+    unknown = sorted(set(loss_kwargs) - {"shift_labels"})
+    if unknown:
+        raise TypeError(f"{head}.forward() got unexpected keyword arguments {unknown}")
+    return loss_kwargs.get("shift_labels")
+
+
+def no_shift_labels(head: str, loss_kwargs: dict[str, Any]) -> None:
     """`shift_labels` means something to a causal LM only: another head names it instead of ignoring it."""
-    if shift_labels is not None:
+    if shift_labels_of(head, loss_kwargs) is not None:
         raise ValueError(f"{head} scores each label at its own position: shift_labels is the causal LM's "
                          "keyword (labels already shifted left); pass labels instead")
