@@ -234,8 +234,9 @@ def plain_modules(model: nn.Module, *, unhooked: bool = False) -> bool:
     RemBERT's own), and no layer is wrapped by PEFT (`base_layer`).
 
     The packed path reads `.weight`/`.bias` of these modules instead of calling them, so a wrapped layer
-    (PEFT's LoRA, a quantized Linear, a hooked replacement) would be bypassed: such a model runs the
-    classic path, which calls every module. `unhooked=True` (an `optimize()`d transformers model) also
+    (PEFT's LoRA, a quantized Linear, a hooked replacement) or a layer sharded by FSDP2's `fully_shard`
+    (whose forward gathers its parameters) would be bypassed: such a model runs the classic path, which
+    calls every module. `unhooked=True` (an `optimize()`d transformers model) also
     asks, in the same walk, that no module has a forward hook (nor a global one is set) and that every
     module is a plain torch layer or transformers' own (`reads_what_it_would_call`).
     """
@@ -243,7 +244,7 @@ def plain_modules(model: nn.Module, *, unhooked: bool = False) -> bool:
         return False
     for part in (model.embeddings, model.encoder):
         for module in part.modules():
-            if hasattr(module, "base_layer"):  # PEFT's wrapper of a layer
+            if hasattr(module, "base_layer") or _sharded(module):  # PEFT's wrapper of a layer; FSDP2
                 return False
             kind = type(module)
             if (module._parameters and kind not in _PLAIN_TORCH
@@ -252,6 +253,12 @@ def plain_modules(model: nn.Module, *, unhooked: bool = False) -> bool:
             if unhooked and not _read_as_called(module):
                 return False
     return True
+
+
+def _sharded(module: nn.Module) -> bool:
+    """A module FSDP2's `fully_shard` manages: its parameters are gathered by its own forward's hooks,
+    which reading them instead of calling the module would skip."""
+    return any(cls.__name__ == "FSDPModule" for cls in type(module).__mro__)
 
 
 def reads_what_it_would_call(*roots: nn.Module) -> bool:

@@ -106,6 +106,13 @@ def main(out_dir: str, per_device_batch: int, fsdp: bool) -> None:
                 "packed_calls": len(packed_calls),
                 "losses": losses,
                 "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                "wrappers": sorted(
+                    {
+                        type(m).__name__
+                        for m in trainer.model_wrapped.modules()
+                        if "FSDP" in type(m).__name__ or "DistributedDataParallel" in type(m).__name__
+                    }
+                ),
             },
             record,
         )

@@ -1,6 +1,10 @@
-"""Trainer under torchrun with two gloo ranks on CPU (tests/distributed_train_job.py): DDP keeps the
+"""Two gloo ranks on CPU under torchrun. Trainer with DDP (tests/distributed_train_job.py) keeps the
 packed path and ends on the weights one process reaches with the same global batch (Trainer's
-`num_items_in_batch`, averaged over the ranks, makes the loss the global batch's mean)."""
+`num_items_in_batch`, averaged over the ranks, makes the loss the global batch's mean). FSDP2
+(`fully_shard` on every layer, tests/fsdp2_job.py) runs the classic path, which calls every module so
+its hooks gather the shards, with the unsharded model's loss and gradients. (Trainer's `fsdp` option
+on CPU runs DDP: accelerate applies FSDP only on accelerators.)
+"""
 
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ def test_ddp_two_ranks_equal_one_process_with_the_global_batch(tmp_path):
     single = _run(tmp_path / "single", 4, 1)
     ranks = _run(tmp_path / "ddp", 2, 2)
     assert [r["world_size"] for r in ranks] == [2, 2]
+    assert all(r["wrappers"] == ["DistributedDataParallel"] for r in ranks), ranks
     assert all(r["packed_calls"] == 3 for r in ranks + single)  # every training forward, packed
     expected = torch.load(tmp_path / "single" / "weights.pt", weights_only=True)
     got = torch.load(tmp_path / "ddp" / "weights.pt", weights_only=True)
@@ -71,3 +76,24 @@ def _initial_weights() -> dict[str, torch.Tensor]:
 
     torch.manual_seed(0)
     return rembert_fast.RemBertForMaskedLM(rembert_fast.RemBertConfig(**CONFIG)).state_dict()
+
+
+def test_fsdp2_sharded_layers_run_the_classic_path_with_the_same_gradients(tmp_path):
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(JOB.with_name("fsdp2_job.py")),
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert record["packed_calls"] == 0  # the layers' own forwards gather their shards
+        assert record["loss_error"] <= 1e-5 and record["grad_error"] <= 1e-5, record
