@@ -158,19 +158,26 @@ def plain_modules(model: nn.Module) -> bool:
     RemBERT's own), and no layer is wrapped by PEFT (`base_layer`).
 
     The packed path reads `.weight`/`.bias` of these modules instead of calling them, so a wrapped layer
-    (PEFT's LoRA, a quantized Linear, a hooked replacement) would be bypassed: such a model runs the
-    classic path, which calls every module. An `optimize()`d transformers model also asks that no
-    module has a forward hook (`patching.reads_what_it_would_call`).
+    (PEFT's LoRA, a quantized Linear, a hooked replacement) or a layer sharded by FSDP2's `fully_shard`
+    (whose forward gathers its parameters) would be bypassed: such a model runs the classic path, which
+    calls every module. An `optimize()`d transformers model also asks that no module has a forward hook
+    (`patching.reads_what_it_would_call`).
     """
     for part in (model.embeddings, model.encoder):
         for module in part.modules():
-            if hasattr(module, "base_layer"):  # PEFT's wrapper of a layer
+            if hasattr(module, "base_layer") or _sharded(module):  # PEFT's wrapper of a layer; FSDP2
                 return False
             kind = type(module)
             if (module._parameters and kind not in _PLAIN_TORCH
                     and not kind.__module__.startswith(("rembert_fast.", "transformers.models.rembert."))):
                 return False
     return True
+
+
+def _sharded(module: nn.Module) -> bool:
+    """A module FSDP2's `fully_shard` manages: its parameters are gathered by its own forward's hooks,
+    which reading them instead of calling the module would skip."""
+    return any(cls.__name__ == "FSDPModule" for cls in type(module).__mro__)
 
 
 # ----------------------------------------------------------------------------------------- fused QKV
@@ -371,12 +378,15 @@ def packed_encoder_forward(
     config: Any,  # RemBertConfig (ours or transformers'): hidden_act, is_decoder
     inputs_embeds: torch.Tensor | None = None,  # (B, L, E) instead of input_ids
     output_hidden_states: bool = False,
+    sequences: tuple[torch.Tensor, int] | None = None,  # a padding-free row: (n+1,) int32 offsets, max len
 ) -> EncodedBatch:
     """Unpad once, embed and run every layer on the real tokens only; see `EncodedBatch`.
 
     Padding positions keep transformers' position ids (left padding and holes in the mask give the
     same numbers). One host read (token count and max_seqlen) when a mask is given, none without.
-    A mask row with no real token raises `padding.NoRealTokensError` naming the row.
+    A mask row with no real token raises `padding.NoRealTokensError` naming the row. `sequences` (no
+    mask, one row: a padding-free batch, see `modeling.flattened`) splits the row into the sequences it
+    concatenates: attention stays inside each (the caller gives the position ids).
     """
     source = input_ids if input_ids is not None else inputs_embeds
     batch, seqlen = source.shape[:2]
@@ -387,6 +397,8 @@ def packed_encoder_forward(
         max_seqlen = seqlen
         packed_source = source.reshape(batch * seqlen, *source.shape[2:])
         default_positions = torch.arange(seqlen, device=device).repeat(batch)
+        if sequences is not None:
+            cu_seqlens, max_seqlen = sequences
     else:
         packed_source, indices, cu_seqlens, max_seqlen = padding.unpad_input(source, attention_mask,
                                                                              allow_empty_rows=False)

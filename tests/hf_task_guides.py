@@ -31,6 +31,7 @@ from datasets import Dataset, DatasetDict
 from transformers import (
     DataCollatorForLanguageModeling,
     DataCollatorForTokenClassification,
+    DataCollatorWithFlattening,
     DataCollatorWithPadding,
     DefaultDataCollator,
     Trainer,
@@ -151,13 +152,17 @@ WNUT = {
 WNUT_LABELS = ["O", "B-corporation", "I-corporation", "B-person", "I-person", "B-location"]
 
 
-def token_classification(lib, checkpoint: str, output_dir: str, prepare: Prepare) -> dict[str, Any]:
+def token_classification(lib, checkpoint: str, output_dir: str, prepare: Prepare,
+                         flatten: bool = False) -> dict[str, Any]:
+    """`flatten=True`: transformers' padding-free collator instead of the guide's padding one (its -100
+    on each sequence's first label falls on [CLS], which the guide's labels ignore already)."""
     wnut = DatasetDict({split: Dataset.from_dict(rows) for split, rows in WNUT.items()})
     label_list = WNUT_LABELS
     tokenizer = lib.RemBertTokenizerFast.from_pretrained(checkpoint)
     hf_guides.tokenizer = tokenizer
     tokenized_wnut = wnut.map(hf_guides.tokenize_and_align_labels, batched=True)
-    data_collator = DataCollatorForTokenClassification(tokenizer=tokenizer)
+    data_collator = (DataCollatorWithFlattening() if flatten
+                     else DataCollatorForTokenClassification(tokenizer=tokenizer))
 
     id2label = dict(enumerate(label_list))
     label2id = {label: i for i, label in id2label.items()}

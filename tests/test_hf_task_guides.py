@@ -124,3 +124,19 @@ def test_guide_gives_transformers_numbers_with_rembert_fast(guide, tokenizer_dir
     assert type(reloaded) is getattr(transformers, class_name) and is_optimized(reloaded)
     _assert_close(ours, reference, f"{guide}[rembert_fast]")
     _assert_close(optimized, reference, f"{guide}[optimize]")
+
+
+def test_token_classification_guide_with_the_flattening_collator(tokenizer_dir, tmp_path):
+    """The guide's data allow transformers' padding-free collator (DataCollatorWithFlattening: one row,
+    position ids restarting per sentence): rembert_fast's classes train on it with the numbers the
+    guide's padded batches give transformers. (The other guides' data do not: sequence-level labels,
+    spans, random masking, choices; the causal LM's pad = eos token makes its padded labels differ.)"""
+    checkpoint = _checkpoint("token_classification", tokenizer_dir, tmp_path / "checkpoint")
+    reference = _run("token_classification", transformers, _identity, checkpoint, tmp_path / "reference")
+    function = GUIDES["token_classification"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = function(rembert_fast, checkpoint, str(tmp_path / "flattened"), _identity, flatten=True)
+    reference.pop("model")
+    assert type(ours.pop("model")) is rembert_fast.RemBertForTokenClassification
+    _assert_close(ours, reference, "token_classification[flattened]")

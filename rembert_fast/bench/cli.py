@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 import rembert_fast
 from rembert_fast.bench import e2e, environment
+from rembert_fast.bench import train as train_bench
 from rembert_fast.bench.e2e import (
     COMPILE_IMPLS,
     DTYPE_NAMES,
@@ -93,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cases.add_argument("--shapes", type=_shapes, metavar="BxL[:MODE],...",
                        help="explicit cases instead of batch-sizes x seq-lens x lengths")
     impl = parser.add_argument_group("implementations")
-    impl.add_argument("--impls", type=_name_list(IMPLS), help=f"comma list from: {', '.join(IMPLS)} "
-                      "(default: all that apply to the device)")
+    impl.add_argument("--impls", type=_name_list(IMPLS + train_bench.TRAIN_IMPLS[2:]),
+                      help=f"comma list from: {', '.join(IMPLS)} (default: all that apply to the device); "
+                      f"with --train: {', '.join(train_bench.TRAIN_IMPLS)}")
     impl.add_argument("--compile", action="store_true", help="include torch.compile variants on CPU")
     impl.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     impl.add_argument("--no-max-autotune", action="store_true", help="skip torch.compile(max-autotune)")
@@ -104,6 +106,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     impl.add_argument("--gemm-peak", action=argparse.BooleanOptionalAction, default=None,
                       help="measure the dense GEMM peak and report each row's fraction of it (default: "
                       "on for CUDA, off for CPU)")
+    train = parser.add_argument_group("training step (--train)")
+    train.add_argument("--train", action="store_true", help="benchmark a training step (forward, loss, "
+                       "backward, AdamW) of --head instead of the encoder's forward: real tokens/s and the "
+                       "step's peak memory, each implementation in a fresh process (default shape 8x256 "
+                       "variable)")
+    train.add_argument("--head", choices=sorted(train_bench.HEADS), default="mlm",
+                       help="the head trained: masked LM, causal LM or sequence classification")
+    train.add_argument("--mlm-fraction", type=float, default=0.15,
+                       help="fraction of real tokens labelled for --head mlm (default 0.15)")
     run_opts = parser.add_argument_group("run")
     run_opts.add_argument("--warmup", type=int,
                           help="untimed calls after the first, checked one (default: 3 GPU, 0 CPU)")
@@ -209,8 +220,9 @@ def run(args: argparse.Namespace) -> int:
                                                               torch.cuda.is_available()) else "cpu")
     have_hf = e2e.load_transformers() is not None
     stamp = datetime.datetime.now(datetime.timezone.utc)
-    output = Path(args.output) if args.output else (
-        RESULTS_DIR / f"bench-{environment.slug(environment.device_name(device))}-{stamp:%Y%m%d-%H%M%S}.json")
+    kind = f"train-{args.head}-" if args.train else ""
+    output = Path(args.output) if args.output else (RESULTS_DIR / (
+        f"bench-{kind}{environment.slug(environment.device_name(device))}-{stamp:%Y%m%d-%H%M%S}.json"))
     # Settings that cannot work are refused before minutes of model building, in one line (exit 2).
     try:
         if args.threads is not None and args.threads <= 0:
@@ -223,6 +235,10 @@ def run(args: argparse.Namespace) -> int:
         if too_long:
             raise ValueError(f"shapes {too_long} exceed max_position_embeddings={max_len}")
         _check_output(output)
+        if args.train and not 0.0 < args.mlm_fraction <= 1.0:
+            raise ValueError(f"--mlm-fraction {args.mlm_fraction} must lie in (0, 1]")
+        if args.train and device.type == "cpu" and not os.path.exists("/proc/self/clear_refs"):
+            raise ValueError("--train on CPU measures the process's peak resident set through /proc (Linux)")
         if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
             raise ValueError("--plot needs matplotlib, which is not installed: pip install matplotlib")
     except ValueError as error:
@@ -230,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.train:
+        return train_bench.run(args, config_dict, device, output)
     for note in plan["notes"]:
         print(f"note: {note}", file=sys.stderr)
 

@@ -20,6 +20,14 @@ from rembert_fast.modeling.inputs import (
     one_cache,
     return_dict_of,
 )
+from rembert_fast.modeling.lm_loss import prediction_loss
+from rembert_fast.modeling.losses import (
+    causal_targets,
+    cross_entropy,
+    no_shift_labels,
+    per_item,
+    shift_labels_of,
+)
 from rembert_fast.modeling.model import RemBertModel
 from rembert_fast.modeling.modules import RemBertOnlyMLMHead
 from rembert_fast.modeling.pretrained import RemBertPreTrainedModel
@@ -37,7 +45,15 @@ from rembert_fast.packed import EncodedBatch
 
 class _RemBertWithLMHead(RemBertPreTrainedModel):
     """The encoder without a pooler plus the untied vocabulary head (`cls.predictions`): the masked and
-    the causal language models share this body and differ only in their forward."""
+    the causal language models share this body and differ only in their forward.
+
+    With labels, in training mode (`model.train()`), unless `return_logits=True`: the loss is computed
+    at the labelled positions only, chunk by chunk, without the (tokens x vocab) logits
+    (`modeling.lm_loss`), and `logits` is None. Otherwise `logits` is transformers' and the loss is
+    computed from it.
+    """
+
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -50,6 +66,25 @@ class _RemBertWithLMHead(RemBertPreTrainedModel):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.cls.predictions.decoder = new_embeddings
+
+    def _sparse_loss(self, labels: torch.Tensor | None, return_logits: bool | None) -> bool:
+        """The documented rule (class docstring): labels in training mode, logits not asked for."""
+        return labels is not None and self.training and not return_logits
+
+    def _labelled_loss(
+        self,
+        enc: Any,  # the encoder's EncodedBatch
+        flat: torch.Tensor | None,  # (N,) flat positions into B*L the targets belong to; None: all of them
+        targets: torch.Tensor,  # (N,) or (B, L) int64, -100 = not scored
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
+        """The LM loss at the labelled positions only (one host read: which positions)."""
+        targets = targets.reshape(-1)
+        scored = (targets != -100).nonzero().flatten()  # (n,)
+        positions = scored if flat is None else flat.index_select(0, scored)
+        rows = enc.rows_at(positions)  # (n, hidden)
+        return prediction_loss(self.cls.predictions, rows, targets.index_select(0, scored),
+                               self.config.hidden_act, num_items_in_batch)
 
 
 class RemBertForMaskedLM(_RemBertWithLMHead):
@@ -70,32 +105,50 @@ class RemBertForMaskedLM(_RemBertWithLMHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         masked_positions: torch.Tensor | None = None,  # rembert_fast extra: (B, L) bool or (N, 2) index
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        return_logits: bool | None = None,  # rembert_fast extra: logits in training with labels too
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> MaskedLMOutput | tuple[Any, ...]:
-        """transformers' MLM forward, plus `masked_positions`.
+        """transformers' MLM forward, plus `masked_positions` and `return_logits`.
 
         `masked_positions` (a rembert_fast extra) computes the vocabulary-wide decoder only at the given
         positions, which costs as much as the whole encoder per token: either a (B, L) bool mask or an
         (N, 2) tensor of (row, column) pairs. `logits` is then (N, vocab) in row-major order of the
-        positions, and `labels`, if given, are read at the same positions.
+        positions, and `labels`, if given, are read at the same positions. In training mode with labels,
+        `logits` is None unless `return_logits=True` (see the class docstring).
         """
-        enc = self.rembert.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask,
-                                  inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-                                  encoder_attention_mask=encoder_attention_mask,
-                                  output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states,
-                                  padding_positions=loss_reads_padding(attention_mask, labels))
+        no_shift_labels(type(self).__name__, loss_kwargs)
+        enc = self.rembert.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            padding_positions=loss_reads_padding(attention_mask, labels),
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
+        )
         if labels is not None:
             check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, enc.hidden)
-        if masked_positions is not None:
-            flat = flat_positions(masked_positions, enc.batch, enc.seqlen)  # (N,) into B*L
-            logits = self.cls(enc.rows_at(flat))  # (N, vocab)
-            if labels is not None:
-                labels = labels.reshape(-1).index_select(0, flat)
+        flat = None if masked_positions is None else flat_positions(masked_positions, enc.batch, enc.seqlen)
+        if flat is not None and labels is not None:
+            labels = labels.reshape(-1).index_select(0, flat)  # (N,)
+        logits = loss = None
+        if self._sparse_loss(labels, return_logits):
+            loss = self._labelled_loss(enc, flat, labels, num_items_in_batch)
         else:
-            logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1))
+            logits = self.cls(enc.rows_at(flat)) if flat is not None else enc.pad(self.cls(enc.hidden))
+            if labels is not None:  # logits: (N, vocab) at masked_positions, else (B, L, vocab)
+                loss = cross_entropy(logits.reshape(-1, self.config.vocab_size), labels.reshape(-1),
+                                     num_items_in_batch)
         out = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
@@ -129,7 +182,18 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: PastKeyValues | None = None,  # transformers 5's name for past_key_values
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        return_logits: bool | None = None,  # rembert_fast extra: logits in training with labels too
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> CausalLMOutputWithCrossAttentions | tuple[Any, ...]:
+        """transformers' causal-LM forward (loss: transformers' `ForCausalLMLoss`, with `shift_labels`
+        and `num_items_in_batch`), plus `return_logits`: in training mode with labels, `logits` is None
+        unless `return_logits=True` (see the class docstring)."""
+        shift_labels = shift_labels_of(type(self).__name__, loss_kwargs)
         if labels is not None:
             use_cache = False
         past = one_cache(past_key_values, cache)
@@ -137,22 +201,42 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
         if cache_object is not None:
             past = legacy_past(cache_object)
             use_cache = True if use_cache is None else use_cache
-        enc = self.rembert.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask,
-                                  inputs_embeds, encoder_hidden_states=encoder_hidden_states,
-                                  encoder_attention_mask=encoder_attention_mask, past_key_values=past,
-                                  use_cache=use_cache, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states,
-                                  padding_positions=loss_reads_padding(attention_mask, labels, shift=1))
+        enc = self.rembert.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            padding_positions=(loss_reads_padding(attention_mask, shift_labels) if shift_labels is not None
+                               else loss_reads_padding(attention_mask, labels, shift=1)),
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
+        )
         presents = enc.past_key_values
         if cache_object is not None and presents is not None:
             store_presents(cache_object, presents, cache_length(past))
             presents = cache_object
-        logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
-        loss = None
+        targets = None
         if labels is not None:
-            check_labels("labels", labels, (enc.batch, enc.seqlen), self.config.vocab_size, logits)
-            shifted = logits[:, :-1, :].float().reshape(-1, self.config.vocab_size)
-            loss = F.cross_entropy(shifted, labels[:, 1:].reshape(-1))
+            shape, vocab = (enc.batch, enc.seqlen), self.config.vocab_size
+            check_labels("labels", labels, shape, vocab, enc.hidden)
+            if shift_labels is not None:
+                check_labels("shift_labels", shift_labels, shape, vocab, enc.hidden)
+            targets = causal_targets(labels, shift_labels)  # (B, L): position i's target
+        logits = loss = None
+        if self._sparse_loss(targets, return_logits):
+            loss = self._labelled_loss(enc, None, targets, num_items_in_batch)
+        else:
+            logits = enc.pad(self.cls(enc.hidden))  # (B, L, vocab)
+            if targets is not None:
+                loss = cross_entropy(logits.reshape(-1, self.config.vocab_size), targets.reshape(-1),
+                                     num_items_in_batch)
         out = CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
@@ -167,9 +251,11 @@ class RemBertForCausalLM(_RemBertWithLMHead, GenerationBase):
 class _RemBertClassifier(RemBertPreTrainedModel):
     """The encoder, dropout and a linear classifier over `config.num_labels`: sequence classification (on
     the pooled output) and token classification (on every token) share this body and forward, and
-    differ in `_classify`."""
+    differ in `_classify`. A padding-free batch (`modeling.flattened`) gives one pooled row per sequence
+    it concatenates."""
 
     pools = True  # whether the classifier reads the pooled output (else every token)
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -192,15 +278,24 @@ class _RemBertClassifier(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> SequenceClassifierOutput | TokenClassifierOutput | tuple[Any, ...]:
+        no_shift_labels(type(self).__name__, loss_kwargs)
         reads_padding = not self.pools and loss_reads_padding(attention_mask, labels)
         enc = self.rembert.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask,
                                   inputs_embeds, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states, padding_positions=reads_padding)
-        out = self._classify(enc, labels)
+                                  output_hidden_states=output_hidden_states, padding_positions=reads_padding,
+                                  flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k))
+        out = self._classify(enc, labels, num_items_in_batch)
         return out if return_dict_of(self.config, return_dict) else out.to_tuple()
 
-    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None) -> Any:
+    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None,
+                  num_items_in_batch: torch.Tensor | int | None) -> Any:
         """The head's output (logits, and the loss when `labels` are given) from the encoder's rows."""
         raise NotImplementedError
 
@@ -209,9 +304,11 @@ class RemBertForSequenceClassification(_RemBertClassifier):
     """Pooled output -> dropout -> linear. The loss follows `config.problem_type`, decided like transformers
     when unset: one label -> regression (MSE); integer labels -> single-label (cross-entropy); otherwise
     multi-label (BCE with logits). The pooler reads each sequence's first real token (see RemBertModel).
-    `labels`: (B,) class ids, (B,) or (B, 1) targets, or (B, num_labels)."""
+    `labels`: (B,) class ids, (B,) or (B, 1) targets, or (B, num_labels); one per sequence of a
+    padding-free batch."""
 
-    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None) -> SequenceClassifierOutput:
+    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None,
+                  num_items_in_batch: torch.Tensor | int | None) -> SequenceClassifierOutput:
         logits = self.classifier(self.dropout(enc.pooled))  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -227,17 +324,18 @@ class RemBertForSequenceClassification(_RemBertClassifier):
                 if self.num_labels == 1:
                     if labels.numel() != batch:
                         check_labels("labels", labels, (batch,), None, logits)
-                    loss = F.mse_loss(logits.squeeze(), labels.squeeze())
+                    loss = per_item(F.mse_loss, logits.squeeze(), labels.squeeze(), num_items_in_batch)
                 else:
                     check_labels("labels", labels, tuple(logits.shape), None, logits)
-                    loss = F.mse_loss(logits, labels)
+                    loss = per_item(F.mse_loss, logits, labels, num_items_in_batch)
             elif self.config.problem_type == "single_label_classification":
                 check_labels("labels", labels.reshape(-1) if labels.numel() == batch else labels, (batch,),
                               self.num_labels, logits)
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+                loss = cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), num_items_in_batch)
             else:
                 check_labels("labels", labels, tuple(logits.shape), None, logits)
-                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+                loss = per_item(F.binary_cross_entropy_with_logits, logits, labels.to(logits.dtype),
+                                num_items_in_batch)
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
@@ -245,6 +343,8 @@ class RemBertForSequenceClassification(_RemBertClassifier):
 
 class RemBertForMultipleChoice(RemBertPreTrainedModel):
     """(B, choices, L) inputs -> one score per choice from the pooled output; cross-entropy over choices."""
+
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -265,7 +365,10 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> MultipleChoiceModelOutput | tuple[Any, ...]:
+        no_shift_labels(type(self).__name__, loss_kwargs)
         source = input_ids if input_ids is not None else inputs_embeds
         if source is None:
             raise ValueError("pass exactly one of input_ids and inputs_embeds (got neither)")
@@ -296,7 +399,7 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         loss = None
         if labels is not None:
             check_labels("labels", labels, (logits.shape[0],), num_choices, logits)
-            loss = F.cross_entropy(logits, labels)
+            loss = cross_entropy(logits, labels, num_items_in_batch)
         out = MultipleChoiceModelOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
@@ -308,12 +411,13 @@ class RemBertForTokenClassification(_RemBertClassifier):
 
     pools = False
 
-    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None) -> TokenClassifierOutput:
+    def _classify(self, enc: EncodedBatch, labels: torch.Tensor | None,
+                  num_items_in_batch: torch.Tensor | int | None) -> TokenClassifierOutput:
         logits = enc.pad(self.classifier(self.dropout(enc.hidden)))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             check_labels("labels", labels, (enc.batch, enc.seqlen), self.num_labels, logits)
-            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            loss = cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), num_items_in_batch)
         return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=enc.padded_hidden_states(), attentions=enc.attentions
         )
@@ -326,7 +430,11 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
     transformers' loss is a softmax over every position, padding included, so a call with positions and
     a padded `attention_mask` runs the padded path, which gives padding positions transformers' logits
     (the packed path leaves them 0). Without positions, padding logits are 0, as for every head.
+    A padding-free batch (`modeling.flattened`) gives per-token logits; its spans cannot be scored (one
+    softmax would run across the sequences it concatenates), so positions with it raise ValueError.
     """
+
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (see modeling.losses)
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__(config)
@@ -351,16 +459,36 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,  # loss = sum / this (modeling.losses)
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
+        **loss_kwargs: Any,  # shift_labels (causal LM only, see modeling.losses)
     ) -> QuestionAnsweringModelOutput | tuple[Any, ...]:
+        no_shift_labels(type(self).__name__, loss_kwargs)
         reads_padding = (start_positions is not None and end_positions is not None
                          and loss_reads_padding(attention_mask, spans=True))
-        enc = self.rembert.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask,
-                                  inputs_embeds, output_attentions=output_attentions,
-                                  output_hidden_states=output_hidden_states, padding_positions=reads_padding)
+        enc = self.rembert.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            padding_positions=reads_padding,
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
+        )
         logits = enc.pad(self.qa_outputs(enc.hidden))  # (B, L, num_labels)
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # (B, L)
         loss = None
         if start_positions is not None and end_positions is not None:
+            sequences = enc.cu_seqlens.numel() - 1
+            if sequences != enc.batch:
+                raise ValueError(f"start/end positions with a padding-free batch ({sequences} sequences in "
+                                 "one row): span losses need one row per sequence; pad instead")
             for name, positions in (("start_positions", start_positions), ("end_positions", end_positions)):
                 if isinstance(positions, torch.Tensor) and positions.numel() == enc.batch:
                     positions = positions.reshape(-1)
@@ -373,8 +501,8 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
             start = start_positions.reshape(-1).clamp(0, ignored)
             end = end_positions.reshape(-1).clamp(0, ignored)
             loss = (
-                F.cross_entropy(start_logits, start, ignore_index=ignored)
-                + F.cross_entropy(end_logits, end, ignore_index=ignored)
+                cross_entropy(start_logits, start, num_items_in_batch, ignore_index=ignored)
+                + cross_entropy(end_logits, end, num_items_in_batch, ignore_index=ignored)
             ) / 2
         out = QuestionAnsweringModelOutput(
             loss=loss,

@@ -9,6 +9,12 @@ import torch
 
 from rembert_fast import packed
 from rembert_fast.configuration import RemBertConfig
+from rembert_fast.modeling.flattened import (
+    block_diagonal_mask,
+    check_max_lengths,
+    flattened_sequences,
+    restarting_positions,
+)
 from rembert_fast.modeling.inputs import (
     additive_mask,
     check_inputs,
@@ -60,12 +66,26 @@ class RemBertModel(RemBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: PastKeyValues | None = None,  # transformers 5's name for past_key_values
+        cu_seq_lens_q: torch.Tensor | None = None,  # padding-free batches: see modeling.flattened
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
     ) -> BaseModelOutputWithPoolingAndCrossAttentions | tuple[Any, ...]:
-        enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                          encoder_hidden_states=encoder_hidden_states,
-                          encoder_attention_mask=encoder_attention_mask,
-                          past_key_values=one_cache(past_key_values, cache), use_cache=use_cache,
-                          output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        enc = self.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=one_cache(past_key_values, cache),
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            flattening=(cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k),
+        )
         sequence_output = enc.padded()  # (B, L, hidden)
         hidden_states = enc.padded_hidden_states()
         if not return_dict_of(self.config, return_dict):
@@ -96,11 +116,15 @@ class RemBertModel(RemBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         padding_positions: bool = False,
+        flattening: tuple[Any, ...] = (None, None, None, None),
     ) -> EncodedBatch:
         """Validate the inputs, pick the path, run the encoder and the pooler.
 
         `padding_positions=True` asks for transformers' hidden states at padding positions too (a head
-        whose loss reads them): the padded path runs even where the packed one could."""
+        whose loss reads them): the padded path runs even where the packed one could. `flattening` is
+        (cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k) as a padding-free collator passes
+        them; a padding-free batch (see `modeling.flattened`) runs one sequence per restart on either
+        path, and the pooler reads each sequence's first token (`pooled` is (sequences, hidden))."""
         config = self.config
         output_attentions = bool(config_flag(config, "output_attentions", output_attentions))
         output_hidden_states = bool(config_flag(config, "output_hidden_states", output_hidden_states))
@@ -110,6 +134,13 @@ class RemBertModel(RemBertPreTrainedModel):
         past_length = check_past(config, past_key_values, batch)
         check_mask("attention_mask", attention_mask, batch, seqlen, seqlen + past_length,
                     config.num_attention_heads)
+        sequences = None
+        if past_key_values is None:
+            sequences = flattened_sequences(input_ids if input_ids is not None else inputs_embeds,
+                                            attention_mask, position_ids, flattening[0], flattening[1])
+            check_max_lengths(sequences, flattening[2], flattening[3])
+            if sequences is not None and position_ids is None:  # each sequence counts from 0, as alone
+                position_ids = restarting_positions(sequences[0], seqlen)
         if position_ids is None and seqlen + past_length > config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {seqlen + past_length} (input {seqlen} + cached {past_length}) exceeds "
@@ -133,12 +164,16 @@ class RemBertModel(RemBertPreTrainedModel):
                 position_ids,
                 inputs_embeds,
                 output_hidden_states,
+                sequences,
             )
+        if sequences is not None:
+            # The classic path's attention stays inside each sequence through a block-diagonal mask.
+            attention_mask = block_diagonal_mask(sequences[0], seqlen, bool(config.is_decoder))
         if not use_cache and past_key_values is None:
             # (The packed path checks in its one host read.) Decoding with a cache may feed a chunk that
             # is all padding for a left-padded row: its outputs are padding, the cache stays right.
             check_rows_have_tokens(attention_mask)
-        return self._encode_classic(
+        enc = self._encode_classic(
             input_ids,
             attention_mask,
             token_type_ids,
@@ -155,6 +190,9 @@ class RemBertModel(RemBertPreTrainedModel):
             batch,
             seqlen,
         )
+        if sequences is not None and self.pooler is not None:
+            enc.pooled = self.pooler(enc.hidden.index_select(0, sequences[0][:-1].long()))
+        return enc
 
     def _encode_packed(
         self,
@@ -164,6 +202,7 @@ class RemBertModel(RemBertPreTrainedModel):
         position_ids: torch.Tensor | None,
         inputs_embeds: torch.Tensor | None,
         output_hidden_states: bool,
+        sequences: tuple[torch.Tensor, int] | None,
     ) -> EncodedBatch:
         enc = packed.packed_encoder_forward(
             self.embeddings,
@@ -175,6 +214,7 @@ class RemBertModel(RemBertPreTrainedModel):
             self.config,
             inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
+            sequences=sequences,
         )
         if self.pooler is not None:
             enc.pooled = self.pooler(enc.first_tokens())
