@@ -26,6 +26,7 @@ The sources are found in the package (``rembert_fast/csrc``, where a wheel ships
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -236,8 +237,12 @@ def compile_jit(directory: Path) -> tuple[ModuleType | None, str]:
 
     use_cuda_toolkit()
     build_dir = cache_dir(directory)
-    build_dir.mkdir(parents=True, exist_ok=True)
-    with open(build_dir / "rembert_fast.lock", "a") as lock:
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(build_dir / "rembert_fast.lock", "a")  # held, and closed, by the block below
+    except OSError as err:
+        return None, f"the extension's build directory {build_dir} cannot be written: {err}"
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
         failed = recorded_failure(build_dir)
         if failed is not None:  # the build this process waited for failed
@@ -259,9 +264,11 @@ def compile_jit(directory: Path) -> tuple[ModuleType | None, str]:
             )
         except Exception as err:  # a compiler or linker failure surfaces as any of several types
             reason = f"compiling the CUDA extension in {build_dir} failed: {type(err).__name__}: {err}"
-            (build_dir / FAILED_BUILD).write_text(reason + "\n")
+            with contextlib.suppress(OSError):  # unrecorded, the next process tries again
+                (build_dir / FAILED_BUILD).write_text(reason + "\n")
             return None, reason
-        (build_dir / FAILED_BUILD).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (build_dir / FAILED_BUILD).unlink(missing_ok=True)
     return module, f"JIT-compiled extension from {build_dir}"
 
 

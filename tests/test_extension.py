@@ -145,3 +145,11 @@ def test_a_lock_left_by_a_killed_build_does_not_stall_the_next(monkeypatch, jit_
 
     monkeypatch.setattr(cpp_extension, "load", load_as_torch_does)
     assert extension.load() is module and builds == [str(build_dir)]
+
+
+def test_an_unwritable_build_directory_gives_a_reason_not_a_crash(monkeypatch, jit_ready, tmp_path):
+    build, builds = jit_ready
+    build(object())
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    assert extension.load() is None and builds == []
+    assert "build directory" in extension.status()[1] and "cannot be written" in extension.status()[1]
