@@ -47,7 +47,7 @@
 # measured): install 50 (nvcc + the binding: 41 s on 2 cores), doctor 5, tune 10-40 per dtype (Triton
 # compiles each probed kernel once), gpu_tests 40-90, bench_e2e 60-90 (two 575M-parameter random
 # models built on the CPU: ~20 s), bench_compile 80-150 (torch.compile of the 32-layer model, once),
-# kernel_tests 60-100, kernel tables 20-60 each: the bf16 records are back after about 250-400 s; the
+# kernel_tests 60-100, kernel tables 20-60 each: the bf16 records are back after about 250-430 s; the
 # kernel tables may need a second call (GPU_CHECK_SKIP="install doctor tune_bf16 gpu_tests bench_e2e
 # bench_compile tune_fp16 kernel_tests" on the still-warm machine).
 #
