@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU validation in one call (issue 8): install with the CUDA extension, report the backends, run the
-# GPU tests, the end-to-end benchmarks, the kernel tests on real CUDA, then the kernel benchmarks.
+# GPU validation in one call (issue 8): install with the CUDA extension, report the backends, prefill
+# the dispatch's bf16 choices, run the GPU tests, the bf16 end-to-end benchmarks, then the rest.
 #
 #   usage: bash benches/gpu_check.sh OUTDIR
 #
@@ -9,42 +9,47 @@
 # install builds for the visible GPU's arch only (TORCH_CUDA_ARCH_LIST from its compute capability,
 # unless set) and is checked at once by importing rembert_fast.kernels and rembert_fast._C; when that
 # fails, the package is reinstalled without the extension (REMBERT_FAST_BUILD_CUDA=0) so the other steps
-# still run, and env.json's "install" record says why. pytest-xdist, where installed, runs the
-# tests on 8 workers (Triton compiles each kernel specialisation once per process, and the tests
-# launch a hundred or so: serially that alone is minutes).
+# still run, env.json's "install" record says why, and REMBERT_FAST_BUILD_CUDA=0 stays set for every
+# later step (no process compiles the failed extension again on first use: a minute each). pytest-xdist,
+# where installed, runs the tests on 8 workers (Triton compiles each kernel specialisation once per
+# process, and the tests launch a hundred or so: serially that alone is minutes).
 #
 # What comes back is a handful of files (a lent GPU machine returns at most 8), all directly in OUTDIR:
 #   gpu_check.log           every step's output, in order, each under a "== step" header
 #   steps.tsv               step, status (ok / fail(rc=N) / timeout(Ns) / skipped(...)), seconds
 #   env.json                `rembert-fast doctor --json`: versions, device, backends and why not, and
 #                           "install": the arch built for, each install attempt, why the extension is missing
-#   gpu-STAMP-tune.json     `rembert-fast tune` for bf16 and fp16: every op's call classes at the default
-#                           config's widths on the benchmarks' buckets, each candidate's ms, the choice,
-#                           probe errors
+#   gpu-STAMP-tune.json     `rembert-fast tune` tables, one per dtype (bf16, fp16): every op's call classes
+#                           at the default config's widths on the benchmarks' buckets, each candidate's ms,
+#                           the choice, probe errors
 #   gpu-STAMP-e2e.json      `rembert-fast bench`: full RemBERT bf16, rembert_fast vs transformers, and
 #                           every op at the model's widths (GB/s, fraction of a copy, TFLOP/s vs SDPA)
 #   gpu-STAMP-compile.json  the issue-8 variable-length batch against torch.compile (default mode)
 #   gpu-STAMP-kernels.json  benches/bench_{attention,layer_norm,bias_act,embed}.py tables, merged
 #   gpu-STAMP-max-autotune.json   only with GPU_CHECK_MAX_AUTOTUNE=1
-# The gpu-*.json files are the records to commit into benches/results/ as they are.
+# The gpu-*.json files are the records to commit into benches/results/ as they are; each holds only its
+# own rows (each record's parts are kept in a directory of their own until merged).
 #
-# Steps run in order of what a short lease most needs: the dispatch's choices (`rembert-fast tune`,
-# bf16 and fp16, so the benchmarks run on them), the GPU-marked tests (kernels at RemBERT's
-# shapes and past 2**31 elements, the extension, CUDA graphs), then the issue-8 figures (end to end,
-# whose rows are checked against transformers in float32 before they are timed, and torch.compile),
-# then the kernel test files on CUDA, then the per-kernel tables; each has a time limit cut to what is
-# left of GPU_CHECK_BUDGET (default 540 s in all, so one call ends inside a 10-minute command limit), a
-# failing step is recorded and the next one still runs, and steps left when the budget is spent are
-# recorded as skipped. The bench JSON files are rewritten after every case, so a step cut off by its
-# limit still returns what it measured ("complete": false). Each record's summary is printed last.
+# Steps run in order of what the product's choices rest on, so a short lease brings those back first:
+# the dispatch's bf16 choices (`rembert-fast tune`, so the benchmarks run on them), the GPU-marked tests
+# (kernels at RemBERT's shapes and past 2**31 elements, the extension, CUDA graphs), the issue-8 bf16
+# figures (end to end, whose rows are checked against transformers in float32 before they are timed,
+# and torch.compile); then the fp16 choices (a cold compile of every kernel in fp16), the kernel test
+# files on CUDA (not those whose tests stand the GPU in with the interpreter or fakes), the per-kernel
+# tables. Each has a time limit cut to what is left of GPU_CHECK_BUDGET (default 540 s in all, so one
+# call ends inside a 10-minute command limit); a failing or timed-out step is recorded and the next one
+# still runs (an extension build it killed leaves no lock for the next to wait on); steps left when the
+# budget is spent are recorded as skipped. The bench JSON files are rewritten after every case, so a
+# step cut off by its limit still returns what it measured ("complete": false); the tune and kernel
+# records are merged after each of their steps. Each record's summary is printed last.
 #
 # Expected seconds on an H100 host, cold caches (estimated from CPU runs of the same steps, not yet
 # measured): install 50 (nvcc + the binding: 41 s on 2 cores), doctor 5, tune 10-40 per dtype (Triton
 # compiles each probed kernel once), gpu_tests 40-90, bench_e2e 60-90 (two 575M-parameter random
 # models built on the CPU: ~20 s), bench_compile 80-150 (torch.compile of the 32-layer model, once),
-# kernel_tests 60-100, kernel tables 20-60 each: the issue-8 records are
-# back after about 300-450 s; the kernel tables may need a second call (GPU_CHECK_SKIP="install doctor
-# tune_bf16 tune_fp16 gpu_tests bench_e2e bench_compile kernel_tests" on the still-warm machine).
+# kernel_tests 60-100, kernel tables 20-60 each: the bf16 records are back after about 250-430 s; the
+# kernel tables may need a second call (GPU_CHECK_SKIP="install doctor tune_bf16 gpu_tests bench_e2e
+# bench_compile tune_fp16 kernel_tests" on the still-warm machine).
 #
 # Environment: GPU_CHECK_SKIP="step ..." skips steps by name (e.g. "gpu_tests kernel_tests" for a
 # second, benchmarks-only call); GPU_CHECK_MAX_AUTOTUNE=1 adds torch.compile(max-autotune) (its compile
@@ -72,8 +77,10 @@ LAYERS=${GPU_CHECK_LAYERS:-32}
 BUDGET=${GPU_CHECK_BUDGET:-540}
 SKIP=" ${GPU_CHECK_SKIP:-} "
 TAG="gpu-$(date -u +%Y%m%dT%H%MZ)"
-# Per-script kernel tables before they are merged: outside OUTDIR, which may return only 8 files.
+# Each record's parts before they are merged, one directory per record: outside OUTDIR, which may return
+# only 8 files.
 PARTS=$(mktemp -d) || exit 2
+mkdir -p "$PARTS/tune" "$PARTS/kernels" || exit 2
 trap 'rm -rf "$PARTS"' EXIT
 export PYTHONUNBUFFERED=1
 START=$SECONDS
@@ -170,6 +177,8 @@ if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ] || [ "$LAST_STATUS" != ok ]; then
     step install_without_extension 180 env REMBERT_FAST_BUILD_CUDA=0 "${PIP_INSTALL[@]}"
     step install_check_without_extension 60 "$PY" -c "$INSTALL_CHECK" "$INSTALL_JSON" "$LOG" \
         "without extension"
+    # What failed to build at install fails on first use too: no later process compiles it again.
+    export REMBERT_FAST_BUILD_CUDA=0
 fi
 DOCTOR='"$0" -m rembert_fast.cli doctor --json > "$1"; rc=$?; cat "$1"'
 SMI="nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv"
@@ -190,20 +199,22 @@ fi
 
 # The dispatch's per-bucket choices first, as `rembert-fast tune` prefills them (probe every fused path
 # and competitor, time each on the buckets the benchmarks below meet, cache the fastest): the table is in
-# the log, both dtypes' rows in one JSON, and the benchmarks then run on the choices made here.
+# the log, each dtype's rows in the tune record, and the benchmarks then run on the choices made here.
+# bf16 now (what the benchmarks run), fp16 after the bf16 figures.
 TUNE=("$PY" -m rembert_fast.cli tune --config default --shapes 128,16384,32768 --seqlens 128,512)
-for dtype in bf16 fp16; do
-    step "tune_$dtype" 120 "${TUNE[@]}" --dtype "$dtype" --json "$PARTS/tune-$dtype.json"
-done
-if [ "${GPU_CHECK_DRY_RUN:-0}" != 1 ]; then
-    "$PY" - "$PARTS" "$OUT/$TAG-tune.json" <<'EOF'
+# tune DTYPE: one dtype's choices, then the tune record rewritten with every dtype's table so far.
+tune() {
+    step "tune_$1" 120 "${TUNE[@]}" --dtype "$1" --json "$PARTS/tune/$1.json"
+    [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ] && return
+    "$PY" - "$PARTS/tune" "$OUT/$TAG-tune.json" <<'EOF'
 import json, pathlib, sys
 parts, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-tables = {p.stem.removeprefix("tune-"): json.loads(p.read_text()) for p in sorted(parts.glob("tune-*.json"))}
+tables = {p.stem: json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))}
 if tables:
     target.write_text(json.dumps({"schema": "rembert_fast.tune_tables/1", "tables": tables}, indent=1) + "\n")
 EOF
-fi
+}
+tune bf16
 
 # Tests: the GPU-marked ones now; after the end-to-end figures, the kernel, extension and fast-path
 # files on real CUDA (conftest leaves TRITON_INTERPRET unset when a GPU is present, and these files put
@@ -228,17 +239,21 @@ if [ "${GPU_CHECK_MAX_AUTOTUNE:-0}" = 1 ]; then
         --impls "rembert_fast,transformers,torch.compile(max-autotune)" --output "$OUT/$TAG-max-autotune.json"
 fi
 
+tune fp16
+
+# test_ops_tuning.py and test_ops_measure.py stand the GPU in with the interpreter or fakes (their GPU
+# test is GPU-marked, run above): not here.
 KERNEL_TESTS=(tests/test_kernel_attention.py tests/test_kernel_layer_norm.py tests/test_kernel_activation.py
-    tests/test_ops_linear_epilogue.py tests/test_ops_library.py tests/test_ops_dispatch.py tests/test_ops_tuning.py
+    tests/test_ops_linear_epilogue.py tests/test_ops_library.py tests/test_ops_dispatch.py
     tests/test_ops_competitors.py
     tests/test_embed.py tests/test_fast_path.py tests/test_patching.py tests/test_cuda_graphs.py)
 step kernel_tests 150 "${PYTEST[@]}" -m "not gpu" "${KERNEL_TESTS[@]}"
 
 # Kernel tables, each merged into one JSON as soon as it is written (a cut-off call keeps the others).
 for name in attention layer_norm bias_act embed; do
-    step "bench_$name" 90 "$PY" "benches/bench_$name.py" --json "$PARTS/$name.json"
+    step "bench_$name" 90 "$PY" "benches/bench_$name.py" --json "$PARTS/kernels/$name.json"
     if [ "${GPU_CHECK_DRY_RUN:-0}" != 1 ]; then
-        "$PY" - "$PARTS" "$OUT/$TAG-kernels.json" <<'EOF'
+        "$PY" - "$PARTS/kernels" "$OUT/$TAG-kernels.json" <<'EOF'
 import json, os, pathlib, subprocess, sys
 parts, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 commit = os.environ.get("REMBERT_FAST_COMMIT")

@@ -20,9 +20,10 @@ shape) and captured; later batches only copy their packed ids in (one host-to-de
 pinned staging buffer) and replay. All graphs share one memory pool: safe because replays are
 sequential and each replay's output is copied out before the next one.
 
-Batches that fit no bucket, a model on the CPU, and calls whose attention would take the eager
-reference (backend "eager", or a head_dim the Triton kernel lacks: its `nonzero` cannot be captured)
-run the same packed forward eagerly, with exact shapes. Threads may share a runner (`optimize` keeps
+Batches that fit no bucket and a model on the CPU run the same packed forward eagerly, with exact
+shapes. Whatever serves each op is captured: the Triton kernels, the extension, and the eager paths
+(attention's eager reference and its SDPA competitors find every row from the offsets on the device,
+with no host read). Threads may share a runner (`optimize` keeps
 one per model): a lock serialises the bucketed runs, whose buffers are shared, provided the threads
 also share the CUDA stream (as they do unless they set one). A runner holds pointers to the model's
 weights: after moving or re-casting the model (`.to(...)`) the runner notices and captures again;
@@ -269,7 +270,7 @@ class CudaGraphRunner:
     ) -> EncodedBatch:
         host = pack_on_host(self.model.config, input_ids, attention_mask, token_type_ids, position_ids)
         key = self.bucket(host.tokens, host.max_seqlen, host.batch)
-        if host.tokens == 0 or key is None or (self.use_graphs and not self._capturable()):
+        if host.tokens == 0 or key is None:
             return self._eager(host)
         with self._lock:
             if self._weights_key() != self._weights:
@@ -288,14 +289,6 @@ class CudaGraphRunner:
             return packed
 
     # ------------------------------------------------------------------ internals
-    def _capturable(self) -> bool:
-        """Whether this call's attention runs the Triton kernel: the eager reference (backend "eager", or
-        a head_dim the kernel lacks) finds its rows with `nonzero`, a host sync a capture cannot hold."""
-        if ops.requested_backend() == "eager" or not ops.triton_status()[0]:
-            return False
-        head_dim = self.model.encoder.layer[0].attention.self.attention_head_size
-        return head_dim in ops.attention_kernel_head_dims()
-
     def _device(self) -> torch.device:
         return self.model.embeddings.word_embeddings.weight.device
 

@@ -9,6 +9,15 @@ Where the module comes from, first hit wins:
    torch or an edited kernel never loads a stale binary, and later processes load it without compiling;
 3. nothing: ``ops.embed`` takes the eager path and ``status()`` says why.
 
+``$REMBERT_FAST_BUILD_CUDA`` (the install's switch) holds here too: ``0`` means no first-use build
+either (an install that fell back without the extension exports it, so no later process spends a minute
+on the same compile error), ``1`` tries a build again where an earlier one failed. A failed build is
+recorded in its build directory (``build-failed.txt``): later processes, which would fail the same way,
+skip it and report the recorded error; new sources, another torch or GPU architecture build afresh.
+Builds into one directory are serialised by an ``fcntl`` lock, which the kernel releases when its
+holder dies; torch's own lock file that a killed build left behind is removed before building, so no
+process waits on it.
+
 The sources are found in the package (``rembert_fast/csrc``, where a wheel ships them) or beside it
 (``csrc/`` of a source checkout or an editable install). Both builds compile with the toolkit of
 `cuda_toolkit_root()`: torch's CUDA_HOME, or the one nvcc names where torch's guess has no headers.
@@ -17,6 +26,7 @@ The sources are found in the package (``rembert_fast/csrc``, where a wheel ships
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -35,6 +45,8 @@ import torch
 SOURCES = ("embed_kernel.cu", "embed_binding.cpp")
 HEADERS = ("embed_kernel.h",)
 JIT_NAME = "rembert_fast_C"  # the module name of the JIT build (its TORCH_EXTENSION_NAME)
+BUILD_ENV = "REMBERT_FAST_BUILD_CUDA"  # 0: no first-use build; 1: build even after a recorded failure
+FAILED_BUILD = "build-failed.txt"  # in a build directory: why its last build failed
 
 _logger = logging.getLogger("rembert_fast")
 _lock = threading.Lock()
@@ -152,10 +164,36 @@ def use_cuda_toolkit() -> str | None:
     return root
 
 
+def build_mode() -> str:
+    """"auto", "off" or "on" from $REMBERT_FAST_BUILD_CUDA (unset or empty, 0, 1), as setup.py reads it.
+    ValueError names any other value."""
+    value = os.environ.get(BUILD_ENV, "").strip()
+    modes = {"": "auto", "0": "off", "1": "on"}
+    if value not in modes:
+        raise ValueError(f"{BUILD_ENV}={value!r} is not understood; use 1 (build), 0 (skip) or unset")
+    return modes[value]
+
+
+def recorded_failure(build_dir: Path) -> str | None:
+    """Why the last build into `build_dir` failed, where one failed and $REMBERT_FAST_BUILD_CUDA is not 1
+    (a reason naming the record and how to try again), else None."""
+    record = build_dir / FAILED_BUILD
+    if build_mode() == "on" or not record.is_file():
+        return None
+    try:
+        said = record.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        said = []
+    return (f"an earlier build of the extension failed ({said[0] if said else 'no reason recorded'}); "
+            f"not compiled again: {BUILD_ENV}=1 tries again (or delete {record})")
+
+
 def _jit_blocker() -> tuple[Path | None, str | None]:
     """(sources, None) when a JIT build can be attempted, else (None, why not)."""
     from torch.utils import cpp_extension
 
+    if build_mode() == "off":
+        return None, f"{BUILD_ENV}=0: the extension is not compiled on first use either"
     home = cuda_toolkit_root()
     if home is None:
         return None, "no CUDA toolkit found to compile the extension (set CUDA_HOME or put nvcc on PATH)"
@@ -166,6 +204,9 @@ def _jit_blocker() -> tuple[Path | None, str | None]:
     directory = source_dir()
     if directory is None:
         return None, f"the extension's sources {SOURCES + HEADERS} are not installed beside {__file__}"
+    failed = recorded_failure(cache_dir(directory))
+    if failed is not None:
+        return None, failed
     return directory, None
 
 
@@ -187,25 +228,47 @@ def compile_jit(directory: Path) -> tuple[ModuleType | None, str]:
 
     (module, where from) or (None, why not). Needs no GPU where $TORCH_CUDA_ARCH_LIST names the
     architectures; `load()` calls it only when a device is visible and no prebuilt module imports.
+    Waits while another process builds into the same directory, then loads its build, or returns the
+    failure it recorded; records its own failure for the next processes (`recorded_failure`).
     """
+    import fcntl
+
     from torch.utils import cpp_extension
 
     use_cuda_toolkit()
     build_dir = cache_dir(directory)
-    build_dir.mkdir(parents=True, exist_ok=True)
-    _logger.warning("rembert_fast: compiling the CUDA extension into %s (once; about a minute)", build_dir)
     try:
-        module = cpp_extension.load(
-            name=JIT_NAME,
-            sources=[str(directory / name) for name in SOURCES],
-            extra_include_paths=[str(directory)],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3"],
-            build_directory=str(build_dir),
-            verbose=False,
-        )
-    except Exception as err:  # a compiler or linker failure surfaces as any of several types
-        return None, f"compiling the CUDA extension in {build_dir} failed: {type(err).__name__}: {err}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(build_dir / "rembert_fast.lock", "a")  # held, and closed, by the block below
+    except OSError as err:
+        return None, f"the extension's build directory {build_dir} cannot be written: {err}"
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        failed = recorded_failure(build_dir)
+        if failed is not None:  # the build this process waited for failed
+            return None, failed
+        # Every builder holds the lock above first, so torch's own lock file is a killed build's: left
+        # there, torch would wait for it forever.
+        (build_dir / "lock").unlink(missing_ok=True)
+        _logger.warning("rembert_fast: compiling the CUDA extension into %s (once; about a minute)",
+                        build_dir)
+        try:
+            module = cpp_extension.load(
+                name=JIT_NAME,
+                sources=[str(directory / name) for name in SOURCES],
+                extra_include_paths=[str(directory)],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3"],
+                build_directory=str(build_dir),
+                verbose=False,
+            )
+        except Exception as err:  # a compiler or linker failure surfaces as any of several types
+            reason = f"compiling the CUDA extension in {build_dir} failed: {type(err).__name__}: {err}"
+            with contextlib.suppress(OSError):  # unrecorded, the next process tries again
+                (build_dir / FAILED_BUILD).write_text(reason + "\n")
+            return None, reason
+        with contextlib.suppress(OSError):
+            (build_dir / FAILED_BUILD).unlink(missing_ok=True)
     return module, f"JIT-compiled extension from {build_dir}"
 
 

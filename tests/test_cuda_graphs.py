@@ -216,8 +216,6 @@ def _runner_on_fake_cuda(monkeypatch, fast, fail_capture: bool = False, **bucket
         monkeypatch.setattr(torch.cuda, name, value)
     runner = CudaGraphRunner(fast, use_graphs=False, **buckets)
     runner.use_graphs = True
-    # Eager attention runs fine outside a real capture.
-    monkeypatch.setattr(CudaGraphRunner, "_capturable", lambda self: True)
     return runner
 
 
@@ -539,16 +537,18 @@ def test_a_real_capture_failure_falls_back_on_the_callers_stream_and_cannot_pois
 
 
 @pytest.mark.gpu
-def test_eager_backend_runs_without_capture():
-    """The eager attention cannot be captured: the runner then runs eagerly, and says no graph."""
+def test_eager_backend_is_captured_too():
+    """The eager ops (attention's reference finds its rows on the device, no host read) are captured and
+    replayed like the kernels, with the same answers."""
     hf, fast = models("cuda")
     runner = CudaGraphRunner(fast)
-    ids, mask = batch([5, 3], 8)
+    cases = [batch([5, 3], 8), batch([7, 2], 8)]  # one bucket: the second batch replays the first's graph
     with torch.inference_mode(), ops.use_backend("eager"):
-        out = runner(ids, mask)
-        ref = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
-    assert runner.captured == []
-    assert max_error(out, ref, mask) <= 1e-4
+        for ids, mask in cases:
+            out = runner(ids, mask)
+            ref = hf(input_ids=ids.cuda(), attention_mask=mask.cuda()).last_hidden_state
+            assert max_error(out, ref, mask) <= 1e-4
+    assert len(runner.captured) == 1 and runner.capture_error is None
 
 
 @pytest.mark.gpu

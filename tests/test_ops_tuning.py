@@ -506,3 +506,51 @@ def test_tune_covers_every_call_class_of_a_model_forward(fresh, monkeypatch):
     met = dispatch.choices_made()
     assert {"embed", "attention", "linear_bias_act", "linear_residual_layer_norm"} <= {
         name.split()[2].split("|")[0].split(":")[0] for name in met}
+
+
+def test_the_cache_stamp_holds_the_driver_version_and_a_driver_update_probes_again(monkeypatch, tmp_path):
+    """The stamp's "driver" is the installed driver's version, not the CUDA API level it supports (which a
+    driver update within one CUDA major leaves alone): a cache made under another driver is not trusted."""
+    version_file = tmp_path / "version"
+    monkeypatch.setattr(tuning, "_DRIVER_VERSION_FILE", version_file)
+    monkeypatch.setattr(torch._C, "_cuda_getDriverVersion", lambda: 12040, raising=False)
+    for name, value in (("current_device", lambda: 0), ("get_device_name", lambda index=None: "Fake GPU"),
+                        ("get_device_capability", lambda index=None: (9, 0))):
+        monkeypatch.setattr(torch.cuda, name, value)
+    keys = []
+    try:
+        for line in ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 2024",
+                     "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  "
+                     "(dvs-builder@U16)  Thu Jan 23 22:50:36 UTC 2025"):
+            version_file.write_text(line + "\nGCC version:  gcc version 12.3.0\n")
+            tuning._driver_version.cache_clear()
+            keys.append(tuning.device_key("cuda"))
+    finally:
+        tuning._driver_version.cache_clear()
+    assert [key["driver"] for key in keys] == ["550.54.15", "570.86.15"]
+    path = tmp_path / "tune-fake-gpu.json"
+    tuning.write_cache(path, keys[0], {"layer_norm|float16": None})
+    with pytest.warns(RuntimeWarning, match="for another GPU, driver or kernel version"):
+        assert tuning._read_tables(path, keys[1]) == ({}, {})
+
+
+def test_the_probe_reference_is_full_fp32_whatever_the_user_set(monkeypatch):
+    """A user who allowed TF32 matmuls still gets a full-precision reference (TF32's error is what the
+    rule allows a half-precision kernel), and keeps their setting."""
+    seen = []
+
+    def ref(x, w):
+        seen.append((x.dtype, torch.get_float32_matmul_precision()))
+        return x @ w
+
+    monkeypatch.setitem(probe.CASES, "layer_norm", lambda gen: (
+        (torch.randn(8, 16, generator=gen), torch.randn(16, 4, generator=gen)), lambda x, w: x @ w, ref))
+    held = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        assert probe.run_probe("layer_norm", torch.device("cpu"), torch.bfloat16) is None
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(held)
+    assert seen[0] == (torch.float32, "highest")
+    assert all(precision == "high" for _, precision in seen[1:])

@@ -156,7 +156,9 @@ def graph_status(runner: CudaGraphRunner, mask: torch.Tensor) -> str:
         return "replayed"
     if runner.capture_error is not None:
         return f"eager: capture failed ({runner.capture_error})"
-    return "eager: not captured (the eager attention backend cannot be captured)"
+    if not runner.use_graphs:
+        return "eager: not captured (graphs are off: the model is not on CUDA)"
+    return "eager: not captured yet"
 
 
 def _max_error(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> float:

@@ -219,7 +219,7 @@ def attention(
 
 def attention_kernel_head_dims() -> tuple[int, ...]:
     """The head dims the Triton attention kernel takes; attention with another head_dim runs eagerly on
-    `auto` (its eager path reads the offsets on the host: a CUDA graph cannot capture it)."""
+    `auto` (on CUDA with no host read, so a CUDA graph captures it too)."""
     from rembert_fast.kernels import attention as kernel
 
     return kernel.SUPPORTED_HEAD_DIMS

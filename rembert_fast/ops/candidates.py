@@ -54,10 +54,20 @@ def names(call: CallClass, device_type: str, base: str, probed_ok: Callable[[str
     return chosen, errors
 
 
+_LENGTH_CYCLE = (1.0, 0.75, 0.5, 0.875, 0.625)  # sequence lengths of a timed attention, as parts of seqlen
+
+
 def _lengths(tokens: int, seqlen: int) -> list[int]:
-    """Sequences of `seqlen` tokens filling `tokens` rows, the last one shorter where it must be."""
-    full, rest = divmod(tokens, seqlen)
-    return [seqlen] * full + ([rest] if rest else [])
+    """Sequence lengths filling `tokens` rows, the longest `seqlen`, the others shorter where a sequence
+    can be (seqlen > 1 and more than one sequence): a real packed batch has uneven lengths, and so does a
+    CUDA-graph bucket (its dummy sequences), and an attention path may take a cheaper branch when every
+    sequence has the longest length (`competitors.attention_sdpa_padded`'s no-copy, no-mask one)."""
+    lengths, left = [], tokens
+    while left > 0:
+        length = min(max(int(seqlen * _LENGTH_CYCLE[len(lengths) % len(_LENGTH_CYCLE)]), 1), left)
+        lengths.append(length)
+        left -= length
+    return lengths
 
 
 def calls(call: CallClass, device: torch.device, names: tuple[str, ...]) -> dict[str, Callable[[], object]]:
@@ -67,7 +77,9 @@ def calls(call: CallClass, device: torch.device, names: tuple[str, ...]) -> dict
     ValueError for an op or candidate this module does not know."""
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def r(*shape: int) -> torch.Tensor:
+    def r(*shape: int, high: int | None = None) -> torch.Tensor:  # floats of the class's dtype; ids < high
+        if high is not None:
+            return torch.randint(0, high, shape, generator=gen, device=device)
         return torch.randn(*shape, generator=gen, device=device, dtype=call.dtype)
 
     args, impls = _TABLES[registry.get(call.op).name](r, call.variant, call.width, call.tokens, call.seqlen,
@@ -137,7 +149,7 @@ def _attention_padded(r, variant, width, tokens, seqlen, device):
 def _embed(r, variant, width, tokens, seqlen, device):
     (has_projection,) = variant
     e, hidden = width
-    ids = torch.randint(0, _EMBED_ROWS, (tokens,), device=device)
+    ids = r(tokens, high=_EMBED_ROWS)
     zeros = torch.zeros_like(ids)
     args = (ids, ids % 512, zeros, r(_EMBED_ROWS, e), r(512, e), r(2, e), r(e), r(e), 1e-12,
             r(hidden, e) if has_projection else None, r(hidden) if has_projection else None)

@@ -186,7 +186,11 @@ def backend_for(op: str, device: torch.device, dtype: torch.dtype) -> str:
     $REMBERT_FAST_BACKEND or $REMBERT_FAST_TUNE. Under torch.compile the decision is made at trace
     time; a use_backend block entered or left retraces.
     """
-    return _decision(op, device.type, dtype, requested_backend())
+    requested = requested_backend()
+    if torch.compiler.is_compiling():
+        return _decision(op, device.type, dtype, requested)
+    with measure.on_device(device):  # a probe at first need runs on the tensors' GPU, not the current one
+        return _decision(op, device.type, dtype, requested)
 
 
 # choose's decisions: (op, variant, width, device type, dtype, request, token bucket, seqlen bucket) ->
@@ -225,7 +229,10 @@ def choose(
     key = (op, variant, width, device.type, dtype, _request(_backend_override.get()),
            (tokens - 1).bit_length() if tokens else -1, (seqlen - 1).bit_length() if seqlen else -1)
     made = _choices.get(key)
-    return made if made is not None else _choose_first(key, device)
+    if made is not None:
+        return made
+    with measure.on_device(device):  # probes and timing on the tensors' GPU, not the current one
+        return _choose_first(key, device)
 
 
 def _choose_first(key: tuple, device: torch.device) -> str:

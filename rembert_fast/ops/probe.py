@@ -1,8 +1,9 @@
 """Probes: run one fused op and its eager reference on a small random input and say whether they agree.
 
 A probe compares the fused kernel's output on a fixed-seed input with an fp32 reference of the same
-inputs; it passes where the kernel's max error is at most twice the same-dtype eager error plus a floor
-(the error a correct kernel cannot avoid: rounding to its output dtype once, and fp32 reassociation).
+inputs (its matmuls in full fp32, TF32 off whatever the user set); it passes where the kernel's max
+error is at most twice the same-dtype eager error plus a floor (the error a correct kernel cannot avoid:
+rounding to its output dtype once, and fp32 reassociation).
 `run_probe(op, device, dtype, candidate=None)` returns None on agreement, else a one-line reason
 (mismatch, or the exception a compile or launch raised). `candidate` names a competitor other than the
 op's fused path (`registry.OPS`), probed on the same input against the same reference. The ops with
@@ -12,8 +13,9 @@ an activation are probed per activation: `op[activation]` (e.g. "bias_act[gelu]"
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -166,6 +168,19 @@ def _valid_rows(op: str, out: torch.Tensor) -> torch.Tensor:
     return torch.cat([out[b, :_LENGTHS[b % len(_LENGTHS)]] for b in range(out.shape[0])])
 
 
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """float32 matmuls in full precision inside the block, whatever the user set (TF32 or bf16 passes,
+    `torch.set_float32_matmul_precision`): a reference computed in TF32 would be as wrong as the error
+    the probe's rule allows, and pass a wrong kernel."""
+    held = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(held)
+
+
 def run_probe(op: str, device: torch.device, dtype: torch.dtype, candidate: str | None = None) -> str | None:
     """None if `op`'s fused path (or its competitor `candidate`) agrees with eager on `device`/`dtype`,
     else why not (one line).
@@ -184,7 +199,8 @@ def run_probe(op: str, device: torch.device, dtype: torch.dtype, candidate: str 
             fused = lambda *a: torch.cat([rival(*a), rival(*a, True)])  # noqa: E731
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the interpreter's numpy warnings; the verdict is the output
-            truth = _valid_rows(op, ref(*_to(args, device, torch.float32))).double()
+            with _full_fp32():
+                truth = _valid_rows(op, ref(*_to(args, device, torch.float32))).double()
             same = _to(args, device, dtype)
             eager = _valid_rows(op, ref(*same)).double()
             out = fused(*same)

@@ -100,19 +100,20 @@ def tune(device: torch.device, dtype: torch.dtype, shapes: Shapes, tokens: tuple
             raise ValueError(f"{name} must be positive bucket sizes, got {sizes}")
     timer = timer or measure.median_timer(device)
     rows: list[Row] = []
-    for call in call_classes(shapes, tokens, seqlens, dtype):
-        if call.seqlen > call.tokens:  # a sequence longer than the batch's rows: no call meets it
-            continue
-        with dispatch.use_backend("auto"):  # what a first use on `auto` would run, whatever is requested
-            base = dispatch.backend_for(call.probed, device, dtype)
-        names, errors = dispatch.candidate_names(call, device.type, base)
-        if base == "eager" and OPS[call.op].fused not in names:
-            errors.insert(0, tuning.verdicts().get(call.verdict())
-                          or dispatch.unavailable_reason(call.op, device.type))
-        row = Row(call.op, call.name, call.tokens, call.seqlen,
-                  probe_error="; ".join(e for e in errors if e) or None)
-        row.ms = measure.measure(call, device, names, timer)
-        row.choice = dispatch.choose_fastest(call, device.type, row.ms)
-        rows.append(row)
+    with measure.on_device(device):  # probes and timing on `device`, whichever GPU is current
+        for call in call_classes(shapes, tokens, seqlens, dtype):
+            if call.seqlen > call.tokens:  # a sequence longer than the batch's rows: no call meets it
+                continue
+            with dispatch.use_backend("auto"):  # what a first use on `auto` would run, whatever is requested
+                base = dispatch.backend_for(call.probed, device, dtype)
+            names, errors = dispatch.candidate_names(call, device.type, base)
+            if base == "eager" and OPS[call.op].fused not in names:
+                errors.insert(0, tuning.verdicts().get(call.verdict())
+                              or dispatch.unavailable_reason(call.op, device.type))
+            row = Row(call.op, call.name, call.tokens, call.seqlen,
+                      probe_error="; ".join(e for e in errors if e) or None)
+            row.ms = measure.measure(call, device, names, timer)
+            row.choice = dispatch.choose_fastest(call, device.type, row.ms)
+            rows.append(row)
     dispatch.forget()  # decisions made before now are made again, from these choices
     return rows

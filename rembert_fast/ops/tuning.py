@@ -19,6 +19,7 @@ or a dynamo trace: there a verdict already made is used, else eager.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -67,9 +68,31 @@ def device_key(device_type: str) -> dict[str, Any]:
     return key
 
 
+_DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")  # the version Linux's NVIDIA driver reports
+
+
+@functools.lru_cache(maxsize=1)  # a process keeps the driver it started with
 def _driver_version() -> str | None:
+    """The installed NVIDIA driver's version ("550.54.15"), so that a driver update re-checks every path:
+    from the kernel module's /proc file, else NVML (what nvidia-smi reads), else the CUDA API version the
+    driver supports ("cuda-api 12040", which changes only with a major driver update), else None."""
     try:
-        return str(torch._C._cuda_getDriverVersion())
+        found = re.search(r"Kernel Module\b.*?\s(\d+(?:\.\d+)+)\s", _DRIVER_VERSION_FILE.read_text())
+        if found:
+            return found.group(1)
+    except OSError:
+        pass
+    try:
+        import ctypes
+
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        text = ctypes.create_string_buffer(96)
+        if nvml.nvmlInit_v2() == 0 and nvml.nvmlSystemGetDriverVersion(text, len(text)) == 0:
+            return text.value.decode()
+    except (OSError, AttributeError):
+        pass
+    try:
+        return f"cuda-api {torch._C._cuda_getDriverVersion()}"
     except Exception:
         return None
 
