@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from rembert_fast import ops, padding
@@ -58,7 +57,9 @@ class PackedBatch:
     max_seqlen: int  # the longest sequence's row count
     batch: int  # B
     seqlen: int  # L
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # (T, hidden) rows: embeddings, then each layer
+    # (B, L, hidden) each, zeros at padding: the embeddings, then each layer's output. Each is the tensor the
+    # next layer's input was computed from, so a gradient w.r.t. it is the model's (attribution methods).
+    hidden_states: tuple[torch.Tensor, ...] | None = None
     pooled: torch.Tensor | None = None  # (B, hidden) pooler output, set by the model
     attentions: tuple[torch.Tensor, ...] | None = None  # classic path only: (B, heads, L, Lk) per layer
     cross_attentions: tuple[torch.Tensor, ...] | None = None  # classic path only
@@ -69,11 +70,8 @@ class PackedBatch:
         """A (B, L, hidden) padded result as rows (a view: every position is a row)."""
         batch, seqlen = sequence.shape[:2]
         cu_seqlens = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=sequence.device)
-        hidden_states = extras.pop("hidden_states", None)
-        if hidden_states is not None:
-            hidden_states = tuple(h.reshape(batch * seqlen, h.shape[-1]) for h in hidden_states)
         return cls(sequence.reshape(batch * seqlen, sequence.shape[-1]), None, cu_seqlens, seqlen, batch,
-                   seqlen, hidden_states=hidden_states, **extras)
+                   seqlen, **extras)
 
     def pad(self, rows: torch.Tensor) -> torch.Tensor:
         """Per-row values (T, ...) of this batch -> (B, L, ...); padding positions are zeros."""
@@ -87,7 +85,7 @@ class PackedBatch:
 
     def padded_hidden_states(self) -> tuple[torch.Tensor, ...] | None:
         """Each stage's (B, L, hidden) hidden state, or None when they were not asked for."""
-        return None if self.hidden_states is None else tuple(self.pad(h) for h in self.hidden_states)
+        return self.hidden_states
 
     def first_tokens(self) -> torch.Tensor:
         """(B, hidden): each sequence's first row (its [CLS] on the packed path); zeros for a sequence
@@ -231,18 +229,23 @@ def _read_as_called(module: nn.Module) -> bool:
 
 def plain_modules(model: nn.Module, *, unhooked: bool = False) -> bool:
     """Whether every weight-holding module of the embeddings and encoder is a plain torch layer (or
-    RemBERT's own), and no layer is wrapped by PEFT (`base_layer`).
+    RemBERT's own), no layer is wrapped by PEFT (`base_layer`), and no module of the encoder has a
+    forward hook or pre-hook (nor a global one is set).
 
     The packed path reads `.weight`/`.bias` of these modules instead of calling them, so a wrapped layer
-    (PEFT's LoRA, a quantized Linear, a hooked replacement) would be bypassed: such a model runs the
-    classic path, which calls every module. `unhooked=True` (an `optimize()`d transformers model) also
-    asks, in the same walk, that no module has a forward hook (nor a global one is set) and that every
-    module is a plain torch layer or transformers' own (`reads_what_it_would_call`).
+    (PEFT's LoRA, a quantized Linear, a hooked replacement) would be bypassed, and so would a hook on a
+    layer (activation capture, FSDP's unsharding): such a model runs the classic path, which calls every
+    module. The embeddings' hooks do not count there (transformers' `enable_input_require_grads`, which
+    activation checkpointing adds, is one). `unhooked=True` (an `optimize()`d transformers model) also
+    asks, in the same walk, that no module has a hook and that every module is a plain torch layer or
+    transformers' own (`reads_what_it_would_call`).
     """
-    if unhooked and _global_hooks():
+    if _global_hooks():
         return False
     for part in (model.embeddings, model.encoder):
         for module in part.modules():
+            if part is model.encoder and (module._forward_hooks or module._forward_pre_hooks):
+                return False
             if hasattr(module, "base_layer"):  # PEFT's wrapper of a layer
                 return False
             kind = type(module)
@@ -494,25 +497,38 @@ def packed_encoder_forward(
         positions,
         packed_source if input_ids is None else None,
     )  # (T, hidden)
-    all_hidden = [hidden] if output_hidden_states else None
-    recompute = recomputes(encoder)
+    all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
+
+    def keep(rows: torch.Tensor) -> torch.Tensor:
+        """Pad `rows` into the hidden states returned, and go on from the padded tensor (a differentiable
+        gather), so that it is part of the graph as in transformers."""
+        if all_hidden is None:
+            return rows
+        state = padding.pad_input(rows, indices, batch, seqlen) if indices is not None else rows.view(
+            batch, seqlen, rows.shape[-1])
+        all_hidden.append(state)
+        flat = state.reshape(batch * seqlen, state.shape[-1])
+        return flat if indices is None else flat.index_select(0, indices)
+
+    hidden = keep(hidden)
     for layer in encoder.layer:
         layer_args = (layer, hidden, cu_seqlens, max_seqlen, config.hidden_act, bool(config.is_decoder))
-        if recompute:
-            hidden = torch.utils.checkpoint.checkpoint(packed_layer_forward, *layer_args,
-                                                       use_reentrant=False)
+        if recomputes(layer):  # the recomputation the layer's own forward would do (see recomputes)
+            hidden = layer._gradient_checkpointing_func(packed_layer_forward, *layer_args)
         else:
             hidden = packed_layer_forward(*layer_args)
-        if all_hidden is not None:
-            all_hidden.append(hidden)
+        hidden = keep(hidden)
     return PackedBatch(hidden, indices, cu_seqlens, max_seqlen, batch, seqlen,
                        hidden_states=tuple(all_hidden) if all_hidden else None)
 
 
-def recomputes(encoder: nn.Module) -> bool:
-    """Gradient checkpointing: enabled on the encoder, training, and gradients being recorded."""
-    enabled = bool(getattr(encoder, "gradient_checkpointing", False))
-    return enabled and encoder.training and torch.is_grad_enabled()
+def recomputes(layer: nn.Module) -> bool:
+    """Whether a RemBertLayer (ours or transformers', both `GradientCheckpointingLayer`s) recomputes in
+    backward: its `gradient_checkpointing` flag is set (by the model's `activation_checkpointing_enable`,
+    with the recomputation in `layer._gradient_checkpointing_func`), it is training and gradients are
+    recorded."""
+    enabled = bool(getattr(layer, "gradient_checkpointing", False))
+    return enabled and layer.training and torch.is_grad_enabled()
 
 
 

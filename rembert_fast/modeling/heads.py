@@ -42,7 +42,7 @@ class _RemBertWithLMHead(RemBertPreTrainedModel):
         super().__init__(config)
         self.rembert = RemBertModel(config, add_pooling_layer=False)
         self.cls = RemBertOnlyMLMHead(config)
-        self.post_init(self.cls)
+        self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
@@ -191,7 +191,7 @@ class RemBertForSequenceClassification(RemBertPreTrainedModel):
         self.rembert = RemBertModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init(self.classifier)
+        self.post_init()
 
     def forward(
         self,
@@ -256,7 +256,7 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         self.rembert = RemBertModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, 1)
-        self.post_init(self.classifier)
+        self.post_init()
 
     def forward(
         self,
@@ -324,7 +324,7 @@ class RemBertForTokenClassification(RemBertPreTrainedModel):
         self.rembert = RemBertModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init(self.classifier)
+        self.post_init()
 
     def forward(
         self,
@@ -378,7 +378,7 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         self.num_labels = config.num_labels
         self.rembert = RemBertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init(self.qa_outputs)
+        self.post_init()
 
     def forward(
         self,
