@@ -29,7 +29,7 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+GENERATION_CONFIG_NAME = "generation_config.json"  # transformers' GenerationConfig of a model that generates
 # Looked for in this order: safetensors wins over pickle-based .bin when a directory holds both.
 _WEIGHTS_SEARCH_ORDER = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 # What a Hub repository's weights are fetched as, in the same order (an index with its shards).
@@ -264,35 +265,45 @@ def _loading_keywords(kwargs: dict[str, Any], dtype: Any, device: Any) -> tuple[
         if device is not None and mapped is not None and _device_key(mapped) != _device_key(device):
             raise ValueError(f"device={device!r} and device_map={mapped!r} disagree; pass one")
         device = mapped if device is None else device
-    options = {name: kwargs.pop(name) for name in ("config", "output_loading_info", "ignore_mismatched_sizes")
-               if name in kwargs}
+    options = {name: kwargs.pop(name) for name in ("config", "output_loading_info", "ignore_mismatched_sizes",
+                                                   "state_dict") if name in kwargs}
     return dtype, device, options
+
+
+class ShapeMismatchError(ValueError, RuntimeError):
+    """A checkpoint weight of another shape than the model's (transformers raises a RuntimeError there)."""
+
+
+class MetaDeviceContextError(ValueError, RuntimeError):
+    """`from_pretrained` called under `torch.device("meta")` (transformers raises a RuntimeError there)."""
 
 
 def load_pretrained(
     model_cls: type[RemBertPreTrainedModel],
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | int | None = None,
     **config_overrides: Any,
-) -> RemBertPreTrainedModel | tuple[RemBertPreTrainedModel, dict[str, list[Any]]]:
+) -> RemBertPreTrainedModel | tuple[RemBertPreTrainedModel, dict[str, Any]]:
     """Build `model_cls` from a checkpoint directory (config.json + weights), ready for inference.
 
     Args:
         model_cls: a RemBert* model class of `rembert_fast.modeling`.
         path: a directory written by `save_pretrained` here or in transformers, or a Hub model id
             ("google/rembert") fetched into (or, offline, found in) the Hub cache; a local directory
-            of the same name wins.
+            of the same name wins. None with `config=` and `state_dict=`: the model from those alone.
         dtype: floating dtype of the parameters: a torch.dtype, "float32", "float16", "bfloat16", or
             "auto" (the config's `dtype`/`torch_dtype`, else the checkpoint's). None means
             torch.get_default_dtype() (float32), as transformers does for dtype=None (its own default
             is "auto"; google/rembert is float32 either way). Integer tensors keep their dtype.
-        device: where the parameters live (default CPU); tensors are converted one at a time.
+        device: where the parameters live (default: the `torch.device(...)` context's device, else CPU);
+            tensors are converted one at a time.
         **config_overrides: fields that replace config.json's (e.g. `num_labels=5`); as in transformers,
             a keyword of `model_cls.__init__` (e.g. `add_pooling_layer=False`) goes to the model instead.
             transformers' loading keywords are understood too: `torch_dtype` (dtype's old name),
             `device_map` (one device, or "auto"), `config` (a RemBertConfig to use instead of
-            config.json), `output_loading_info`, `ignore_mismatched_sizes` (weights whose shape differs,
+            config.json), `state_dict` (the weights to load instead of the directory's files, with the
+            same key rules), `output_loading_info`, `ignore_mismatched_sizes` (weights whose shape differs,
             e.g. a classifier of another num_labels, are initialised anew and listed); the Hub's and
             loader's own (`low_cpu_mem_usage`, `attn_implementation`, ...) have no effect and are
             dropped; the Hub's (`revision`, `cache_dir`, `local_files_only`, `token`, `subfolder`,
@@ -301,21 +312,41 @@ def load_pretrained(
     Returns:
         The model in eval mode; its `newly_initialized_keys` lists the weights the checkpoint lacked
         (a head or pooler initialised at random, as logged). With `output_loading_info=True`,
-        `(model, {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"})` as transformers.
+        `(model, {"missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"})` as transformers:
+        sets of keys (mismatched: `(key, checkpoint shape, model shape)` tuples) and a list.
+        A `generation_config.json` beside the weights becomes the model's `generation_config` (models
+        that generate, with transformers installed).
 
     Raises:
         ValueError: a missing directory or weights file (a missing Hub model: `hub.PretrainedNotFoundError`,
             also an OSError), a damaged file, missing or unexpected keys,
-            a shape mismatch (each message names the path, keys and shapes).
+            a shape mismatch (`ShapeMismatchError`, also transformers' RuntimeError; each message names the
+            path, keys and shapes); a call under
+            `torch.device("meta")` (`MetaDeviceContextError`, also a RuntimeError).
     """
+    if torch.get_default_device().type == "meta":
+        raise MetaDeviceContextError(
+            "You are using `from_pretrained` with a meta device context manager or "
+            "`torch.set_default_device('meta')`: the weights would be read for nothing. Build an empty model "
+            "with `Model(config)` under the context instead, or load outside it and use `.to('meta')`")
     hub_keywords = hub.pop_hub_keywords(config_overrides)
-    path = hub.resolve_directory(path, (CONFIG_NAME,), HUB_WEIGHT_FILES, **hub_keywords)
-    if Path(path).is_file():
-        raise ValueError(f"{str(path)!r} is a file; pass the model directory that holds config.json and "
-                         f"the weights ({str(Path(path).parent)!r}?)")
-    if not Path(path).is_dir():
-        raise ValueError(f"model directory {str(path)!r} does not exist")
     dtype, device, options = _loading_keywords(config_overrides, dtype, device)
+    state_dict = options.get("state_dict")
+    if path is None and (options.get("config") is None or state_dict is None):
+        raise ValueError("from_pretrained(None, ...) needs config= and state_dict= (the model is built from "
+                         "them alone); otherwise pass a model directory or Hub id")
+    if path is not None:
+        path = hub.resolve_directory(path, (CONFIG_NAME, GENERATION_CONFIG_NAME), HUB_WEIGHT_FILES,
+                                     **hub_keywords)
+        if Path(path).is_file():
+            raise ValueError(f"{str(path)!r} is a file; pass the model directory that holds config.json and "
+                             f"the weights ({str(Path(path).parent)!r}?)")
+        if not Path(path).is_dir():
+            raise ValueError(f"model directory {str(path)!r} does not exist")
+    if state_dict is not None and not (isinstance(state_dict, dict) and all(
+            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state_dict.items())):
+        raise ValueError(f"state_dict must map key names to tensors, got {type(state_dict).__name__}")
+    source = "the given state_dict" if state_dict is not None else str(path)
     init_parameters = inspect.signature(model_cls.__init__).parameters
     model_kwargs = {key: config_overrides.pop(key) for key in list(config_overrides)
                     if key in init_parameters and key not in ("self", "config")}
@@ -329,8 +360,11 @@ def load_pretrained(
     ignore_mismatched = bool(options.get("ignore_mismatched_sizes"))
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
     target_dtype = _resolve_dtype(dtype, config)
-    target_device = _parse_device(device)
-    files = _resolve_weight_files(path)
+    target_device = _parse_device(device if device is not None else torch.get_default_device())
+    if state_dict is not None:
+        tensors: Iterable[tuple[str, torch.Tensor]] = state_dict.items()
+    else:
+        tensors = (item for file in _resolve_weight_files(path) for item in _read_file(file))
 
     with torch.device("meta"):
         model = model_cls(config, **model_kwargs)
@@ -341,41 +375,40 @@ def load_pretrained(
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     ignored: list[str] = []
-    for file in files:
-        for ckpt_key, tensor in _read_file(file):
-            key = _map_key(ckpt_key, model_is_head)
-            if key not in expected:
-                (unexpected if _group(key) in model_groups else ignored).append(ckpt_key)
-                continue
-            if key in loaded:
-                raise ValueError(f"{str(path)!r} holds {key!r} twice (with and without the "
-                                 f"{BASE_MODEL_PREFIX!r} prefix)")
-            if tensor.shape != expected[key].shape and ignore_mismatched:
-                mismatched.append((key, tuple(tensor.shape), tuple(expected[key].shape)))
-                continue
-            if tensor.shape != expected[key].shape:
-                raise ValueError(
-                    f"{str(path)!r}: {ckpt_key!r} has shape {tuple(tensor.shape)} in the checkpoint but "
-                    f"{tuple(expected[key].shape)} in {model_cls.__name__} (check config.json)"
-                )
-            if tensor.dtype != expected[key].dtype and not (tensor.is_floating_point()
-                                                            and expected[key].is_floating_point()):
-                raise ValueError(
-                    f"{str(path)!r}: {ckpt_key!r} is {tensor.dtype} in the checkpoint but "
-                    f"{model_cls.__name__} expects {expected[key].dtype} (a damaged or foreign file?)"
-                )
-            if tensor.is_floating_point():
-                if target_dtype is None:
-                    if tensor.dtype not in _DTYPE_NAMES.values():
-                        raise ValueError(
-                            f"dtype='auto': {str(path)!r} stores {ckpt_key!r} as {tensor.dtype}, which "
-                            "rembert_fast does not run; pass dtype=torch.float32 (or float16, bfloat16) "
-                            "to convert it while loading")
-                    target_dtype = tensor.dtype
-                tensor = tensor.to(device=target_device, dtype=target_dtype)
-            else:
-                tensor = tensor.to(device=target_device)
-            loaded[key] = tensor
+    for ckpt_key, tensor in tensors:
+        key = _map_key(ckpt_key, model_is_head)
+        if key not in expected:
+            (unexpected if _group(key) in model_groups else ignored).append(ckpt_key)
+            continue
+        if key in loaded:
+            raise ValueError(f"{source!r} holds {key!r} twice (with and without the "
+                             f"{BASE_MODEL_PREFIX!r} prefix)")
+        if tensor.shape != expected[key].shape and ignore_mismatched:
+            mismatched.append((key, tuple(tensor.shape), tuple(expected[key].shape)))
+            continue
+        if tensor.shape != expected[key].shape:
+            raise ShapeMismatchError(
+                f"{source!r}: {ckpt_key!r} has shape {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(expected[key].shape)} in {model_cls.__name__} (check config.json)"
+            )
+        if tensor.dtype != expected[key].dtype and not (tensor.is_floating_point()
+                                                        and expected[key].is_floating_point()):
+            raise ValueError(
+                f"{source!r}: {ckpt_key!r} is {tensor.dtype} in the checkpoint but "
+                f"{model_cls.__name__} expects {expected[key].dtype} (a damaged or foreign file?)"
+            )
+        if tensor.is_floating_point():
+            if target_dtype is None:
+                if tensor.dtype not in _DTYPE_NAMES.values():
+                    raise ValueError(
+                        f"dtype='auto': {source!r} stores {ckpt_key!r} as {tensor.dtype}, which "
+                        "rembert_fast does not run; pass dtype=torch.float32 (or float16, bfloat16) "
+                        "to convert it while loading")
+                target_dtype = tensor.dtype
+            tensor = tensor.to(device=target_device, dtype=target_dtype)
+        else:
+            tensor = tensor.to(device=target_device)
+        loaded[key] = tensor
 
     missing = [key for key in expected if key not in loaded]
     absent_groups = {
@@ -388,16 +421,16 @@ def load_pretrained(
     if mismatched:
         logger.warning("%s: weights of another shape in the checkpoint, initialised anew "
                        "(ignore_mismatched_sizes=True): %s",
-                       path, [f"{key}: {have} in the checkpoint, {want} here"
+                       source, [f"{key}: {have} in the checkpoint, {want} here"
                               for key, have, want in mismatched])
     if missing or unexpected:
         raise ValueError(
-            f"{str(path)!r} does not match {model_cls.__name__}:"
+            f"{source!r} does not match {model_cls.__name__}:"
             + (f"\n  missing keys: {missing}" if missing else "")
             + (f"\n  unexpected keys: {unexpected}" if unexpected else "")
         )
     if ignored:
-        logger.warning("%s: checkpoint weights not used by %s: %s", path, model_cls.__name__, ignored)
+        logger.warning("%s: checkpoint weights not used by %s: %s", source, model_cls.__name__, ignored)
 
     for key in fresh:
         meta = expected[key]
@@ -407,7 +440,7 @@ def load_pretrained(
     if fresh:
         logger.warning(
             "%s: %s weights not in the checkpoint were newly initialised (train them before use): %s",
-            path, model_cls.__name__, fresh,
+            source, model_cls.__name__, fresh,
         )
         with torch.no_grad():
             for module_name in dict.fromkeys(key.rpartition(".")[0] for key in fresh):
@@ -426,12 +459,24 @@ def load_pretrained(
     left_on_meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left_on_meta:
         raise RuntimeError(f"{model_cls.__name__}._post_load left tensors on the meta device: {left_on_meta}")
+    generation_file = Path(path) / GENERATION_CONFIG_NAME if path is not None else None
+    if generation_file is not None and generation_file.is_file() and _generates(model):
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(path)
     model.eval()
     if options.get("output_loading_info"):
-        return model, {"missing_keys": [key for key in fresh if key not in renewed],
-                       "unexpected_keys": list(ignored),
-                       "mismatched_keys": mismatched, "error_msgs": []}
+        return model, {"missing_keys": {key for key in fresh if key not in renewed},
+                       "unexpected_keys": set(ignored),
+                       "mismatched_keys": set(mismatched), "error_msgs": []}
     return model
+
+
+def _generates(model: nn.Module) -> bool:
+    """Whether `model` has a transformers `generation_config` to save and load (RemBertForCausalLM)."""
+    can_generate = getattr(model, "can_generate", None)
+    generates = callable(can_generate) and bool(can_generate())
+    return generates and getattr(model, "generation_config", None) is not None
 
 
 # -------------------------------------------------------------------------------------------- saving
@@ -487,7 +532,8 @@ def save_pretrained(
     is_main_process: bool = True,
     push_to_hub: bool = False,
 ) -> None:
-    """Write `model` as a transformers-compatible directory: config.json and the weights.
+    """Write `model` as a transformers-compatible directory: config.json, the weights, and for a model
+    that generates (RemBertForCausalLM with transformers) its `generation_config.json`.
 
     Args:
         model: a rembert_fast model (has `.config`, a RemBertConfig).
@@ -519,6 +565,8 @@ def save_pretrained(
     if floating:
         config_dict["dtype"] = str(floating[0]).removeprefix("torch.")
     RemBertConfig.from_dict(config_dict).save_pretrained(path)
+    if _generates(model):
+        model.generation_config.save_pretrained(path)
 
     for old in path.iterdir():
         if _WRITTEN_FILE_RE.match(old.name):

@@ -100,9 +100,13 @@ class RemBertConfig(ConfigBase):
             kwargs.setdefault("dtype", torch_dtype)
         if isinstance(kwargs.get("dtype"), str):
             kwargs["dtype"] = _torch_dtype(kwargs["dtype"])
+        # Which attention transformers would build from this config (not a field of config.json).
+        attn_implementation = kwargs.pop("attn_implementation", None)
         if TRANSFORMERS:
             # transformers' own fields (return_dict, name_or_path, ...) at their defaults; ours follow
-            super().__init__(id2label={0: "LABEL_0", 1: "LABEL_1"})
+            super().__init__(id2label={0: "LABEL_0", 1: "LABEL_1"}, attn_implementation=attn_implementation)
+        else:
+            self._attn_implementation = attn_implementation
         for key, value in _DEFAULTS.items():
             setattr(self, key, kwargs.pop(key, value))
         id2label = kwargs.pop("id2label", None)
@@ -128,16 +132,8 @@ class RemBertConfig(ConfigBase):
                 )
         else:
             self.id2label = {i: f"LABEL_{i}" for i in range(2 if num_labels is None else num_labels)}
-        try:
-            label2id = {k: int(v) for k, v in label2id.items()} if label2id is not None else None
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"label2id values must be label indices (0, 1, ...), got "
-                             f"{list(label2id.values())!r}") from err
-        self.label2id = (
-            label2id
-            if label2id is not None
-            else {v: k for k, v in self.id2label.items()}
-        )
+        # label2id is kept as given (transformers keeps {"a": "0"} too); nothing here reads its values.
+        self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in self.id2label.items()}
         for key, value in kwargs.items():
             setattr(self, key, value)
         self._extra_keys = list(kwargs)
@@ -217,7 +213,8 @@ class RemBertConfig(ConfigBase):
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
         out["label2id"] = dict(self.label2id)
         for key in self._extra_keys:
-            out[key] = getattr(self, key)
+            if hasattr(self, key):  # a model consumes `gradient_checkpointing` (transformers deletes it)
+                out[key] = getattr(self, key)
         for key, value in out.items():  # RemBertConfig(dtype=torch.float16): written as "float16"
             if type(value).__name__ == "dtype" and type(value).__module__ == "torch":
                 out[key] = str(value).removeprefix("torch.")

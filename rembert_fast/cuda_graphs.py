@@ -135,9 +135,8 @@ def encode_packed(
 ) -> torch.Tensor:
     """The packed path's embeddings and layers (`packed.encode_rows`) on rows checked on the host;
     (T, hidden). No host sync, so it can be captured."""
-    hidden, _ = encode_rows(model.embeddings, model.encoder, model.config, ids.long(), types.long(),
-                            positions.long(), cu_seqlens, max_seqlen, ids_checked=True)
-    return hidden
+    return encode_rows(model.embeddings, model.encoder, model.config, ids.long(), types.long(),
+                       positions.long(), cu_seqlens, max_seqlen, ids_checked=True)
 
 
 def _bucket(value: int, buckets: Sequence[int]) -> int | None:

@@ -16,12 +16,12 @@ can take this path; everything else runs the classic padded forward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from rembert_fast import ops, padding
@@ -36,6 +36,7 @@ __all__ = [
     "encode_rows",
     "packed_encoder_forward",
     "recomputes",
+    "global_hooks",
 ]
 
 
@@ -56,7 +57,9 @@ class EncodedBatch:
     max_seqlen: int  # the longest sequence's row count
     batch: int  # B
     seqlen: int  # L
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # (T, hidden) rows: embeddings, then each layer
+    # (B, L, hidden) each, zeros at padding: the embeddings, then each layer's output. Each is the tensor the
+    # next layer's input was computed from, so a gradient w.r.t. it is the model's (attribution methods).
+    hidden_states: tuple[torch.Tensor, ...] | None = None
     pooled: torch.Tensor | None = None  # (B, hidden) pooler output, set by the model
     attentions: tuple[torch.Tensor, ...] | None = None  # classic path only: (B, heads, L, Lk) per layer
     cross_attentions: tuple[torch.Tensor, ...] | None = None  # classic path only
@@ -67,11 +70,8 @@ class EncodedBatch:
         """A (B, L, hidden) padded result as rows (a view: every position is a row)."""
         batch, seqlen = sequence.shape[:2]
         cu_seqlens = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=sequence.device)
-        hidden_states = extras.pop("hidden_states", None)
-        if hidden_states is not None:
-            hidden_states = tuple(h.reshape(batch * seqlen, h.shape[-1]) for h in hidden_states)
         return cls(sequence.reshape(batch * seqlen, sequence.shape[-1]), None, cu_seqlens, seqlen, batch,
-                   seqlen, hidden_states=hidden_states, **extras)
+                   seqlen, **extras)
 
     def pad(self, rows: torch.Tensor) -> torch.Tensor:
         """Per-row values (T, ...) of this batch -> (B, L, ...); padding positions are zeros."""
@@ -85,7 +85,7 @@ class EncodedBatch:
 
     def padded_hidden_states(self) -> tuple[torch.Tensor, ...] | None:
         """Each stage's (B, L, hidden) hidden state, or None when they were not asked for."""
-        return None if self.hidden_states is None else tuple(self.pad(h) for h in self.hidden_states)
+        return self.hidden_states
 
     def first_tokens(self) -> torch.Tensor:
         """(B, hidden): each sequence's first row (its [CLS] on the packed path); zeros for a sequence
@@ -155,16 +155,23 @@ _PLAIN_TORCH = (nn.Linear, nn.Embedding, nn.LayerNorm)
 
 def plain_modules(model: nn.Module) -> bool:
     """Whether every weight-holding module of the embeddings and encoder is a plain torch layer (or
-    RemBERT's own), and no layer is wrapped by PEFT (`base_layer`).
+    RemBERT's own), no layer is wrapped by PEFT (`base_layer`), and no module of the encoder has a
+    forward hook or pre-hook (nor a global one is set).
 
     The packed path reads `.weight`/`.bias` of these modules instead of calling them, so a wrapped layer
     (PEFT's LoRA, a quantized Linear, a hooked replacement) or a layer sharded by FSDP2's `fully_shard`
-    (whose forward gathers its parameters) would be bypassed: such a model runs the classic path, which
-    calls every module. An `optimize()`d transformers model also asks that no module has a forward hook
-    (`patching.reads_what_it_would_call`).
+    (whose forward gathers its parameters) would be bypassed, and so would a hook on a layer (activation
+    capture, FSDP's unsharding): such a model runs the classic path, which calls every module. The
+    embeddings' hooks do not count there (transformers' `enable_input_require_grads`, which activation
+    checkpointing adds, is one). An `optimize()`d transformers model also asks that no module has a
+    forward hook (`patching.reads_what_it_would_call`).
     """
+    if global_hooks():
+        return False
     for part in (model.embeddings, model.encoder):
         for module in part.modules():
+            if part is model.encoder and (module._forward_hooks or module._forward_pre_hooks):
+                return False
             if hasattr(module, "base_layer") or _sharded(module):  # PEFT's wrapper of a layer; FSDP2
                 return False
             kind = type(module)
@@ -172,6 +179,13 @@ def plain_modules(model: nn.Module) -> bool:
                     and not kind.__module__.startswith(("rembert_fast.", "transformers.models.rembert."))):
                 return False
     return True
+
+
+def global_hooks() -> bool:
+    """Whether a global forward hook or pre-hook is set (`register_module_forward_hook`): it would run on
+    every module the packed path reads instead of calling."""
+    hooks = torch.nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
 
 
 def _sharded(module: nn.Module) -> bool:
@@ -410,7 +424,18 @@ def packed_encoder_forward(
 
     positions = gather(position_ids) if position_ids is not None else default_positions
     token_types = gather(token_type_ids) if token_type_ids is not None else torch.zeros_like(positions)
-    hidden, all_hidden = encode_rows(
+    all_hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
+
+    def keep(rows: torch.Tensor) -> torch.Tensor:
+        """Pad `rows` into the hidden states returned and go on from the padded tensor (a differentiable
+        gather), so that each returned state is part of the graph, as in transformers."""
+        state = padding.pad_input(rows, indices, batch, seqlen) if indices is not None else rows.view(
+            batch, seqlen, rows.shape[-1])
+        all_hidden.append(state)
+        flat = state.reshape(batch * seqlen, state.shape[-1])
+        return flat if indices is None else flat.index_select(0, indices)
+
+    hidden = encode_rows(
         embeddings,
         encoder,
         config,
@@ -420,9 +445,10 @@ def packed_encoder_forward(
         cu_seqlens,
         max_seqlen,
         inputs_embeds=packed_source if input_ids is None else None,
-        output_hidden_states=output_hidden_states,
+        keep=keep if all_hidden is not None else None,
     )
-    return EncodedBatch(hidden, indices, cu_seqlens, max_seqlen, batch, seqlen, hidden_states=all_hidden)
+    return EncodedBatch(hidden, indices, cu_seqlens, max_seqlen, batch, seqlen,
+                        hidden_states=tuple(all_hidden) if all_hidden else None)
 
 
 def encode_rows(
@@ -436,29 +462,32 @@ def encode_rows(
     max_seqlen: int,  # an upper bound of the sequence lengths
     *,
     inputs_embeds: torch.Tensor | None = None,  # (T, E) instead of input_ids
-    output_hidden_states: bool = False,
+    keep: Callable[[torch.Tensor], torch.Tensor] | None = None,  # each stage's rows -> the rows to go on from
     ids_checked: bool = False,  # the ids were checked on the host already (`ops.embed`)
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-    """Embed packed rows and run every layer: (T, hidden), and each stage's rows (embeddings, then each
-    layer) when asked. The one layer loop of the packed path; in inference with `ids_checked` it reads
-    nothing back to the host, so the CUDA-graph runner captures it as it is."""
+) -> torch.Tensor:
+    """Embed packed rows and run every layer: (T, hidden). The one layer loop of the packed path; in
+    inference with `ids_checked` it reads nothing back to the host, so the CUDA-graph runner captures it
+    as it is. `keep`, when given, sees each stage's rows (the embeddings, then each layer's output) and
+    returns the rows the next stage reads: `packed_encoder_forward` keeps the hidden states there."""
     hidden = embed_tokens(embeddings, encoder.embedding_hidden_mapping_in, input_ids, token_type_ids,
                           position_ids, inputs_embeds, ids_checked=ids_checked)  # (T, hidden)
-    all_hidden = [hidden] if output_hidden_states else None
-    recompute = recomputes(encoder)
+    if keep is not None:
+        hidden = keep(hidden)
     for layer in encoder.layer:
         layer_args = (layer, hidden, cu_seqlens, max_seqlen, config.hidden_act, bool(config.is_decoder))
-        if recompute:
-            hidden = torch.utils.checkpoint.checkpoint(packed_layer_forward, *layer_args,
-                                                       use_reentrant=False)
+        if recomputes(layer):  # the recomputation the layer's own forward would do (see recomputes)
+            hidden = layer._gradient_checkpointing_func(packed_layer_forward, *layer_args)
         else:
             hidden = packed_layer_forward(*layer_args)
-        if all_hidden is not None:
-            all_hidden.append(hidden)
-    return hidden, tuple(all_hidden) if all_hidden else None
+        if keep is not None:
+            hidden = keep(hidden)
+    return hidden
 
 
-def recomputes(encoder: nn.Module) -> bool:
-    """Gradient checkpointing: enabled on the encoder, training, and gradients being recorded."""
-    enabled = bool(getattr(encoder, "gradient_checkpointing", False))
-    return enabled and encoder.training and torch.is_grad_enabled()
+def recomputes(layer: nn.Module) -> bool:
+    """Whether a RemBertLayer (ours or transformers', both `GradientCheckpointingLayer`s) recomputes in
+    backward: its `gradient_checkpointing` flag is set (by the model's `activation_checkpointing_enable`,
+    with the recomputation in `layer._gradient_checkpointing_func`), it is training and gradients are
+    recorded."""
+    enabled = bool(getattr(layer, "gradient_checkpointing", False))
+    return enabled and layer.training and torch.is_grad_enabled()

@@ -283,11 +283,6 @@ def _lm_head_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tens
 _PLAIN_TYPES = (nn.Linear, nn.Embedding, nn.LayerNorm, nn.Dropout, nn.ModuleList)
 
 
-def _global_hooks() -> bool:
-    hooks = torch.nn.modules.module
-    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
-
-
 def _read_as_called(module: nn.Module) -> bool:
     """No forward hook or pre-hook on `module`, and its type is one whose forward the packed path
     reproduces (a plain torch layer or container, or transformers' own)."""
@@ -301,4 +296,4 @@ def reads_what_it_would_call(*roots: nn.Module) -> bool:
     and no module replaced by a wrapper with a forward of its own (a PEFT LoRA layer, a quantised
     Linear), whose extra term would be silently skipped. A walk of the modules on every call, since
     hooks and wrappers can come at any time."""
-    return not _global_hooks() and all(_read_as_called(m) for root in roots for m in root.modules())
+    return not packed.global_hooks() and all(_read_as_called(m) for root in roots for m in root.modules())

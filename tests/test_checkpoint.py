@@ -110,7 +110,11 @@ def test_our_checkpoint_loads_in_transformers(tmp_path, name):
     ours = _ours(name).from_pretrained(tmp_path / "hf")
     ours.save_pretrained(tmp_path / "ours")
 
-    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["config.json", "model.safetensors"]
+    # transformers' files (generation_config.json too, for the model that generates).
+    written = sorted(p.name for p in (tmp_path / "ours").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "hf").iterdir())
+    generates = ["generation_config.json"] if name == "RemBertForCausalLM" else []
+    assert written == sorted(["config.json", "model.safetensors", *generates])
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert config["architectures"] == [name] and config["dtype"] == "float32"
     # Only transformers' persistent keys reach the disk (no fused QKV, no position_ids).

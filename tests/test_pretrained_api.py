@@ -9,6 +9,7 @@ import torch
 from hf_pairs import batch_inputs, make_pair
 
 import rembert_fast
+import rembert_fast.modeling.modules
 import rembert_fast.packed
 from rembert_fast.checkpoint import load_pretrained
 
@@ -72,7 +73,7 @@ def test_resize_token_embeddings_keeps_old_rows_and_answers(name):
 @pytest.mark.parametrize("path", ["packed", "classic"])
 def test_gradient_checkpointing_gives_the_same_gradients(path, monkeypatch):
     """With dropout on (its random state is replayed in the recomputation): the same loss and gradients
-    as without checkpointing, and every layer goes through torch.utils.checkpoint. Attention dropout
+    as without checkpointing, and every layer runs twice (its recomputation). Attention dropout
     sends training to the classic path, so the packed case has hidden dropout only."""
     _, ours = make_pair("RemBertForSequenceClassification", "h60", num_labels=2, hidden_dropout_prob=0.1,
                         attention_probs_dropout_prob=0.1 if path == "classic" else 0.0)
@@ -94,19 +95,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(path, monkeypatch):
 
     loss, grads = loss_and_grads()
     calls = []
-    checkpoint = torch.utils.checkpoint.checkpoint
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
-                        lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
-    ours.gradient_checkpointing_enable()
-    assert ours.is_gradient_checkpointing
+    feed_forward = rembert_fast.modeling.modules.RemBertOutput.forward
+    layer = rembert_fast.packed.packed_layer_forward
+    monkeypatch.setattr(rembert_fast.modeling.modules.RemBertOutput, "forward",
+                        lambda *a: calls.append(1) or feed_forward(*a))
+    monkeypatch.setattr(rembert_fast.packed, "packed_layer_forward", lambda *a: calls.append(1) or layer(*a))
+    ours.activation_checkpointing_enable()
+    assert ours.is_activation_checkpointing
     loss_again, grads_again = loss_and_grads()
-    assert len(calls) == ours.config.num_hidden_layers
+    assert len(calls) == 2 * ours.config.num_hidden_layers
     assert bool(packed_calls) == (path == "packed")  # the path the case is named after ran
     assert torch.equal(loss, loss_again) and grads.keys() == grads_again.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grads_again[name], grad, rtol=1e-5, atol=1e-6, msg=name)
-    ours.gradient_checkpointing_disable()
-    assert not ours.is_gradient_checkpointing
+    ours.activation_checkpointing_disable()
+    assert not ours.is_activation_checkpointing
 
 
 def test_save_pretrained_keywords_of_trainer_and_accelerate(tmp_path):

@@ -160,7 +160,7 @@ warnings.simplefilter('error')
 import torch
 import rembert_fast
 from rembert_fast import hf_base
-assert not hf_base.TRANSFORMERS and hf_base.ModelBase is torch.nn.Module
+assert not hf_base.TRANSFORMERS and hf_base.ModelBase is rembert_fast.standalone_base.StandaloneModel
 config = rembert_fast.RemBertConfig(vocab_size=50, hidden_size=24, num_attention_heads=4, num_hidden_layers=2,
                                     intermediate_size=40, input_embedding_size=8, output_embedding_size=12)
 assert type(config).__mro__[1] is object
@@ -169,6 +169,52 @@ assert type(model).__mro__[-2:] == (torch.nn.Module, object)
 out = model(torch.randint(1, 50, (2, 5)), attention_mask=torch.tensor([[1] * 5, [1, 1, 1, 0, 0]]))
 assert out.logits.shape == (2, 5, 50) and torch.isfinite(out.logits).all()
 assert 'transformers' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}
+print('ok')
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_without_transformers_checkpointing_and_post_init_work_as_with_it():
+    """The standalone base's activation checkpointing: the gradients of plain autograd (reference: the same
+    model without checkpointing), each checkpointed layer run twice, every_n_layers, a config's
+    `gradient_checkpointing: true`; post_init keeps initialised weights."""
+    code = """
+import sys
+sys.modules['transformers'] = None
+import torch
+import rembert_fast
+from rembert_fast import packed
+config = rembert_fast.RemBertConfig(vocab_size=50, hidden_size=24, num_attention_heads=4, num_hidden_layers=3,
+                                    intermediate_size=40, input_embedding_size=8, output_embedding_size=12,
+                                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0)
+model = rembert_fast.RemBertForSequenceClassification(config).train()
+ids, mask = torch.randint(1, 50, (2, 6)), torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+runs = []
+layer = packed.packed_layer_forward
+packed.packed_layer_forward = lambda *a: runs.append(1) or layer(*a)
+def grads():
+    model.zero_grad()
+    torch.manual_seed(3)
+    model(ids, attention_mask=mask, labels=torch.tensor([0, 1])).loss.backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+plain = grads()
+for every, reentrant, recomputed in ((1, False, 3), (2, True, 2)):
+    model.activation_checkpointing_enable({"use_reentrant": reentrant}, every_n_layers=every)
+    flags = [layer.gradient_checkpointing for layer in model.rembert.encoder.layer]
+    assert flags == [i % every == 0 for i in range(3)]
+    runs.clear()
+    again = grads()
+    assert len(runs) == 3 + recomputed, runs
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(plain, again, strict=True))
+model.activation_checkpointing_disable()
+assert not model.is_activation_checkpointing
+on = rembert_fast.RemBertModel(rembert_fast.RemBertConfig(**config.to_dict(), gradient_checkpointing=True))
+assert on.is_gradient_checkpointing and 'gradient_checkpointing' not in on.config.to_json_string()
+before = [p.detach().clone() for p in on.parameters()]
+on.post_init()
+assert all(torch.equal(a, b) for a, b in zip(before, on.parameters()))
 print('ok')
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -59,7 +59,7 @@ class _RemBertWithLMHead(RemBertPreTrainedModel):
         super().__init__(config)
         self.rembert = RemBertModel(config, add_pooling_layer=False)
         self.cls = RemBertOnlyMLMHead(config)
-        self.post_init(self.cls)
+        self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
@@ -264,7 +264,7 @@ class _RemBertClassifier(RemBertPreTrainedModel):
         self.rembert = RemBertModel(config, add_pooling_layer=self.pools)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init(self.classifier)
+        self.post_init()
 
     def forward(
         self,
@@ -351,7 +351,7 @@ class RemBertForMultipleChoice(RemBertPreTrainedModel):
         self.rembert = RemBertModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, 1)
-        self.post_init(self.classifier)
+        self.post_init()
 
     def forward(
         self,
@@ -444,7 +444,7 @@ class RemBertForQuestionAnswering(RemBertPreTrainedModel):
         self.num_labels = config.num_labels
         self.rembert = RemBertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init(self.qa_outputs)
+        self.post_init()
 
     def forward(
         self,

@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
-from rembert_fast import ops, packed
+from rembert_fast import ops
 from rembert_fast.configuration import RemBertConfig
+from rembert_fast.hf_base import LayerBase
 from rembert_fast.outputs import PastKeyValues
 from rembert_fast.packed import fused_qkv
 
@@ -26,7 +26,6 @@ class RemBertEncoder(nn.Module):
         self.config = config
         self.embedding_hidden_mapping_in = nn.Linear(config.input_embedding_size, config.hidden_size)
         self.layer = nn.ModuleList([RemBertLayer(config) for _ in range(config.num_hidden_layers)])
-        self.gradient_checkpointing = False  # see RemBertPreTrainedModel.gradient_checkpointing_enable
 
     def forward(
         self,
@@ -53,18 +52,14 @@ class RemBertEncoder(nn.Module):
         cross_attentions: list[torch.Tensor] = []
         presents: list[tuple[torch.Tensor, ...]] = []
         cross = self.config.add_cross_attention and encoder_hidden_states is not None
-        recompute = packed.recomputes(self)
         for i, layer in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             layer_args = (hidden_states, attention_mask, head_masks[i], encoder_hidden_states,
                           encoder_attention_mask, past_key_values[i] if past_key_values is not None else None,
                           output_attentions)
-            if recompute:
-                hidden_states, probs, cross_probs, present = torch.utils.checkpoint.checkpoint(
-                    layer, *layer_args, use_reentrant=False)
-            else:
-                hidden_states, probs, cross_probs, present = layer(*layer_args)
+            # A layer with `gradient_checkpointing` set recomputes itself in backward (see LayerBase).
+            hidden_states, probs, cross_probs, present = layer(*layer_args)
             if use_cache:
                 presents.append(present)
             if output_attentions:
@@ -82,8 +77,11 @@ class RemBertEncoder(nn.Module):
         )
 
 
-class RemBertLayer(nn.Module):
-    """Post-LN block: a = LN(SelfAttn(x) + x); [a = LN(CrossAttn(a, enc) + a)]; x = LN(FFN(a) + a)."""
+class RemBertLayer(LayerBase):
+    """Post-LN block: a = LN(SelfAttn(x) + x); [a = LN(CrossAttn(a, enc) + a)]; x = LN(FFN(a) + a).
+
+    A transformers `GradientCheckpointingLayer` (standalone: its equivalent): with `gradient_checkpointing`
+    set by the model's `activation_checkpointing_enable`, a training forward recomputes in backward."""
 
     def __init__(self, config: RemBertConfig) -> None:
         super().__init__()

@@ -37,7 +37,9 @@ class RemBertPreTrainedModel(ModelBase):
     base_model_prefix = "rembert"
     supports_gradient_checkpointing = True
     _no_split_modules = ["RemBertEmbeddings", "RemBertLayer"]
-    _supports_sdpa = True
+    # As transformers' RemBERT: its config then says "eager", so a transformers model can be built from it.
+    # rembert_fast's attention is the same for every `attn_implementation`.
+    _supports_sdpa = False
     _tied_weights_keys = None  # RemBERT ties nothing; q/k/v share one buffer but are distinct weights
 
     def __init__(self, config: RemBertConfig) -> None:
@@ -53,24 +55,15 @@ class RemBertPreTrainedModel(ModelBase):
             super().__init__()
         self.config = config
 
-    def post_init(self, *modules: nn.Module) -> None:
-        """Initialise `modules` (default: the whole model) like transformers, then build derived state
-        (and, with transformers, its bookkeeping: tied keys, no-split modules, ...)."""
-        for module in modules or (self,):
-            module.apply(self._init_weights)
-        if TRANSFORMERS:
-            self.__dict__["_weights_initialised"] = True
-            try:
-                super().post_init()
-            finally:
-                del self.__dict__["_weights_initialised"]
-        self._post_load()
-
     def init_weights(self) -> None:
-        """Re-initialise every weight as transformers does (transformers' name for it)."""
-        if not self.__dict__.get("_weights_initialised"):
-            self.apply(self._init_weights)
-            self._post_load()
+        """Initialise each module not initialised yet (transformers' `_is_hf_initialized` flag: a second
+        `post_init()`, or one after loading or resizing, keeps the weights), then rebuild derived state."""
+        with torch.no_grad():
+            for module in self.modules():
+                if not getattr(module, "_is_hf_initialized", False):
+                    self._init_weights(module)
+                    module._is_hf_initialized = True
+        self._post_load()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -103,13 +96,15 @@ class RemBertPreTrainedModel(ModelBase):
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike | None,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         **config_overrides: Any,
     ) -> RemBertPreTrainedModel:
-        """Load a transformers (or rembert_fast) checkpoint directory; see `rembert_fast.checkpoint`."""
-        return checkpoint.load_pretrained(cls, path, dtype=dtype, device=device, **config_overrides)
+        """Load a transformers (or rembert_fast) checkpoint directory or Hub id (None: from `config=` and
+        `state_dict=` alone); see `rembert_fast.checkpoint.load_pretrained`."""
+        return checkpoint.load_pretrained(cls, pretrained_model_name_or_path, dtype=dtype, device=device,
+                                          **config_overrides)
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs: Any) -> None:
         """Write config.json and the weights in transformers' layout; see `rembert_fast.checkpoint`."""
@@ -193,6 +188,7 @@ class RemBertPreTrainedModel(ModelBase):
                                  device=old.weight.device, dtype=old.weight.dtype)
         embedding.weight.copy_(grown(old.weight))
         embedding.weight.requires_grad_(old.weight.requires_grad)  # a frozen embedding stays frozen
+        embedding._is_hf_initialized = True  # a later post_init() keeps the resized rows
         self.set_input_embeddings(embedding)
         decoder = self.get_output_embeddings()
         if decoder is not None:
@@ -203,20 +199,8 @@ class RemBertPreTrainedModel(ModelBase):
             if decoder.bias is not None:
                 new_decoder.bias.copy_(grown(decoder.bias))
                 new_decoder.bias.requires_grad_(decoder.bias.requires_grad)
+            new_decoder._is_hf_initialized = True
             self.set_output_embeddings(new_decoder)
         self.config.vocab_size = size
+        self.vocab_size = size  # transformers sets both
         return embedding
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
-                                      ) -> None:
-        """Recompute each layer in the backward pass instead of keeping its activations (in training,
-        with gradients recorded), on the packed and the classic path. `gradient_checkpointing_kwargs`
-        is accepted for transformers' signature; the recomputation is torch's non-reentrant one."""
-        self.base_model.encoder.gradient_checkpointing = True
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.base_model.encoder.gradient_checkpointing = False
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return self.base_model.encoder.gradient_checkpointing
