@@ -211,3 +211,71 @@ def test_offsets_beyond_int32_on_gpu():
     for rows in (slice(0, 4), slice(m - 12, m)):
         truth = ops.layer_norm_ref(x[rows].double(), w.double(), b.double(), EPS)
         assert_within_twice_eager(out[rows], truth, ops.layer_norm_ref(x[rows], w, b, EPS), what=str(rows))
+
+
+# ----------------------------------------------------------------------------------------- backward
+def _backward_check(args, dy=None):
+    """The backward kernel against float64 eager autograd: fp32 to 1e-5 of each gradient's largest
+    value, half precision by the twice-eager rule per gradient. Returns the kernel's gradients."""
+    x = args["x"]
+    dy = torch.randn(x.shape, device=DEVICE).to(x.dtype) if dy is None else dy
+    call = (x, args["weight"], args["bias"], EPS, args["residual"], args["x_bias"])
+    got = ln_kernels.layer_norm_backward(dy, *call)
+    wide = [t.double() if isinstance(t, torch.Tensor) else t for t in (dy, *call)]
+    truth = ops.reference.layer_norm_backward_ref(*wide)
+    eager = ops.reference.layer_norm_backward_ref(dy, *call)
+    for name, g, t, e, like in zip(("dx", "dweight", "dbias", "dx_bias"), got, truth, eager,
+                                   (x, args["weight"], args["bias"], args["x_bias"]), strict=True):
+        if like is None:
+            assert g is None, name
+            continue
+        assert g.dtype == like.dtype and g.shape == like.shape, name
+        scale = t.abs().max().item()
+        if x.dtype == torch.float32:
+            err = (g.double() - t).abs().max().item()
+            assert err <= 1e-5 * max(scale, 1.0), f"{name}: fp32 error {err:.3g} (scale {scale:.3g})"
+        else:
+            assert_within_twice_eager(g, t, e, what=name)
+    return got
+
+
+@pytest.mark.parametrize("residual,x_bias,bias", FLAGS)
+@pytest.mark.parametrize("n", (1, 7, 33, 257))
+def test_backward_fp32_every_feature_combination(n, residual, x_bias, bias):
+    _backward_check(_inputs((13, n), torch.float32, residual, x_bias, bias))
+
+
+@pytest.mark.parametrize("n", (31, 1153))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_backward_half_precision(dtype, n):
+    _backward_check(_inputs((9, n), dtype, True, True, True))
+    _backward_check(_inputs((9, n), dtype, True, True, True, param_dtype=torch.float32))  # autocast's mix
+
+
+@pytest.mark.parametrize("m", (1, 2, 5, 37))  # one program, two, uneven runs of rows per program
+def test_backward_row_counts_and_rembert_widths(m):
+    for n in (256, 1152):
+        _backward_check(_inputs((m, n), torch.float32, True, True, True))
+
+
+def test_backward_strided_rows_and_3d():
+    args = _inputs((2, 3, 40), torch.float32, True, True, True)
+    args["x"] = torch.randn(2, 6, 40, device=DEVICE)[:, ::2]
+    dy = torch.randn(2, 3, 47, device=DEVICE)[..., :40]  # rows of a wider gradient buffer
+    _backward_check(args, dy=dy)
+
+
+def test_backward_writes_every_gradient_element(monkeypatch):
+    # every output buffer the launcher allocates is poisoned: a lane the kernel skips stays NaN
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
+    got = _backward_check(_inputs((7, 33), torch.float32, True, True, True))
+    assert all(torch.isfinite(g).all() for g in got)
+
+
+def test_backward_empty_input():
+    args = _inputs((0, 16), torch.float32, True, True, True)
+    dx, dw, db, dxb = ln_kernels.layer_norm_backward(torch.empty(0, 16), args["x"], args["weight"],
+                                                     args["bias"], EPS, args["residual"], args["x_bias"])
+    assert dx.shape == (0, 16) and torch.equal(dw, torch.zeros(16)) and torch.equal(dxb, torch.zeros(16))
+    assert torch.equal(db, torch.zeros(16))
