@@ -141,6 +141,26 @@ def attention_ref(
     return out[batch, tokens - cu_seqlens_q.long()[batch]].nan_to_num(0.0)  # (Tq, H, D)
 
 
+def attention_backward_ref(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eager autograd of `attention_ref`: (dq, dk, dv)."""
+    with torch.enable_grad():
+        q, k, v = _leaves(q, k, v)
+        out = attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+                            softmax_scale=softmax_scale)
+        return _grads(out, dout, (q, k, v))
+
+
 def attention_per_sequence(
     q: torch.Tensor,
     k: torch.Tensor,
