@@ -309,6 +309,7 @@ def layer_norm_backward(
             BLOCK_N=block_n,
             num_warps=num_warps,
         )
-    sums = partial.sum(1)  # the second stage: (features, N) fp32
-    return (dx, sums[0].to(weight.dtype), sums[1].to(weight.dtype) if bias is not None else None,
-            sums[-1].to(x_bias.dtype) if x_bias is not None else None)
+    # The second stage: one fp32 sum per gradient, each its own tensor (custom ops return no aliases).
+    return (dx, partial[0].sum(0).to(weight.dtype),
+            partial[1].sum(0).to(weight.dtype) if bias is not None else None,
+            partial[-1].sum(0).to(x_bias.dtype) if x_bias is not None else None)

@@ -5,7 +5,9 @@ Backends: ``triton`` (the kernels in ``rembert_fast.kernels``; CUDA tensors, or 
 ``eager`` (plain PyTorch, ``rembert_fast.ops.reference``). The request is ``use_backend(...)`` if
 active, else ``$REMBERT_FAST_BACKEND``, else ``auto``. A backend asked for explicitly that cannot run
 raises ``RuntimeError`` with the reason; ``auto`` never raises for availability. Under autograd (grad
-enabled and an input that requires grad) every op runs eagerly: the kernels have no backward.
+enabled and an input that requires grad) the ops of TRAINABLE_OPS run their differentiable custom ops
+(forward and backward kernels, `rembert_fast.ops.library`) when ``triton`` is requested explicitly;
+everything else, and every op on ``auto``, runs eagerly in training.
 
 Two levels: `backend_for(op, device, dtype)` is the op-level decision (availability, the probe verdict,
 a trace-time constant under torch.compile); `choose(op, variant, width, device, dtype, tokens, ...)` is
@@ -215,13 +217,13 @@ def choose(
 ) -> str:
     """The candidate that serves this call: "eager", "triton", "cuda" or an attention competitor.
 
-    Under autograd "eager". While torch.compile traces, the op-level `backend_for` (a trace-time
+    Under autograd `training_choice`. While torch.compile traces, the op-level `backend_for` (a trace-time
     constant that never reads a size). Else decided once per call class and kept (a dict lookup on
     every later call): on `auto` the probed candidates are timed at first use on a bucket-shaped
     input and the fastest kept (`rembert_fast.ops.choosing`); an explicit request is served as asked.
     Raises as backend_for."""
     if needs_autograd(tensors):
-        return "eager"
+        return training_choice(op, device, dtype)
     if torch.compiler.is_compiling():
         return backend_for(probed_name(op, variant), device, dtype)
     # The buckets as bit lengths (pow2(n) == 1 << bits; -1 for 0): no call on the hot path.
@@ -229,6 +231,20 @@ def choose(
            (tokens - 1).bit_length() if tokens else -1, (seqlen - 1).bit_length() if seqlen else -1)
     made = _choices.get(key)
     return made if made is not None else _choose_first(key, device)
+
+
+# Ops whose fused path is differentiable (forward and backward kernels as custom ops with autograd).
+TRAINABLE_OPS = ("layer_norm", "bias_act", "attention", "attention_padded", "linear_bias_act",
+                 "linear_residual_layer_norm")
+
+
+def training_choice(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The candidate for a call that autograd records: "triton" where triton is requested explicitly
+    and `op` is trainable, else "eager" (on `auto` a fused backward serves nowhere yet: it has not been
+    checked against eager autograd on this device). Raises as backend_for."""
+    if op in TRAINABLE_OPS and requested_backend() == "triton":
+        return backend_for(op, device, dtype)
+    return "eager"
 
 
 PER_ACTIVATION = ("bias_act", "linear_bias_act")  # ops whose probe verdict is kept per activation
