@@ -220,5 +220,6 @@ def test_backward_strided_rows_and_poisoned_buffers(monkeypatch):
 
 
 def test_backward_empty_input():
-    dx, dbias = act_kernels.bias_act_backward(torch.empty(0, 8), torch.empty(0, 8), torch.randn(8), "gelu")
-    assert dx.shape == (0, 8) and torch.equal(dbias, torch.zeros(8))
+    empty = torch.empty(0, 8, device=DEVICE)
+    dx, dbias = act_kernels.bias_act_backward(empty, empty, torch.randn(8, device=DEVICE), "gelu")
+    assert dx.shape == (0, 8) and torch.equal(dbias, torch.zeros(8, device=DEVICE))

@@ -275,7 +275,28 @@ def test_backward_writes_every_gradient_element(monkeypatch):
 
 def test_backward_empty_input():
     args = _inputs((0, 16), torch.float32, True, True, True)
-    dx, dw, db, dxb = ln_kernels.layer_norm_backward(torch.empty(0, 16), args["x"], args["weight"],
-                                                     args["bias"], EPS, args["residual"], args["x_bias"])
-    assert dx.shape == (0, 16) and torch.equal(dw, torch.zeros(16)) and torch.equal(dxb, torch.zeros(16))
-    assert torch.equal(db, torch.zeros(16))
+    dy = torch.empty(0, 16, device=DEVICE)
+    dx, dw, db, dxb = ln_kernels.layer_norm_backward(dy, args["x"], args["weight"], args["bias"], EPS,
+                                                     args["residual"], args["x_bias"])
+    zeros = torch.zeros(16, device=DEVICE)
+    assert dx.shape == (0, 16) and all(torch.equal(g, zeros) for g in (dw, db, dxb))
+
+
+def test_training_rows_wider_than_the_backward_run_eagerly(monkeypatch):
+    """N > BACKWARD_MAX_N under autograd: eager even on `triton` (right gradients, no kernel); the
+    launcher itself names the width."""
+    wide = ln_kernels.BACKWARD_MAX_N + 1
+    x = torch.randn(2, wide, device=DEVICE, requires_grad=True)
+    w = torch.randn(wide, device=DEVICE, requires_grad=True)
+    calls = []
+    launcher = ln_kernels.layer_norm
+    monkeypatch.setattr(ln_kernels, "layer_norm", lambda *a, **k: calls.append(1) or launcher(*a, **k))
+    with ops.use_backend("triton"):
+        ops.layer_norm(x, w, None, EPS).square().sum().backward()
+    assert not calls
+    wide_x, wide_w = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ops.layer_norm_ref(wide_x, wide_w, None, EPS).square().sum().backward()
+    torch.testing.assert_close(x.grad, wide_x.grad.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(w.grad, wide_w.grad.float(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=str(wide)):
+        ln_kernels.layer_norm_backward(x.detach(), x.detach(), w.detach(), None, EPS)

@@ -74,6 +74,16 @@ def _head_inputs(head: str, name: str) -> tuple[dict, dict]:
     return {}, {**batch, "start_positions": torch.tensor([1, 0, 2]), "end_positions": torch.tensor([4, 3, 2])}
 
 
+def _on_device(inputs: dict) -> dict:
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _pair(head: str, seed: int, **overrides):
+    """(transformers, rembert_fast) models of `head` on DEVICE in train mode, same weights."""
+    hf, ours = make_pair(head, "h60", seed=seed, **{**WIDTH, **overrides})
+    return hf.to(DEVICE).train(), ours.to(DEVICE).train()
+
+
 HEADS = ("RemBertForMaskedLM", "RemBertForCausalLM", "RemBertForSequenceClassification",
          "RemBertForMultipleChoice", "RemBertForTokenClassification", "RemBertForQuestionAnswering")
 
@@ -83,9 +93,8 @@ def test_every_head_trains_on_the_kernels_like_transformers(head, monkeypatch):
     if head == "RemBertForCausalLM" and not transformers_decoder_is_causal():
         pytest.skip("this transformers' RemBERT decoder is not causal: no reference")
     config, inputs = _head_inputs(head, "h60")
-    hf, ours = make_pair(head, "h60", seed=63, **WIDTH, **config)
-    hf.train()
-    ours.train()
+    inputs = _on_device(inputs)
+    hf, ours = _pair(head, 63, **config)
     ref = hf(**inputs)
     ref.loss.backward()
     with ops.use_backend("triton"), counting(monkeypatch) as counts:
@@ -110,12 +119,11 @@ def test_every_head_trains_on_the_kernels_like_transformers(head, monkeypatch):
 
 def test_full_batch_attention_trains_through_the_varlen_kernels(monkeypatch):
     """Every row full: the packed path calls attention_padded, which trains on the varlen kernels."""
-    hf, ours = make_pair("RemBertForSequenceClassification", "h60", seed=64, num_labels=2, **WIDTH)
-    hf.train()
-    ours.train()
+    hf, ours = _pair("RemBertForSequenceClassification", 64, num_labels=2)
     batch = batch_inputs("h60", pattern="right", seed=65)
     batch["attention_mask"].fill_(1)
-    labels = torch.tensor([1, 0, 1])
+    batch = _on_device(batch)
+    labels = torch.tensor([1, 0, 1], device=DEVICE)
     hf(**batch, labels=labels).loss.backward()
     with ops.use_backend("triton"), counting(monkeypatch) as counts:
         ours(**batch, labels=labels).loss.backward()
@@ -149,11 +157,9 @@ def test_compiled_training_step_has_no_graph_break_in_the_encoder_and_matches_ea
     """torch.compile of forward + loss + backward: the packed encoder's layers (attention, both
     GEMM + LayerNorm epilogues, the FFN) trace into graphs with their backward, without a break; the
     only breaks are where the batch is packed and embedded (host reads of the lengths and ids)."""
-    _, model = make_pair("RemBertForSequenceClassification", "h60", seed=66, num_labels=2,
-                         **{**WIDTH, "num_hidden_layers": 2})
-    model.train()
-    batch = batch_inputs("h60", pattern="hole", seed=67)
-    labels = torch.tensor([1, 0, 1])
+    _, model = _pair("RemBertForSequenceClassification", 66, num_labels=2, num_hidden_layers=2)
+    batch = _on_device(batch_inputs("h60", pattern="hole", seed=67))
+    labels = torch.tensor([1, 0, 1], device=DEVICE)
     compiled_model = copy.deepcopy(model)
     with ops.use_backend("triton"):
         eager_loss = _training_step(model, batch, labels)
@@ -175,14 +181,13 @@ def test_compiled_training_step_has_no_graph_break_in_the_encoder_and_matches_ea
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
 def test_autocast_runs_the_kernels_in_the_autocast_dtype_with_fp32_gradients(dtype, monkeypatch):
-    _, model = make_pair("RemBertForTokenClassification", "h60", seed=68, num_labels=5, **WIDTH)
-    model.train()
-    config, inputs = _head_inputs("RemBertForTokenClassification", "h60")
+    _, model = _pair("RemBertForTokenClassification", 68, num_labels=5)
+    inputs = _on_device(_head_inputs("RemBertForTokenClassification", "h60")[1])
     seen = []
     launcher = layer_norm.layer_norm_backward
     monkeypatch.setattr(layer_norm, "layer_norm_backward",
                         lambda dy, x, *a: seen.append((dy.dtype, x.dtype, a[0].dtype)) or launcher(dy, x, *a))
-    with ops.use_backend("triton"), torch.autocast("cpu", dtype=dtype):
+    with ops.use_backend("triton"), torch.autocast(torch.device(DEVICE).type, dtype=dtype):
         model(**inputs).loss.backward()
     assert seen and all(d == (dtype, dtype, torch.float32) for d in seen), seen
     for key, param in model.named_parameters():

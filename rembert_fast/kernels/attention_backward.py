@@ -49,14 +49,13 @@ import triton.language as tl
 from rembert_fast.kernels._launch import interpreting, on_device_of
 from rembert_fast.kernels.attention import _LOG2E, _MAX_GRID_BATCH, SUPPORTED_HEAD_DIMS
 
-_PREPROCESS_BLOCK_T = 16 if interpreting() else 64
-
 # (SMALL, BIG, num_warps, num_stages) per (head_dim, element bytes); see the module docstring.
 _TILES = {
     (16, 2): (32, 64, 4, 2), (32, 2): (32, 64, 4, 2), (64, 2): (32, 64, 4, 2), (128, 2): (32, 64, 8, 2),
-    (16, 4): (16, 32, 4, 1), (32, 4): (16, 32, 4, 1), (64, 4): (16, 32, 4, 1), (128, 4): (16, 32, 8, 1),
+    (16, 4): (16, 32, 4, 1), (32, 4): (16, 32, 4, 1), (64, 4): (16, 32, 4, 1), (128, 4): (16, 32, 8, 2),
 }
 INTERPRETER_TILE = (16, 16, 4, 1)
+_PREPROCESS_BLOCK_T = 64  # tokens per preprocess program (16 under the interpreter)
 
 
 def tile_config(head_dim: int, elem_bytes: int) -> tuple[int, int, int, int]:
@@ -261,15 +260,22 @@ def attention_varlen_backward(
     max_seqlen_k: int,
     causal: bool = False,
     softmax_scale: float | None = None,  # default 1/sqrt(head_dim)
+    *,
+    dqkv: torch.Tensor | None = None,  # (T, 3, heads, head_dim) contiguous, q's dtype (Tq == Tk): written
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), each in its input's shape and q's dtype. With Tq == Tk they are the three views
-    [:, 0], [:, 1], [:, 2] of one contiguous (T, 3, heads, head_dim) buffer. Rows outside every
-    sequence are not written (the offsets must cover every row, as the op API checks)."""
+    [:, 0], [:, 1], [:, 2] of one contiguous (T, 3, heads, head_dim) buffer (`dqkv`, or a new one).
+    Rows outside every sequence are not written (the offsets must cover every row, as the op API
+    checks)."""
     head_dim, heads = q.shape[-1], q.shape[-2]
     assert head_dim in SUPPORTED_HEAD_DIMS and q.dtype == k.dtype == v.dtype == dout.dtype == out.dtype
     assert lse.shape == (heads, q.shape[0]) and lse.dtype == torch.float32 and lse.stride(1) == 1
     q, k, v, dout, out = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, dout, out))
-    if q.shape[0] == k.shape[0]:
+    if dqkv is not None:
+        assert dqkv.shape == (q.shape[0], 3, heads, head_dim) == (k.shape[0], 3, heads, head_dim)
+        assert dqkv.dtype == q.dtype and dqkv.is_contiguous()
+        dq, dk, dv = dqkv.unbind(1)
+    elif q.shape[0] == k.shape[0]:
         dq, dk, dv = torch.empty((q.shape[0], 3, heads, head_dim), dtype=q.dtype, device=q.device).unbind(1)
     else:
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -288,11 +294,12 @@ def attention_varlen_backward(
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                dout.stride(0), dout.stride(1))
     delta = torch.empty_like(lse)
+    block_t = 16 if interpreting() else _PREPROCESS_BLOCK_T
     with on_device_of(q):
         if q.shape[0]:
-            _attn_bwd_preprocess_kernel[(triton.cdiv(q.shape[0], _PREPROCESS_BLOCK_T), heads)](
+            _attn_bwd_preprocess_kernel[(triton.cdiv(q.shape[0], block_t), heads)](
                 out, dout, delta, out.stride(0), out.stride(1), dout.stride(0), dout.stride(1),
-                delta.stride(0), q.shape[0], HEAD_DIM=head_dim, BLOCK_T=_PREPROCESS_BLOCK_T,
+                delta.stride(0), q.shape[0], HEAD_DIM=head_dim, BLOCK_T=block_t,
             )
         for b0 in range(0, batch, _MAX_GRID_BATCH):
             nb = min(_MAX_GRID_BATCH, batch - b0)

@@ -38,7 +38,8 @@ xhat), so the forward stores nothing. The column sums are a two-stage fp32 reduc
 of programs (``backward_programs``: four per SM) each walk a contiguous run of rows and accumulate
 their partial sums in registers, store one (N,) fp32 row each, and one ``sum(0)`` over those rows
 finishes. The backward keeps twice the forward's warps per tile (``backward_launch_config``): it holds
-about twice as many row-sized values per thread.
+about twice as many row-sized values per thread, and its column accumulators stay in registers, so it
+takes rows up to BACKWARD_MAX_N = 4096 wide (wider rows train eagerly; RemBERT's are 256, 1152, 1664).
 
 References: Triton tutorial 05-layer-norm (the one-row-per-program forward, the two-stage weight
 gradient);
@@ -56,6 +57,8 @@ MAX_N = 16384  # widest row held in registers: 16384 fp32 values over 16 warps =
 _MIN_TILE = 2048  # elements per program below which narrow rows are packed together
 _MAX_WARPS = 16
 _WIDE_FP32_BLOCK = 8192  # fp32 rows of this block take 32 warps (see launch_config)
+BACKWARD_MAX_N = 4096  # widest row the backward holds in registers without a spill (compile gate)
+_NARROW_BWD_TILE = 1024
 _BWD_PROGRAMS_PER_SM = 4  # backward programs per SM: enough to hide latency, few partial rows to reduce
 _INTERPRETER_PROGRAMS = 2  # under the interpreter: small, and more than one, so the reduce is exercised
 
@@ -239,9 +242,12 @@ def _layer_norm_bwd_kernel(
 
 
 def backward_launch_config(n: int, elem_bytes: int) -> tuple[int, int, int]:
-    """(BLOCK_N, ROWS, num_warps) of the backward launch: the forward's tile with twice the warps (at
-    most 32), as it holds about twice the values per element."""
+    """(BLOCK_N, ROWS, num_warps) of the backward launch: the forward's tile with twice the warps, as it
+    holds about twice the values per element; rows of 16 or fewer columns in tiles of _NARROW_BWD_TILE
+    elements over 8 warps (the forward's 2048-element tile spills on sm_90 there)."""
     block_n, rows, num_warps = launch_config(n, elem_bytes)
+    if block_n <= 16:
+        return block_n, _NARROW_BWD_TILE // block_n, 8
     return block_n, rows, min(2 * num_warps, 32)
 
 
@@ -271,12 +277,12 @@ def layer_norm_backward(
 
     dx has x's shape and dtype and is also the gradient of `residual`; d weight and d bias have
     weight's dtype (summed in fp32); d x_bias has x_bias's dtype; None for an absent bias / x_bias.
-    ValueError for rows wider than MAX_N.
+    ValueError for rows wider than BACKWARD_MAX_N.
     """
     n = x.shape[-1]
-    if n > MAX_N:
-        raise ValueError(f"layer_norm_backward: row width {n} exceeds the kernel's limit of {MAX_N}; "
-                         "use the eager backend for wider rows")
+    if n > BACKWARD_MAX_N:
+        raise ValueError(f"layer_norm_backward: row width {n} exceeds the kernel's limit of "
+                         f"{BACKWARD_MAX_N}; use the eager backend for wider rows")
     assert dy.shape == x.shape and dy.dtype == x.dtype
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     m = x.numel() // max(n, 1)

@@ -53,9 +53,12 @@ def layer_norm(
     if impl == "triton":
         from rembert_fast.kernels import layer_norm as kernel
 
-        # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises).
-        if n <= kernel.MAX_N or requested_backend() == "triton":
-            fused = _via_library((x, weight, bias, residual, x_bias))
+        # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises);
+        # in training, rows wider than its backward holds run eagerly.
+        tensors = (x, weight, bias, residual, x_bias)
+        limit = kernel.BACKWARD_MAX_N if dispatch.needs_autograd(tensors) else kernel.MAX_N
+        if n <= limit or requested_backend() == "triton" and limit == kernel.MAX_N:
+            fused = _via_library(tensors)
             launch = library.layer_norm if fused else kernel.layer_norm
             return launch(x, weight, bias, eps, residual, x_bias)
     return layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
@@ -169,7 +172,9 @@ def linear_residual_layer_norm(
     if impl == "triton":
         from rembert_fast.kernels import layer_norm as kernel
 
-        if width <= kernel.MAX_N or requested_backend() == "triton":
+        training = dispatch.needs_autograd((x, weight, bias, residual, ln_weight, ln_bias))
+        limit = kernel.BACKWARD_MAX_N if training else kernel.MAX_N
+        if width <= limit or requested_backend() == "triton" and not training:
             y = F.linear(x, weight)
             x_bias = _epilogue_bias(y, bias)
             _, eps = _check_layer_norm(y, ln_weight, ln_bias, eps, residual, x_bias)
