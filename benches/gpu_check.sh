@@ -25,7 +25,8 @@
 #   gpu-STAMP-e2e.json      `rembert-fast bench`: full RemBERT bf16, rembert_fast vs transformers, and
 #                           every op at the model's widths (GB/s, fraction of a copy, TFLOP/s vs SDPA)
 #   gpu-STAMP-compile.json  the issue-8 variable-length batch against torch.compile (default mode)
-#   gpu-STAMP-kernels.json  benches/bench_{attention,layer_norm,bias_act,embed}.py tables, merged
+#   gpu-STAMP-kernels.json  benches/bench_{attention,layer_norm,bias_act,embed}.py tables and their
+#                           *_backward.py tables, merged
 #   gpu-STAMP-max-autotune.json   only with GPU_CHECK_MAX_AUTOTUNE=1
 # The gpu-*.json files are the records to commit into benches/results/ as they are; each holds only its
 # own rows (each record's parts are kept in a directory of their own until merged).
@@ -47,9 +48,9 @@
 # measured): install 50 (nvcc + the binding: 41 s on 2 cores), doctor 5, tune 10-40 per dtype (Triton
 # compiles each probed kernel once), gpu_tests 40-90, bench_e2e 60-90 (two 575M-parameter random
 # models built on the CPU: ~20 s), bench_compile 80-150 (torch.compile of the 32-layer model, once),
-# kernel_tests 60-100, kernel tables 20-60 each: the bf16 records are back after about 250-430 s; the
-# kernel tables may need a second call (GPU_CHECK_SKIP="install doctor tune_bf16 gpu_tests bench_e2e
-# bench_compile tune_fp16 kernel_tests" on the still-warm machine).
+# kernel_tests 60-100, training_tests 30-60, kernel tables 20-60 each: the bf16 records are back after
+# about 250-430 s; the kernel tables may need a second call (GPU_CHECK_SKIP="install doctor tune_bf16
+# gpu_tests bench_e2e bench_compile tune_fp16 kernel_tests training_tests" on the still-warm machine).
 #
 # Environment: GPU_CHECK_SKIP="step ..." skips steps by name (e.g. "gpu_tests kernel_tests" for a
 # second, benchmarks-only call); GPU_CHECK_MAX_AUTOTUNE=1 adds torch.compile(max-autotune) (its compile
@@ -243,14 +244,17 @@ tune fp16
 
 # test_ops_tuning.py and test_ops_measure.py stand the GPU in with the interpreter or fakes (their GPU
 # test is GPU-marked, run above): not here.
-KERNEL_TESTS=(tests/test_kernel_attention.py tests/test_kernel_layer_norm.py tests/test_kernel_activation.py
+KERNEL_TESTS=(tests/test_kernel_attention.py tests/test_kernel_attention_backward.py
+    tests/test_kernel_layer_norm.py tests/test_kernel_activation.py
     tests/test_ops_linear_epilogue.py tests/test_ops_library.py tests/test_ops_dispatch.py
     tests/test_ops_competitors.py
     tests/test_embed.py tests/test_fast_path.py tests/test_patching.py tests/test_cuda_graphs.py)
 step kernel_tests 150 "${PYTEST[@]}" -m "not gpu" "${KERNEL_TESTS[@]}"
+# Training on the fused path: every head's gradients against transformers, torch.compile, autocast.
+step training_tests 120 "${PYTEST[@]}" tests/test_training_fused.py
 
 # Kernel tables, each merged into one JSON as soon as it is written (a cut-off call keeps the others).
-for name in attention layer_norm bias_act embed; do
+for name in attention layer_norm bias_act embed attention_backward layer_norm_backward bias_act_backward; do
     step "bench_$name" 90 "$PY" "benches/bench_$name.py" --json "$PARTS/kernels/$name.json"
     if [ "${GPU_CHECK_DRY_RUN:-0}" != 1 ]; then
         "$PY" - "$PARTS/kernels" "$OUT/$TAG-kernels.json" <<'EOF'

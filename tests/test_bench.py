@@ -374,8 +374,10 @@ def test_gpu_check_script_commands_exist(tmp_path):
     # fails (the dry run lists it).
     assert list(commands) == ["install", "install_check", "install_without_extension",
                               "install_check_without_extension", "doctor", "tune_bf16", "gpu_tests",
-                              "bench_e2e", "bench_compile", "tune_fp16", "kernel_tests",
-                              "bench_attention", "bench_layer_norm", "bench_bias_act", "bench_embed"]
+                              "bench_e2e", "bench_compile", "tune_fp16", "kernel_tests", "training_tests",
+                              "bench_attention", "bench_layer_norm", "bench_bias_act", "bench_embed",
+                              "bench_attention_backward", "bench_layer_norm_backward",
+                              "bench_bias_act_backward"]
     assert commands["install"][1:4] == ["-m", "pip", "install"]
     assert commands["install_without_extension"][:2] == ["env", "REMBERT_FAST_BUILD_CUDA=0"]
     assert commands["install_without_extension"][2:] == commands["install"]
@@ -402,7 +404,7 @@ def test_gpu_check_script_commands_exist(tmp_path):
         assert Path(args.output).name.startswith("gpu-") and Path(args.output).parent.name == "out"
     assert parser.parse_args(commands["bench_e2e"][3:]).no_compile
     assert "torch.compile" in parser.parse_args(commands["bench_compile"][3:]).impls
-    for name in ("gpu_tests", "kernel_tests"):
+    for name in ("gpu_tests", "kernel_tests", "training_tests"):
         argv = commands[name]
         assert argv[1:3] == ["-m", "pytest"]
         # One file that fails to import (say, an API missing from the GPU machine's versions) must not

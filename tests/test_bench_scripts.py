@@ -16,7 +16,8 @@ BENCHES = Path(__file__).resolve().parents[1] / "benches"
 
 
 @pytest.mark.parametrize("script", ["bench_layer_norm.py", "bench_bias_act.py", "bench_attention.py",
-                                    "bench_embed.py"])
+                                    "bench_embed.py", "bench_layer_norm_backward.py",
+                                    "bench_bias_act_backward.py", "bench_attention_backward.py"])
 def test_kernel_bench_script_writes_rows(script: str, tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     # No CUDA device in the script, even on a GPU machine: the GPU tables are gpu_check.sh's, minutes long.

@@ -229,3 +229,120 @@ def test_attention_compiles(case, attention_results):
     estimate = attn.shared_memory_estimate(c["BLOCK_M"], c["BLOCK_N"], case.num_stages, c["HEAD_DIM"],
                                            elem_bytes)
     assert result.shared <= estimate, f"{result.shared} B shared memory; keep() assumed {estimate} B"
+
+
+# ----------------------------------------------------------------------------------------- backward kernels
+# The training path's kernels, captured from their launchers like the forwards. LayerNorm and
+# bias_act: every dtype x feature (x activation) at RemBERT's widths, the widest row (LayerNorm: the
+# widest its backward takes) and an odd width,
+# plus the block sweep. Attention: varlen, every dtype x head_dim x causal, q/k/v and dO strided views
+# of fused buffers, on the compiled tiles (`tile_config` with the interpreter flag off).
+BACKWARD_WIDTHS = (256, 1152, 4608, ln_kernels.BACKWARD_MAX_N, 1153)
+
+
+class _NotLaunched:
+    """A kernel's stand-in whose launches do nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def _layer_norm_backward_cases() -> list[CompileCase]:
+    cases = []
+    module = "rembert_fast.kernels.layer_norm"
+    for (dname, dtype), n in itertools.product(DTYPES.items(), BACKWARD_WIDTHS[:2] + BACKWARD_WIDTHS[3:]):
+        for pdtype, res, xb, b in itertools.product({dtype, torch.float32}, *[(False, True)] * 3):
+            def call(n=n, dtype=dtype, pdtype=pdtype, res=res, xb=xb, b=b):
+                x = torch.empty(ROWS, n, dtype=dtype)
+                ln_kernels.layer_norm_backward(
+                    x, x, torch.empty(n, dtype=pdtype), torch.empty(n, dtype=pdtype) if b else None, 1e-12,
+                    x if res else None, torch.empty(n, dtype=dtype) if xb else None)
+
+            label = f"ln bwd {dname} w={str(pdtype)[6:]} N={n} {_name({'res': res, 'xb': xb, 'b': b})}"
+            cases += capture_cases(module, "_layer_norm_bwd_kernel", call, label=label)
+    for n in BLOCK_SWEEP:
+        def sweep(n=n):
+            x = torch.empty(ROWS, n, dtype=torch.bfloat16)
+            w = torch.empty(n, dtype=torch.bfloat16)
+            ln_kernels.layer_norm_backward(x, x, w, w, 1e-12, x, w)
+
+        cases += capture_cases(module, "_layer_norm_bwd_kernel", sweep, label=f"ln bwd bf16 N={n} res+xb+b")
+    return cases
+
+
+def _bias_act_backward_cases() -> list[CompileCase]:
+    cases = []
+    module = "rembert_fast.kernels.activation"
+    for (dname, dtype), n, activation, has_bias in itertools.product(
+        DTYPES.items(), BACKWARD_WIDTHS[:3] + BACKWARD_WIDTHS[4:], act_kernels.ACTIVATIONS, (False, True)
+    ):
+        def act_call(n=n, dtype=dtype, activation=activation, has_bias=has_bias):
+            x = torch.empty(ROWS, n, dtype=dtype)
+            act_kernels.bias_act_backward(x, x, torch.empty(n, dtype=dtype) if has_bias else None, activation)
+
+        label = f"act bwd {dname} N={n} {activation}{' +bias' if has_bias else ''}"
+        cases += capture_cases(module, "_bias_act_bwd_kernel", act_call, label=label)
+    for n in BLOCK_SWEEP:
+        def act_sweep(n=n):
+            x = torch.empty(ROWS, n, dtype=torch.bfloat16)
+            act_kernels.bias_act_backward(x, x, torch.empty(n, dtype=torch.bfloat16), "gelu")
+
+        cases += capture_cases(module, "_bias_act_bwd_kernel", act_sweep, label=f"act bwd bf16 N={n} gelu")
+    return cases
+
+
+def _attention_backward_cases() -> list[CompileCase]:
+    from rembert_fast.kernels import attention_backward as attn_bwd
+
+    cases = []
+    heads = 18
+    for (dname, dtype), head_dim, causal in itertools.product(
+        DTYPES.items(), attn_bwd.SUPPORTED_HEAD_DIMS, (False, True)
+    ):
+        def attn_call(dtype=dtype, head_dim=head_dim, causal=causal):
+            qkv = torch.empty(40, 3, heads, head_dim, dtype=dtype)
+            dout = torch.empty(40, heads, head_dim + 8, dtype=dtype)[..., :head_dim]
+            cu = torch.tensor([0, 10, 40], dtype=torch.int32)
+            attn_bwd.attention_varlen_backward(dout, *qkv.unbind(1), qkv[:, 0].contiguous(),
+                                               torch.empty(heads, 40), cu, cu, 30, 30, causal)
+
+        label = f"attn bwd {dname} D={head_dim} {'causal' if causal else 'full'}"
+        kernels = ("_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel")
+        for kernel in kernels:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(attn_bwd, "interpreting", lambda: False)  # the compiled tiles and dots
+                for other in set(kernels) - {kernel}:  # recorded elsewhere: not run here
+                    patch.setattr(attn_bwd, other, _NotLaunched())
+                cases += capture_cases("rembert_fast.kernels.attention_backward", kernel, attn_call,
+                                       label=f"{label} {kernel[10:-7]}")
+    return cases
+
+
+BACKWARD_CASES = {"layer_norm_backward": _layer_norm_backward_cases(),
+                  "bias_act_backward": _bias_act_backward_cases(),
+                  "attention_backward": _attention_backward_cases()}
+
+
+@pytest.fixture(scope="module")
+def backward_results(request):
+    """One compile run per kernel family, made when the family's first case is tested."""
+    done = {}
+
+    def results(family):
+        if family not in done:
+            start = time.perf_counter()
+            compiled = compile_cases(BACKWARD_CASES[family])
+            report(request, family, compiled, time.perf_counter() - start)
+            done[family] = {id(r.case): r for r in compiled}
+        return done[family]
+
+    return results
+
+
+@pytest.mark.parametrize("family,case", [(family, case) for family, cases in BACKWARD_CASES.items()
+                                         for case in cases], ids=lambda c: f"{c.label} sm_{c.arch}"
+                         if isinstance(c, CompileCase) else c)
+def test_backward_compiles(family, case, backward_results):
+    result = backward_results(family)[id(case)]
+    assert not launch_problems(result), launch_problems(result)
+    assert not spill_problems(result), spill_problems(result)

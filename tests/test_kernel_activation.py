@@ -167,3 +167,59 @@ def test_offsets_beyond_int32_on_gpu():
     for rows in (slice(0, 4), slice(m - 12, m)):
         truth = ops.bias_act_ref(x[rows].double(), bias.double(), "gelu")
         assert_within_twice_eager(out[rows], truth, ops.bias_act_ref(x[rows], bias, "gelu"), what=str(rows))
+
+
+# ----------------------------------------------------------------------------------------- backward
+def _backward_check(x, bias, activation, dy=None):
+    """The backward kernel against float64 eager autograd: fp32 to 1e-5 of each gradient's largest value,
+    half precision by the twice-eager rule. Returns (dx, dbias)."""
+    dy = torch.randn(x.shape, device=DEVICE).to(x.dtype) if dy is None else dy
+    got = act_kernels.bias_act_backward(dy, x, bias, activation)
+    truth = ops.reference.bias_act_backward_ref(dy.double(), x.double(),
+                                                bias.double() if bias is not None else None, activation)
+    eager = ops.reference.bias_act_backward_ref(dy, x, bias, activation)
+    for name, g, t, e, like in zip(("dx", "dbias"), got, truth, eager, (x, bias), strict=True):
+        if like is None:
+            assert g is None
+            continue
+        assert g.dtype == like.dtype and g.shape == like.shape, name
+        scale = t.abs().max().item()
+        if x.dtype == torch.float32:
+            err = (g.double() - t).abs().max().item()
+            assert err <= 1e-5 * max(scale, 1.0), f"{activation} {name}: fp32 error {err:.3g}"
+        else:
+            assert_within_twice_eager(g, t, e, what=f"{activation} {name}")
+    return got
+
+
+@pytest.mark.parametrize("has_bias", (True, False))
+@pytest.mark.parametrize("n", (1, 33, 257))
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_backward_fp32_every_activation(activation, n, has_bias):
+    _backward_check(*_inputs((11, n), torch.float32, has_bias), activation)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_backward_half_precision(activation, dtype):
+    _backward_check(*_inputs((9, 131), dtype), activation)
+
+
+@pytest.mark.parametrize("m", (1, 37, 300))  # one tile; uneven runs of row tiles over the programs
+def test_backward_row_counts(m):
+    _backward_check(*_inputs((m, 1152), torch.float32), "gelu")
+
+
+def test_backward_strided_rows_and_poisoned_buffers(monkeypatch):
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
+    x = (4.0 * torch.randn(2, 7, 45, device=DEVICE))[..., :40]  # rows of a wider buffer
+    dy = torch.randn(2, 7, 43, device=DEVICE)[..., :40]
+    dx, dbias = _backward_check(x, torch.randn(40, device=DEVICE), "gelu", dy=dy)
+    assert torch.isfinite(dx).all() and torch.isfinite(dbias).all()
+
+
+def test_backward_empty_input():
+    empty = torch.empty(0, 8, device=DEVICE)
+    dx, dbias = act_kernels.bias_act_backward(empty, empty, torch.randn(8, device=DEVICE), "gelu")
+    assert dx.shape == (0, 8) and torch.equal(dbias, torch.zeros(8, device=DEVICE))

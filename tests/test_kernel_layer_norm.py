@@ -211,3 +211,92 @@ def test_offsets_beyond_int32_on_gpu():
     for rows in (slice(0, 4), slice(m - 12, m)):
         truth = ops.layer_norm_ref(x[rows].double(), w.double(), b.double(), EPS)
         assert_within_twice_eager(out[rows], truth, ops.layer_norm_ref(x[rows], w, b, EPS), what=str(rows))
+
+
+# ----------------------------------------------------------------------------------------- backward
+def _backward_check(args, dy=None):
+    """The backward kernel against float64 eager autograd: fp32 to 1e-5 of each gradient's largest
+    value, half precision by the twice-eager rule per gradient. Returns the kernel's gradients."""
+    x = args["x"]
+    dy = torch.randn(x.shape, device=DEVICE).to(x.dtype) if dy is None else dy
+    call = (x, args["weight"], args["bias"], EPS, args["residual"], args["x_bias"])
+    got = ln_kernels.layer_norm_backward(dy, *call)
+    wide = [t.double() if isinstance(t, torch.Tensor) else t for t in (dy, *call)]
+    truth = ops.reference.layer_norm_backward_ref(*wide)
+    eager = ops.reference.layer_norm_backward_ref(dy, *call)
+    for name, g, t, e, like in zip(("dx", "dweight", "dbias", "dx_bias"), got, truth, eager,
+                                   (x, args["weight"], args["bias"], args["x_bias"]), strict=True):
+        if like is None:
+            assert g is None, name
+            continue
+        assert g.dtype == like.dtype and g.shape == like.shape, name
+        scale = t.abs().max().item()
+        if x.dtype == torch.float32:
+            err = (g.double() - t).abs().max().item()
+            assert err <= 1e-5 * max(scale, 1.0), f"{name}: fp32 error {err:.3g} (scale {scale:.3g})"
+        else:
+            assert_within_twice_eager(g, t, e, what=name)
+    return got
+
+
+@pytest.mark.parametrize("residual,x_bias,bias", FLAGS)
+@pytest.mark.parametrize("n", (1, 7, 33, 257))
+def test_backward_fp32_every_feature_combination(n, residual, x_bias, bias):
+    _backward_check(_inputs((13, n), torch.float32, residual, x_bias, bias))
+
+
+@pytest.mark.parametrize("n", (31, 1153))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_backward_half_precision(dtype, n):
+    _backward_check(_inputs((9, n), dtype, True, True, True))
+    _backward_check(_inputs((9, n), dtype, True, True, True, param_dtype=torch.float32))  # autocast's mix
+
+
+@pytest.mark.parametrize("m", (1, 2, 5, 37))  # one program, two, uneven runs of rows per program
+def test_backward_row_counts_and_rembert_widths(m):
+    for n in (256, 1152):
+        _backward_check(_inputs((m, n), torch.float32, True, True, True))
+
+
+def test_backward_strided_rows_and_3d():
+    args = _inputs((2, 3, 40), torch.float32, True, True, True)
+    args["x"] = torch.randn(2, 6, 40, device=DEVICE)[:, ::2]
+    dy = torch.randn(2, 3, 47, device=DEVICE)[..., :40]  # rows of a wider gradient buffer
+    _backward_check(args, dy=dy)
+
+
+def test_backward_writes_every_gradient_element(monkeypatch):
+    # every output buffer the launcher allocates is poisoned: a lane the kernel skips stays NaN
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(float("nan")))
+    got = _backward_check(_inputs((7, 33), torch.float32, True, True, True))
+    assert all(torch.isfinite(g).all() for g in got)
+
+
+def test_backward_empty_input():
+    args = _inputs((0, 16), torch.float32, True, True, True)
+    dy = torch.empty(0, 16, device=DEVICE)
+    dx, dw, db, dxb = ln_kernels.layer_norm_backward(dy, args["x"], args["weight"], args["bias"], EPS,
+                                                     args["residual"], args["x_bias"])
+    zeros = torch.zeros(16, device=DEVICE)
+    assert dx.shape == (0, 16) and all(torch.equal(g, zeros) for g in (dw, db, dxb))
+
+
+def test_training_rows_wider_than_the_backward_run_eagerly(monkeypatch):
+    """N > BACKWARD_MAX_N under autograd: eager even on `triton` (right gradients, no kernel); the
+    launcher itself names the width."""
+    wide = ln_kernels.BACKWARD_MAX_N + 1
+    x = torch.randn(2, wide, device=DEVICE, requires_grad=True)
+    w = torch.randn(wide, device=DEVICE, requires_grad=True)
+    calls = []
+    launcher = ln_kernels.layer_norm
+    monkeypatch.setattr(ln_kernels, "layer_norm", lambda *a, **k: calls.append(1) or launcher(*a, **k))
+    with ops.use_backend("triton"):
+        ops.layer_norm(x, w, None, EPS).square().sum().backward()
+    assert not calls
+    wide_x, wide_w = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ops.layer_norm_ref(wide_x, wide_w, None, EPS).square().sum().backward()
+    torch.testing.assert_close(x.grad, wide_x.grad.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(w.grad, wide_w.grad.float(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=str(wide)):
+        ln_kernels.layer_norm_backward(x.detach(), x.detach(), w.detach(), None, EPS)

@@ -144,7 +144,7 @@ def test_fp32_weights_under_autocast(backend, dtype):
 
 
 @needs_triton
-def test_gradients_take_the_eager_path_on_triton():
+def test_gradients_on_triton_match_float64_autograd():
     args = _ln_args((3, 16), 9, torch.float32)
     leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
     with ops.use_backend("triton"):

@@ -30,6 +30,20 @@ Row offsets are int64.
 
 Dtypes: x in fp32/fp16/bf16; bias in x's dtype; math in fp32; the output in x's dtype.
 
+Backward (``bias_act_backward``): dx = dy * act'(z), the pre-activation z recomputed from x and bias
+(nothing is stored by the forward), and d bias = sum over rows of dx. Derivatives, fp32::
+
+    gelu               Phi(z) + z phi(z),  phi(z) = exp(-z^2 / 2) / sqrt(2 pi)
+    tanh GELUs         s + 2 z s (1 - s) u'(z),  s = sigmoid(2u), u the forms above
+    quick_gelu         s + 1.702 z s (1 - s),  s = sigmoid(1.702 z)
+    relu               0 where z <= 0, else 1 (a NaN z passes dy on, as torch's threshold_backward)
+    selu               1.0507009873554805 * (1 if z > 0 else 1.6732632423543772 exp(z))
+
+Its grid is ``(programs, cdiv(N, BLOCK_N))`` with the forward's tile: each program walks a contiguous
+run of row tiles of one column block and keeps its column sums in fp32 registers, stores one partial
+row, and one ``sum(0)`` over the partial rows finishes d bias (a two-stage reduction; the number of
+row programs is ``layer_norm.backward_programs``' rule, a few per SM).
+
 References: Triton tutorial 02-fused-softmax (row-tiled elementwise work); transformers
 ``activations.py`` (the definitions); W. Kahan's expm1 identity (Higham, Accuracy and Stability of
 Numerical Algorithms, 2nd ed., section 1.14.1).
@@ -81,6 +95,29 @@ def _activation(z, ACTIVATION: tl.constexpr):
     return y
 
 
+@triton.jit
+def _activation_grad(z, ACTIVATION: tl.constexpr):
+    """d act / d z, fp32."""
+    if ACTIVATION == "gelu":
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        d = cdf + z * 0.3989422804014327 * tl.exp(-0.5 * z * z)
+    elif ACTIVATION == "gelu_new" or ACTIVATION == "gelu_pytorch_tanh":
+        s = _sigmoid(2.0 * 0.7978845608028654 * (z + 0.044715 * z * z * z))
+        d = s + 2.0 * z * s * (1.0 - s) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z * z)
+    elif ACTIVATION == "gelu_fast":
+        s = _sigmoid(2.0 * z * 0.7978845608 * (1.0 + 0.044715 * z * z))
+        d = s + 2.0 * z * s * (1.0 - s) * 0.7978845608 * (1.0 + 3.0 * 0.044715 * z * z)
+    elif ACTIVATION == "quick_gelu":
+        s = _sigmoid(1.702 * z)
+        d = s + 1.702 * z * s * (1.0 - s)
+    elif ACTIVATION == "relu":
+        d = tl.where(z <= 0.0, 0.0, 1.0)
+    else:
+        tl.static_assert(ACTIVATION == "selu", "unknown activation")
+        d = 1.0507009873554805 * tl.where(z > 0.0, 1.0, 1.6732632423543772 * tl.exp(z))
+    return d
+
+
 @triton.jit(do_not_specialize=["M"])  # the token count changes every batch: one binary for all
 def _bias_act_kernel(
     X,  # (M, N) input, row stride stride_x_row, unit column stride
@@ -120,6 +157,14 @@ def launch_config(n: int) -> tuple[int, int, int]:
     return _TILE // block_n, block_n, num_warps
 
 
+def backward_launch_config(n: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of the backward launch: the forward's, with half the rows per tile
+    where N is not a multiple of 16 (unaligned rows: the fp16 tanh GELUs' derivative spills on sm_90 at
+    the forward's 16 values a thread)."""
+    block_m, block_n, num_warps = launch_config(n)
+    return (block_m if n % 16 == 0 else max(block_m // 2, 1)), block_n, num_warps
+
+
 def bias_act(
     x: torch.Tensor,  # (..., N) fp32/fp16/bf16
     bias: torch.Tensor | None,  # (N,) x's dtype
@@ -155,3 +200,83 @@ def bias_act(
             num_warps=num_warps,
         )
     return out
+
+
+@triton.jit(do_not_specialize=["M", "rows_per_program"])
+def _bias_act_bwd_kernel(
+    DY,  # (M, N) gradient of the output, row stride stride_dy_row, unit column stride
+    X,  # (M, N) forward input, row stride stride_x_row
+    BIAS,  # (N,) forward bias (read only if HAS_BIAS)
+    DX,  # (M, N) gradient of x, row stride stride_dx_row, x's dtype
+    DB_PARTIAL,  # (programs, N) fp32 per-program column sums of dx (written only if HAS_BIAS)
+    stride_dy_row,  # elements between consecutive rows of DY
+    stride_x_row,  # elements between consecutive rows of X
+    stride_dx_row,  # elements between consecutive rows of DX
+    M,  # number of rows
+    N,  # row width
+    rows_per_program,  # rows each program walks: a multiple of BLOCK_M
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,  # one of ACTIVATIONS
+    BLOCK_M: tl.constexpr,  # rows per tile
+    BLOCK_N: tl.constexpr,  # columns per tile
+):
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    if HAS_BIAS:
+        bias = tl.load(BIAS + cols, mask=col_mask, other=0.0).to(tl.float32)
+    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    first = pid * rows_per_program
+    last = tl.minimum(first + rows_per_program, M)
+    for row0 in tl.range(first, last, BLOCK_M):
+        rows = row0 + tl.arange(0, BLOCK_M)
+        mask = (rows < last)[:, None] & col_mask[None, :]
+        rows = rows.to(tl.int64)
+        z = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            z += bias[None, :]
+        dy = tl.load(DY + rows[:, None] * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dz = tl.where(mask, dy * _activation_grad(z, ACTIVATION), 0.0)
+        tl.store(DX + rows[:, None] * stride_dx_row + cols[None, :], dz.to(DX.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            db_acc += tl.sum(dz, axis=0)
+    if HAS_BIAS:
+        tl.store(DB_PARTIAL + pid.to(tl.int64) * N + cols, db_acc, mask=col_mask)
+
+
+def bias_act_backward(
+    dy: torch.Tensor,  # (..., N) gradient of bias_act's output, x's dtype
+    x: torch.Tensor,  # (..., N) the forward's x
+    bias: torch.Tensor | None,  # (N,) x's dtype
+    activation: str,  # one of ACTIVATIONS
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of `bias_act` on the Triton kernel: (dx in x's shape and dtype, d bias in bias's dtype
+    summed in fp32, or None without a bias)."""
+    from rembert_fast.kernels.layer_norm import backward_programs
+
+    assert activation in ACTIVATIONS and dy.shape == x.shape and dy.dtype == x.dtype
+    n = x.shape[-1]
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    m = x.numel() // max(n, 1)
+    if m == 0:
+        return dx, torch.zeros_like(bias) if bias is not None else None
+    x2 = rows_view(x, n)
+    dy2 = rows_view(dy, n)
+    dx2 = dx.view(-1, n)
+    block_m, block_n, num_warps = backward_launch_config(n)
+    programs, rows_per_program = backward_programs(m, block_m, x.device)
+    partial = torch.empty((programs, n), dtype=torch.float32, device=x.device) if bias is not None else None
+    with on_device_of(x):
+        _bias_act_bwd_kernel[(programs, triton.cdiv(n, block_n))](
+            dy2, x2,
+            bias.contiguous() if bias is not None else None,
+            dx2, partial,
+            dy2.stride(0), x2.stride(0), dx2.stride(0),
+            m, n, rows_per_program,
+            HAS_BIAS=bias is not None,
+            ACTIVATION=activation,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )
+    return dx, partial.sum(0).to(bias.dtype) if partial is not None else None

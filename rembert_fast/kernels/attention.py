@@ -37,9 +37,9 @@ interpreter one fixed 16 x 16 config is used.
 
 Limits: head_dim in SUPPORTED_HEAD_DIMS (16, 32, 64, 128; rembert_fast.ops sends other sizes to eager);
 batches over 65535 sequences are launched in chunks (CUDA's grid z limit); fp32 dots are IEEE
-(slower than TF32, chosen for exactness); no dropout, no attention bias, no backward (rembert_fast.ops takes
-the eager path under autograd). cu_seqlens are trusted (as in flash-attention): rows of q outside
-every sequence are not written.
+(slower than TF32, chosen for exactness); no dropout, no attention bias. The backward (varlen only)
+is in `attention_backward.py`; the forward saves the per-row log-sum-exp it needs (``lse=``).
+cu_seqlens are trusted (as in flash-attention): rows of q outside every sequence are not written.
 
 References: Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning"
 (arXiv 2307.08691); Triton tutorial 06-fused-attention; flash-attention's `flash_attn_varlen_func`
@@ -250,6 +250,7 @@ def _attn_fwd_kernel(
     CU_SEQLENS_Q,  # (B+1,) int32 cumulative query lengths (read when IS_VARLEN)
     CU_SEQLENS_K,  # (B+1,) int32 cumulative key lengths (read when IS_VARLEN)
     KEY_MASK,  # (B, Lk) key-padding mask, non-zero = real key (read when HAS_KEY_MASK)
+    LSE,  # (heads, Tq) fp32 per-row log2-sum-exp2 of the scaled logits, for the backward (STORE_LSE)
     stride_qb,  # Q batch stride (padded layout only)
     stride_qt,  # Q token stride
     stride_qh,  # Q head stride
@@ -264,6 +265,7 @@ def _attn_fwd_kernel(
     stride_oh,
     stride_mb,  # KEY_MASK batch stride
     stride_mt,  # KEY_MASK key stride
+    stride_lse_h,  # LSE head stride
     seqlen_q,  # Lq of the padded layout (unused when IS_VARLEN)
     seqlen_k,  # Lk of the padded layout (unused when IS_VARLEN)
     qk_scale,  # softmax_scale * log2(e)
@@ -274,9 +276,11 @@ def _attn_fwd_kernel(
     HAS_KEY_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32), "tf32" otherwise (unused by fp16/bf16)
     DOT_UPCAST: tl.constexpr,  # interpreter + bf16 only: dot on exact fp32 copies of the bf16 tiles
+    STORE_LSE: tl.constexpr,  # write LSE (varlen only)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    tl.static_assert(IS_VARLEN or not STORE_LSE, "the log-sum-exp is stored for the varlen layout only")
     start_m = tl.program_id(0)
     off_h = tl.program_id(1).to(tl.int64)
     off_b = tl.program_id(2)
@@ -332,6 +336,12 @@ def _attn_fwd_kernel(
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     o_ptrs = Out + o_row0 + off_h * stride_oh + offs_m[:, None].to(tl.int64) * stride_ot + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < len_q)
+    if STORE_LSE:
+        # m + log2(l) in the base-2 units of qk_scale; +inf for a row with no visible key, so the
+        # backward's exp2(s - lse) is 0 there.
+        lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+        lse_ptrs = LSE + off_h * stride_lse_h + q_start + offs_m
+        tl.store(lse_ptrs, lse, mask=offs_m < len_q)
 
 
 _attn_fwd = triton.autotune(
@@ -371,8 +381,10 @@ def _launch(
     max_seqlen_q: int,
     causal: bool,
     softmax_scale: float | None,
+    lse: torch.Tensor | None = None,
 ) -> None:
-    """Launch over `batch` sequences; q/k/v/out are 3-D packed (cu_seqlens given) or 4-D padded."""
+    """Launch over `batch` sequences; q/k/v/out are 3-D packed (cu_seqlens given) or 4-D padded; `lse`
+    ((heads, Tq) fp32, varlen only) receives each row's log-sum-exp when given."""
     head_dim, heads = q.shape[-1], q.shape[-2]
     scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
     varlen = cu_seqlens_q is not None
@@ -392,10 +404,10 @@ def _launch(
             nb = min(_MAX_GRID_BATCH, batch - b0)
             if varlen:
                 # cu_seqlens hold absolute token offsets, so a chunk is a slice of them; tensors stay whole.
-                args = (q, k, v, out, cu_q[b0:], cu_k[b0:], mask)
+                args = (q, k, v, out, cu_q[b0:], cu_k[b0:], mask, lse)
             else:
                 chunk_mask = mask[b0:] if key_mask is not None else mask
-                args = (q[b0:], k[b0:], v[b0:], out[b0:], cu_q, cu_k, chunk_mask)
+                args = (q[b0:], k[b0:], v[b0:], out[b0:], cu_q, cu_k, chunk_mask, None)
 
             def grid(meta: dict, nb: int = nb) -> tuple[int, int, int]:
                 return (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), heads, nb)
@@ -403,6 +415,7 @@ def _launch(
             _attn_fwd[grid](
                 *args,
                 *strides(q), *strides(k), *strides(v), *strides(out), *mask_strides,
+                lse.stride(0) if lse is not None else 0,
                 seqlen_q, seqlen_k, scale * _LOG2E, _seqlen_bucket(max_seqlen_q),
                 HEAD_DIM=head_dim,
                 IS_VARLEN=varlen,
@@ -410,6 +423,7 @@ def _launch(
                 HAS_KEY_MASK=key_mask is not None,
                 DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
                 DOT_UPCAST=q.dtype == torch.bfloat16 and interpreting(),
+                STORE_LSE=lse is not None,
             )
 
 
@@ -425,10 +439,13 @@ def attention_varlen(
     softmax_scale: float | None = None,  # default 1/sqrt(head_dim)
     *,
     out: torch.Tensor | None = None,  # (Tq, heads, head_dim) contiguous, q's dtype; allocated if None
+    lse: torch.Tensor | None = None,  # (heads, Tq) fp32 with unit token stride: receives the log-sum-exp
 ) -> torch.Tensor:
     """Attention over packed variable-length sequences; returns (Tq, heads, head_dim) in q's dtype.
 
-    Rows of `out` outside every [cu_seqlens_q[b], cu_seqlens_q[b+1]) are not written.
+    Rows of `out` outside every [cu_seqlens_q[b], cu_seqlens_q[b+1]) are not written. With `lse`, each
+    row's log2-sum-exp2 of its logits scaled by softmax_scale * log2(e) (+inf where the row sees no key)
+    is written there, what `attention_backward.attention_varlen_backward` reads.
     """
     _check_head_dim(q, k, v, 3)
     assert cu_seqlens_q.shape == cu_seqlens_k.shape and int(max_seqlen_q) >= 0 and int(max_seqlen_k) >= 0
@@ -440,7 +457,10 @@ def attention_varlen(
     # The kernel indexes the offsets as flat arrays: a strided view (a column of a table) is copied.
     cu_seqlens_q = cu_seqlens_q.to(torch.int32).contiguous()
     cu_seqlens_k = cu_seqlens_k.to(torch.int32).contiguous()
-    _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, None, batch, int(max_seqlen_q), causal, softmax_scale)
+    if lse is not None:
+        assert lse.shape == (q.shape[1], q.shape[0]) and lse.dtype == torch.float32 and lse.stride(1) == 1
+    _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, None, batch, int(max_seqlen_q), causal, softmax_scale,
+            lse)
     return out
 
 

@@ -54,11 +54,21 @@ def layer_norm(
     if impl == "triton":
         from rembert_fast.kernels import layer_norm as kernel
 
-        # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises).
-        if n <= kernel.MAX_N or requested_backend() == "triton":
-            launch = library.layer_norm if torch.compiler.is_compiling() else kernel.layer_norm
+        # Rows wider than the kernel holds in registers run eagerly on `auto` (on `triton` it raises);
+        # in training, rows wider than its backward holds run eagerly.
+        tensors = (x, weight, bias, residual, x_bias)
+        limit = kernel.BACKWARD_MAX_N if dispatch.needs_autograd(tensors) else kernel.MAX_N
+        if n <= limit or requested_backend() == "triton" and limit == kernel.MAX_N:
+            fused = _via_library(tensors)
+            launch = library.layer_norm if fused else kernel.layer_norm
             return launch(x, weight, bias, eps, residual, x_bias)
     return layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+
+
+def _via_library(tensors: tuple[torch.Tensor | None, ...]) -> bool:
+    """Whether a fused call goes through its custom op (`library`): while torch.compile traces, and
+    under autograd (the custom op carries the backward); else straight to the launcher."""
+    return torch.compiler.is_compiling() or dispatch.needs_autograd(tensors)
 
 
 def _check_layer_norm(x, weight, bias, eps, residual, x_bias) -> tuple[int, float]:  # type: ignore[no-untyped-def]
@@ -92,7 +102,7 @@ def bias_act(
                        x.numel() // max(n, 1), (x, bias)) == "triton":
         from rembert_fast.kernels import activation as kernel
 
-        launch = library.bias_act if torch.compiler.is_compiling() else kernel.bias_act
+        launch = library.bias_act if _via_library((x, bias)) else kernel.bias_act
         return launch(x, bias, activation)
     return bias_act_ref(x, bias, activation)
 
@@ -134,8 +144,9 @@ def linear_bias_act(
         from rembert_fast.kernels import activation as kernel
 
         y = F.linear(x, weight)
-        launch = library.bias_act if torch.compiler.is_compiling() else kernel.bias_act
-        return launch(y, _epilogue_bias(y, bias), activation)
+        y_bias = _epilogue_bias(y, bias)
+        launch = library.bias_act if _via_library((y, y_bias)) else kernel.bias_act
+        return launch(y, y_bias, activation)
     return bias_act_ref(F.linear(x, weight, bias), None, activation)
 
 
@@ -162,11 +173,14 @@ def linear_residual_layer_norm(
     if impl == "triton":
         from rembert_fast.kernels import layer_norm as kernel
 
-        if width <= kernel.MAX_N or requested_backend() == "triton":
+        training = dispatch.needs_autograd((x, weight, bias, residual, ln_weight, ln_bias))
+        limit = kernel.BACKWARD_MAX_N if training else kernel.MAX_N
+        if width <= limit or requested_backend() == "triton" and not training:
             y = F.linear(x, weight)
             x_bias = _epilogue_bias(y, bias)
             _, eps = _check_layer_norm(y, ln_weight, ln_bias, eps, residual, x_bias)
-            launch = library.layer_norm if torch.compiler.is_compiling() else kernel.layer_norm
+            tensors = (y, ln_weight, ln_bias, residual, x_bias)
+            launch = library.layer_norm if _via_library(tensors) else kernel.layer_norm
             return launch(y, ln_weight, ln_bias, eps, residual, x_bias)
     y = F.linear(x, weight, bias)
     _, eps = _check_layer_norm(y, ln_weight, ln_bias, eps, residual, None)
@@ -201,9 +215,12 @@ def attention(
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
-            launch = library.attention_varlen if torch.compiler.is_compiling() else kernel.attention_varlen
-            return launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                          softmax_scale)
+            args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+            if not dispatch.needs_autograd((q, k, v)):
+                compiling = torch.compiler.is_compiling()
+                return (library.attention_varlen if compiling else kernel.attention_varlen)(*args)
+            if q.shape[0] == k.shape[0]:  # the backward writes one QKV-shaped gradient buffer
+                return library.attention_varlen_lse(*args)[0]
     elif impl == "sdpa_padded":
         return competitors.attention_sdpa_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                                  max_seqlen_k, causal, softmax_scale)
@@ -244,8 +261,18 @@ def attention_padded(
         from rembert_fast.kernels import attention as kernel
 
         if q.shape[-1] in kernel.SUPPORTED_HEAD_DIMS:
-            launch = library.attention_padded if torch.compiler.is_compiling() else kernel.attention_padded
-            return launch(q, k, v, key_padding_mask, causal, softmax_scale)
+            if not dispatch.needs_autograd((q, k, v)):
+                compiling = torch.compiler.is_compiling()
+                launch = library.attention_padded if compiling else kernel.attention_padded
+                return launch(q, k, v, key_padding_mask, causal, softmax_scale)
+            if key_padding_mask is None and q.shape[1] == k.shape[1]:
+                # Training on a full batch: the same sequences as a varlen batch of equal lengths.
+                batch, length = q.shape[:2]
+                cu_seqlens = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=q.device)
+                out, _ = library.attention_varlen_lse(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1),
+                                                      cu_seqlens, cu_seqlens, length, length, causal,
+                                                      softmax_scale)
+                return out.unflatten(0, (batch, length))
     return attention_padded_ref(q, k, v, key_padding_mask, causal=causal, softmax_scale=softmax_scale)
 
 

@@ -5,7 +5,9 @@ Backends: ``triton`` (the kernels in ``rembert_fast.kernels``; CUDA tensors, or 
 ``eager`` (plain PyTorch, ``rembert_fast.ops.reference``). The request is ``use_backend(...)`` if
 active, else ``$REMBERT_FAST_BACKEND``, else ``auto``. A backend asked for explicitly that cannot run
 raises ``RuntimeError`` with the reason; ``auto`` never raises for availability. Under autograd (grad
-enabled and an input that requires grad) every op runs eagerly: the kernels have no backward.
+enabled and an input that requires grad) the ops of TRAINABLE_OPS run their differentiable custom ops
+(forward and backward kernels, `rembert_fast.ops.library`) when ``triton`` is requested explicitly;
+everything else, and every op on ``auto``, runs eagerly in training.
 
 Two levels: `backend_for(op, device, dtype)` is the op-level decision (availability, the probe verdict,
 a trace-time constant under torch.compile); `choose(op, variant, width, device, dtype, tokens, ...)` is
@@ -33,7 +35,7 @@ from rembert_fast import extension
 from rembert_fast.kernels._launch import interpreting
 from rembert_fast.ops import candidates, measure, tuning
 from rembert_fast.ops.call_class import CallClass, probed_name, verdict_name
-from rembert_fast.ops.registry import EXTENSION_OPS, TRITON_OPS
+from rembert_fast.ops.registry import EXTENSION_OPS, TRAINABLE_OPS, TRITON_OPS
 
 BACKENDS = ("auto", "eager", "triton", "cuda")
 
@@ -216,13 +218,13 @@ def choose(
 ) -> str:
     """The candidate that serves this call: "eager", "triton", "cuda" or an attention competitor.
 
-    Under autograd "eager". While torch.compile traces, the op-level `backend_for` (a trace-time
+    Under autograd `training_choice`. While torch.compile traces, the op-level `backend_for` (a trace-time
     constant that never reads a size). Else decided once per call class and kept (a dict lookup on
     every later call): on `auto` the probed candidates are timed at first use on a bucket-shaped
     input and the fastest kept (the pipeline above); an explicit request is served as asked.
     Raises as backend_for."""
     if needs_autograd(tensors):
-        return "eager"
+        return training_choice(op, device, dtype)
     if torch.compiler.is_compiling():
         return backend_for(probed_name(op, variant), device, dtype)
     # The buckets as bit lengths (pow2(n) == 1 << bits; -1 for 0): no call on the hot path.
@@ -233,6 +235,15 @@ def choose(
         return made
     with measure.on_device(device):  # probes and timing on the tensors' GPU, not the current one
         return _choose_first(key, device)
+
+
+def training_choice(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The candidate for a call that autograd records: "triton" where triton is requested explicitly
+    and `op` is trainable (`registry.TRAINABLE_OPS`), else "eager" (on `auto` a fused backward serves
+    nowhere yet: it has not been checked against eager autograd on this device). Raises as backend_for."""
+    if op in TRAINABLE_OPS and requested_backend() == "triton":
+        return backend_for(op, device, dtype)
+    return "eager"
 
 
 def _choose_first(key: tuple, device: torch.device) -> str:

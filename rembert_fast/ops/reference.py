@@ -28,6 +28,33 @@ def layer_norm_ref(
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
+def _grads(out: torch.Tensor, dy: torch.Tensor, inputs: tuple[torch.Tensor | None, ...]) -> tuple:
+    """d(out . dy) / d input for each input (None stays None), by eager autograd."""
+    present = [t for t in inputs if t is not None]
+    found = iter(torch.autograd.grad(out, present, dy))
+    return tuple(next(found) if t is not None else None for t in inputs)
+
+
+def _leaves(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    return tuple(t.detach().requires_grad_() if t is not None else None for t in tensors)
+
+
+def layer_norm_backward_ref(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    x_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Eager autograd of `layer_norm_ref`: (dx, d weight, d bias, d x_bias); dx is also d residual."""
+    with torch.enable_grad():
+        x, weight, bias, x_bias = _leaves(x, weight, bias, x_bias)
+        out = layer_norm_ref(x, weight, bias, eps, residual=residual, x_bias=x_bias)
+        return _grads(out, dy, (x, weight, bias, x_bias))
+
+
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
@@ -52,6 +79,15 @@ def bias_act_ref(x: torch.Tensor, bias: torch.Tensor | None, activation: str = "
     if bias is not None:
         x = x + bias
     return _EAGER_ACTIVATIONS[activation](x)
+
+
+def bias_act_backward_ref(
+    dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, activation: str = "gelu"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eager autograd of `bias_act_ref`: (dx, d bias)."""
+    with torch.enable_grad():
+        x, bias = _leaves(x, bias)
+        return _grads(bias_act_ref(x, bias, activation), dy, (x, bias))
 
 
 def _gather_padded(
@@ -103,6 +139,26 @@ def attention_ref(
     tokens = torch.arange(q.shape[0], device=q.device)
     batch = torch.searchsorted(cu_seqlens_q[1:].long(), tokens, right=True)  # each packed row's sequence
     return out[batch, tokens - cu_seqlens_q.long()[batch]].nan_to_num(0.0)  # (Tq, H, D)
+
+
+def attention_backward_ref(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eager autograd of `attention_ref`: (dq, dk, dv)."""
+    with torch.enable_grad():
+        q, k, v = _leaves(q, k, v)
+        out = attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+                            softmax_scale=softmax_scale)
+        return _grads(out, dout, (q, k, v))
 
 
 def attention_per_sequence(

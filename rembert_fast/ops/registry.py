@@ -21,21 +21,23 @@ class Op:
     fused: str  # "triton" or "cuda"
     competitors: tuple[str, ...] = ()
     per_activation: bool = False
+    trainable: bool = False  # its fused path has backward kernels (a differentiable custom op)
 
 
 OPS: dict[str, Op] = {op.name: op for op in (
-    Op("layer_norm", "triton"),
-    Op("bias_act", "triton", per_activation=True),
-    Op("attention", "triton", competitors=("sdpa_padded", "torch_varlen")),
-    Op("attention_padded", "triton"),
+    Op("layer_norm", "triton", trainable=True),
+    Op("bias_act", "triton", per_activation=True, trainable=True),
+    Op("attention", "triton", competitors=("sdpa_padded", "torch_varlen"), trainable=True),
+    Op("attention_padded", "triton", trainable=True),
     Op("embed", "cuda"),
-    Op("linear_bias_act", "triton", per_activation=True),
-    Op("linear_residual_layer_norm", "triton"),
+    Op("linear_bias_act", "triton", per_activation=True, trainable=True),
+    Op("linear_residual_layer_norm", "triton", trainable=True),
 )}
 
 TRITON_OPS = tuple(name for name, op in OPS.items() if op.fused == "triton")
 EXTENSION_OPS = tuple(name for name, op in OPS.items() if op.fused == "cuda")
 PER_ACTIVATION = tuple(name for name, op in OPS.items() if op.per_activation)
+TRAINABLE_OPS = tuple(name for name, op in OPS.items() if op.trainable)
 
 
 def get(name: str) -> Op:
