@@ -3,6 +3,7 @@ JSON cache, and no probe runs inside a capture or a trace."""
 
 import json
 import multiprocessing
+import pathlib
 import warnings
 
 import pytest
@@ -147,15 +148,42 @@ def test_off_trusts_the_fused_path_and_an_explicit_backend_is_never_probed(fresh
 FOREIGN = '{"key": {"gpu": "NVIDIA H100"}, "verdicts": {"layer_norm|float32": "x"}}'
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"key": {"gpu": "cpu-interp', "[]", FOREIGN])
-def test_a_corrupt_truncated_or_foreign_cache_is_ignored_and_rewritten(fresh, content):
+def _permission_denied(path, monkeypatch):
+    # Tests run as root, whom no mode bit stops: refuse the read where the cache opens the file.
+    path.write_text(FOREIGN)
+    opened = pathlib.Path.open
+
+    def refusing_open(self, mode="r", *args, **kwargs):
+        if self == path and "r" in mode:
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", refusing_open)
+
+
+UNREADABLE = {
+    "bad bytes": lambda path, _: path.write_bytes(b'{"key": {"gpu": "cpu-interpreter\xff\xfe"}}'),
+    "a directory": lambda path, _: (path.mkdir(), (path / "left-over").write_text("x")),
+    "permission denied": _permission_denied,
+    "not json": lambda path, _: path.write_text("{not json"),
+    "not a table": lambda path, _: path.write_text("[]"),
+    "truncated": lambda path, _: path.write_text('{"key": {"gpu": "cpu-interpreter"}, "verdicts": {"la'),
+    "foreign": lambda path, _: path.write_text(FOREIGN),
+    "nested too deep": lambda path, _: path.write_text("[" * 100_000),
+}
+
+
+@pytest.mark.parametrize("make", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_an_unreadable_cache_warns_once_and_is_rewritten(fresh, monkeypatch, make):
     path = fresh / "tune-cpu-interpreter.json"
-    path.write_text(content)
-    with pytest.warns(RuntimeWarning, match="tuning cache .* (corrupt|another GPU)") as record:
+    with monkeypatch.context() as patch, pytest.warns(RuntimeWarning, match="tuning cache") as record:
+        make(path, patch)
         assert dispatch.backend_for("layer_norm", torch.device("cpu"), torch.float32) == "triton"
-    assert len(record) == 1
+        tuning.describe()  # what `rembert-fast doctor` reads: no exception either
+    assert len(record) == 1, [str(w.message) for w in record]
     saved = json.loads(path.read_text())
     assert saved["key"] == tuning.device_key("cpu") and saved["verdicts"] == {"layer_norm|float32": None}
+    assert tuning.describe()["verdicts"] == 1
 
 
 def _write_many(directory, worker):

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import warnings
@@ -100,18 +101,20 @@ def cache_path(device_type: str) -> Path:
 
 
 def _read_tables(path: Path, key: dict[str, Any]) -> tuple[dict[str, str | None], dict[str, dict[str, Any]]]:
-    """(verdicts, choices) in `path` if it holds this key's; empty (one warning) for a corrupt or foreign
-    file."""
+    """(verdicts, choices) in `path` if it holds this key's; empty, with one warning, for a file that
+    cannot be read (a directory in its place, permission denied), is not UTF-8 JSON of the cache's
+    layout (bad bytes, truncated, nested past the parser's depth) or is stamped for another key. Never
+    raises: the caller rewrites the file."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return {}, {}
     except OSError as error:
-        warnings.warn(f"rembert_fast: tuning cache {path} cannot be read ({error}); probing again",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"rembert_fast: tuning cache {path} cannot be read ({error}); ignoring it and "
+                      "rewriting it", RuntimeWarning, stacklevel=3)
         return {}, {}
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict) or not isinstance(data.get("verdicts"), dict):
             raise ValueError("no 'verdicts' table")
         verdicts = {str(k): (None if v is None else str(v)) for k, v in data["verdicts"].items()}
@@ -120,9 +123,10 @@ def _read_tables(path: Path, key: dict[str, Any]) -> tuple[dict[str, str | None]
                 isinstance(c, dict) and isinstance(c.get("choice"), str) and isinstance(c.get("ms"), dict)
                 for c in choices.values()):
             raise ValueError("a malformed 'choices' table")
-    except (ValueError, TypeError, AttributeError) as error:
-        warnings.warn(f"rembert_fast: tuning cache {path} is corrupt ({error}); ignoring it and "
-                      "rewriting it", RuntimeWarning, stacklevel=3)
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; json raises RecursionError past its depth
+    except (ValueError, TypeError, AttributeError, RecursionError) as error:
+        warnings.warn(f"rembert_fast: tuning cache {path} is corrupt ({type(error).__name__}: "
+                      f"{str(error)[:200]}); ignoring it and rewriting it", RuntimeWarning, stacklevel=3)
         return {}, {}
     if data.get("key") != key:
         warnings.warn(f"rembert_fast: tuning cache {path} is for another GPU, driver or kernel version "
@@ -152,6 +156,10 @@ def write_cache(path: Path, key: dict[str, Any], verdicts: dict[str, str | None]
                           sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
+            if path.is_dir() and not path.is_symlink():
+                # A directory where the cache file belongs (warned about when read) would make the
+                # replace fail on every write: the file's name is rembert_fast's, so it goes.
+                shutil.rmtree(path)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
