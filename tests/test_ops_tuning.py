@@ -534,3 +534,73 @@ def test_tune_covers_every_call_class_of_a_model_forward(fresh, monkeypatch):
     met = dispatch.choices_made()
     assert {"embed", "attention", "linear_bias_act", "linear_residual_layer_norm"} <= {
         name.split()[2].split("|")[0].split(":")[0] for name in met}
+
+
+def _wrong_past_the_first_layer_norm_program(real):
+    def kernel(x, *args, **kwargs):
+        out = real(x, *args, **kwargs)
+        rows = ln_kernel.launch_config(x.shape[-1], x.element_size())[1]
+        out.view(-1, x.shape[-1])[rows:] *= 1.04  # every program but the first
+        return out
+
+    return kernel
+
+
+def _wrong_past_the_first_column_block(real):
+    def kernel(x, *args, **kwargs):
+        out = real(x, *args, **kwargs)
+        out[..., act_kernel.launch_config(x.shape[-1])[1]:] += 0.04
+        return out
+
+    return kernel
+
+
+def _query_tile() -> int:
+    from rembert_fast.kernels import attention as attention_kernel
+
+    return attention_kernel.INTERPRETER_CONFIG.kwargs["BLOCK_M"]
+
+
+def _wrong_past_the_first_query_tile_varlen(real):
+    def kernel(q, k, v, cu_seqlens_q, *args, **kwargs):
+        out = real(q, k, v, cu_seqlens_q, *args, **kwargs)
+        for start, end in zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist(), strict=True):
+            out[start + _query_tile():end] *= 1.04
+        return out
+
+    return kernel
+
+
+def _wrong_past_the_first_query_tile_padded(real):
+    def kernel(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out[:, _query_tile():] *= 1.04
+        return out
+
+    return kernel
+
+
+WRONG_IN_A_LATER_TILE = {
+    "layer_norm rows": ("layer_norm", "layer_norm", "layer_norm", _wrong_past_the_first_layer_norm_program),
+    "linear+layer_norm rows": ("layer_norm", "layer_norm", "linear_residual_layer_norm",
+                               _wrong_past_the_first_layer_norm_program),
+    "bias_act columns": ("activation", "bias_act", "bias_act[gelu]", _wrong_past_the_first_column_block),
+    "linear+bias_act columns": ("activation", "bias_act", "linear_bias_act[gelu]",
+                                _wrong_past_the_first_column_block),
+    "attention query tiles": ("attention", "attention_varlen", "attention",
+                              _wrong_past_the_first_query_tile_varlen),
+    "padded attention query tiles": ("attention", "attention_padded", "attention_padded",
+                                     _wrong_past_the_first_query_tile_padded),
+}
+
+
+@pytest.mark.parametrize("module,launcher,op,wrong", WRONG_IN_A_LATER_TILE.values(),
+                         ids=WRONG_IN_A_LATER_TILE.keys())
+def test_a_kernel_wrong_only_in_a_later_tile_fails_its_probe(fresh, monkeypatch, module, launcher, op, wrong):
+    # The probe's input spans two programs or more along every tiled dimension (architecture: dispatch),
+    # so a kernel right in its first tile and wrong after it never serves.
+    import importlib
+
+    kernels = importlib.import_module(f"rembert_fast.kernels.{module}")
+    monkeypatch.setattr(kernels, launcher, wrong(getattr(kernels, launcher)))
+    assert "max error" in (probe.run_probe(op, torch.device("cpu"), torch.float32) or "passed")
