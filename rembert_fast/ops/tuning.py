@@ -7,8 +7,9 @@ error or launch error disables that path for the key with one warning naming op,
 eager path serves it. The per-bucket choices the dispatch measures (`rembert_fast.ops.measure`) are kept
 beside the verdicts (`held_choice`, `record_choice`), each under its `CallClass.name`. Both persist
 in a JSON cache, one file per GPU, stamped with the GPU, CUDA/driver, torch and triton versions and a
-hash of the kernel sources; a file that is corrupt, truncated or stamped otherwise is ignored with one
-warning and rewritten (temp file + os.replace, under an fcntl lock).
+hash of the kernel sources; a file that cannot be read (bad bytes, truncated, a directory in its
+place, permission denied), is not the cache's layout or is stamped otherwise is ignored with one warning
+and rewritten (temp file + os.replace, under an fcntl lock): never an exception.
 
 `$REMBERT_FAST_TUNE`: `on` (default), `off` (no probe; fused paths trusted), `force` (ignore the cache,
 probe again once per process). `$REMBERT_FAST_CACHE`: the cache directory (default
