@@ -209,6 +209,16 @@ def print_table(record: dict[str, Any]) -> None:
               f"{row['ratio']:>8.2f}{verdict:>14}{row['cpu_ratio']:>13.2f}")
 
 
+def save_record(record: dict[str, Any], directory: Path, name: str) -> Path:
+    """Write `record` to <directory>/<name>-<UTC date>.json and say where."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = record["date"].replace(":", "").replace("+0000", "Z")
+    path = directory / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="timed calls per implementation and batch")
@@ -224,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     record = run(args.rounds, args.warmup, args.layers, args.vocab)
     print_table(record)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = record["date"].replace(":", "").replace("+0000", "Z")
-    path = args.out / f"model_cpu-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {path}")
+    save_record(record, args.out, "model_cpu")
     return 0
 
 

@@ -49,21 +49,24 @@ def unpad_input(
     total, max_seqlen = 0, 0
     if attention_mask.numel():  # (B, 0) has no token to read (and argmax of nothing fails)
         # The one host read (a device sync on CUDA): the token count, which sizes `indices` so that
-        # nonzero_static needs no sync of its own, the longest sequence and, for a mask that is not
-        # bool, the first value that is neither 0 nor 1 (float64 holds every count exactly).
+        # nonzero_static needs no sync of its own, the longest sequence, the first empty row and, for a
+        # mask that is not bool, whether a value is neither 0 nor 1. All integers: torch.compile keeps
+        # integers it reads symbolic (one graph for every token count), but guards on the exact value of
+        # a float, so a float read would recompile for each new token count.
         read = [cu_seqlens[-1], seqlens.max(), seqlens.eq(0).to(torch.uint8).argmax(), seqlens.min()]
+        invalid = None
         if attention_mask.dtype != torch.bool:
             invalid = mask & (attention_mask != 1)
-            first_invalid = invalid.flatten().to(torch.uint8).argmax().view(1)  # 0 when there is none
-            value = attention_mask.flatten().index_select(0, first_invalid)[0]  # a tensor index: no sync
-            read += [invalid.any(), value]
-        stats = torch.stack([t.to(torch.float64) for t in read]).tolist()
-        if len(stats) > 4 and stats[4]:
-            raise ValueError(f"attention_mask contains {stats[5]:.9g}; expected 1 (real token) or 0 "
+            read.append(invalid.any())
+        stats = torch.stack([t.to(torch.int64) for t in read]).tolist()
+        if invalid is not None and stats[4]:
+            # an error path: the offending value costs a second read
+            value = attention_mask.flatten()[invalid.flatten().to(torch.uint8).argmax()].item()
+            raise ValueError(f"attention_mask contains {value:.9g}; expected 1 (real token) or 0 "
                              "(padding). An additive mask (0 / -inf) must be turned into 0/1 first")
         if not allow_empty_rows and stats[3] == 0:
-            raise NoRealTokensError(empty_row_message(int(stats[2])))
-        total, max_seqlen = int(stats[0]), int(stats[1])
+            raise NoRealTokensError(empty_row_message(stats[2]))
+        total, max_seqlen = stats[0], stats[1]
     indices = torch.nonzero_static(mask.flatten(), size=total).flatten()
     packed = hidden_states.reshape(-1, *hidden_states.shape[2:]).index_select(0, indices)
     return packed, indices, cu_seqlens, max_seqlen

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             input_embedding_size=32, output_embedding_size=48, intermediate_size=128,
             max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
-E2E_FIELDS = {"kind", "impl", "dtype", "batch", "seq", "lengths", "real_tokens", "padded_tokens", "status",
-              "first_call_s", "median_ms", "min_ms", "max_ms", "iters", "max_abs_err", "peak_activation_mb",
+E2E_FIELDS = {"kind", "impl", "dtype", "batch", "seq", "lengths", "stream_batches", "real_tokens",
+              "padded_tokens", "status", "first_call_s", "first_pass_s", "median_ms", "min_ms", "max_ms",
+              "iters", "max_abs_err", "peak_activation_mb",
               "tokens_per_s", "ratio_vs_transformers", "error_bar", "agrees", "model_tflop_per_s",
               "fraction_of_gemm_peak"}
 
@@ -81,6 +82,25 @@ def test_bench_cpu_json_schema_and_rows(tiny_config, tmp_path, capsys):
     assert result["kernels"] == []  # off on CPU unless --kernels
     table = capsys.readouterr().out
     assert "rembert_fast" in table and "transformers+optimize" in table and str(tmp_path) in table
+
+
+def test_compiled_rembert_fast_over_a_stream_of_variable_batches(tiny_config, tmp_path, capsys):
+    impls = "rembert_fast,rembert_fast+compile,transformers"
+    code, result = run_bench(tiny_config, tmp_path, "--impls", impls, "--lengths", "variable,fixed",
+                             "--stream", "3")
+    assert code == 0 and result["settings"]["stream"] == 3
+    rows = {(r["impl"], r["lengths"]): r for r in result["rows"]}
+    variable, fixed = rows["rembert_fast+compile", "variable"], rows["rembert_fast+compile", "fixed"]
+    assert variable["stream_batches"] == 3 and fixed["stream_batches"] == 1
+    assert variable["padded_tokens"] == 3 * 2 * 16 and fixed["real_tokens"] == 32
+    # one pass is three batches: the reference's tokens are the same stream's
+    assert variable["real_tokens"] == rows["transformers", "variable"]["real_tokens"]
+    for row in result["rows"]:
+        assert set(row) == E2E_FIELDS, row
+        assert row["status"] == "ok" and row["agrees"] is True and row["max_abs_err"] <= 1e-4
+    # compilation is reported apart from the timed passes
+    assert variable["first_call_s"] > 0 and variable["first_pass_s"] >= 0 and fixed["first_pass_s"] == 0
+    assert "rembert_fast+compile" in capsys.readouterr().out
 
 
 def test_bench_model_dir_loads_the_same_weights_in_both(tmp_path):
@@ -297,6 +317,8 @@ def test_bench_settings_that_cannot_work_are_usage_errors(tiny_config, tmp_path,
                                                                      "--seq-lens", "128")
     assert "--threads 0 must be a positive" in _bench_usage_error(tiny_config, tmp_path, capsys,
                                                                   "--threads", "0")
+    assert "--stream 0 must be a positive" in _bench_usage_error(tiny_config, tmp_path, capsys,
+                                                                 "--stream", "0")
     assert "no implementation left" in _bench_usage_error(tiny_config, tmp_path, capsys,
                                                           "--impls", "rembert_fast+graphs")
     (tmp_path / "a_dir.json").mkdir()
@@ -315,7 +337,7 @@ def test_cpu_defaults_skip_compile_and_graphs():
     assert plan["dtypes"] == ["float32"] and plan["layers"] == 2 and plan["kernels"] is False
     compiled = bench.resolve(cli.build_parser().parse_args(["bench", "--compile", "--no-max-autotune"]),
                               torch.device("cpu"), have_hf=True)
-    assert compiled["impls"] == ["rembert_fast", "transformers", "torch.compile"]
+    assert compiled["impls"] == ["rembert_fast", "rembert_fast+compile", "transformers", "torch.compile"]
     gpu = bench.resolve(args, torch.device("cuda"), have_hf=True)
     assert gpu["impls"] == list(bench.IMPLS) and gpu["dtypes"] == ["bfloat16", "float16"]
     assert gpu["layers"] is None and gpu["kernels"] is True

@@ -3,6 +3,7 @@ JSON cache, and no probe runs inside a capture or a trace."""
 
 import json
 import multiprocessing
+import pathlib
 import warnings
 
 import pytest
@@ -147,15 +148,42 @@ def test_off_trusts_the_fused_path_and_an_explicit_backend_is_never_probed(fresh
 FOREIGN = '{"key": {"gpu": "NVIDIA H100"}, "verdicts": {"layer_norm|float32": "x"}}'
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"key": {"gpu": "cpu-interp', "[]", FOREIGN])
-def test_a_corrupt_truncated_or_foreign_cache_is_ignored_and_rewritten(fresh, content):
+def _permission_denied(path, monkeypatch):
+    # Tests run as root, whom no mode bit stops: refuse the read where the cache opens the file.
+    path.write_text(FOREIGN)
+    opened = pathlib.Path.open
+
+    def refusing_open(self, mode="r", *args, **kwargs):
+        if self == path and "r" in mode:
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", refusing_open)
+
+
+UNREADABLE = {
+    "bad bytes": lambda path, _: path.write_bytes(b'{"key": {"gpu": "cpu-interpreter\xff\xfe"}}'),
+    "a directory": lambda path, _: (path.mkdir(), (path / "left-over").write_text("x")),
+    "permission denied": _permission_denied,
+    "not json": lambda path, _: path.write_text("{not json"),
+    "not a table": lambda path, _: path.write_text("[]"),
+    "truncated": lambda path, _: path.write_text('{"key": {"gpu": "cpu-interpreter"}, "verdicts": {"la'),
+    "foreign": lambda path, _: path.write_text(FOREIGN),
+    "nested too deep": lambda path, _: path.write_text("[" * 100_000),
+}
+
+
+@pytest.mark.parametrize("make", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_an_unreadable_cache_warns_once_and_is_rewritten(fresh, monkeypatch, make):
     path = fresh / "tune-cpu-interpreter.json"
-    path.write_text(content)
-    with pytest.warns(RuntimeWarning, match="tuning cache .* (corrupt|another GPU)") as record:
+    with monkeypatch.context() as patch, pytest.warns(RuntimeWarning, match="tuning cache") as record:
+        make(path, patch)
         assert dispatch.backend_for("layer_norm", torch.device("cpu"), torch.float32) == "triton"
-    assert len(record) == 1
+        tuning.describe()  # what `rembert-fast doctor` reads: no exception either
+    assert len(record) == 1, [str(w.message) for w in record]
     saved = json.loads(path.read_text())
     assert saved["key"] == tuning.device_key("cpu") and saved["verdicts"] == {"layer_norm|float32": None}
+    assert tuning.describe()["verdicts"] == 1
 
 
 def _write_many(directory, worker):
@@ -554,3 +582,73 @@ def test_the_probe_reference_is_full_fp32_whatever_the_user_set(monkeypatch):
         torch.set_float32_matmul_precision(held)
     assert seen[0] == (torch.float32, "highest")
     assert all(precision == "high" for _, precision in seen[1:])
+
+
+def _wrong_past_the_first_layer_norm_program(real):
+    def kernel(x, *args, **kwargs):
+        out = real(x, *args, **kwargs)
+        rows = ln_kernel.launch_config(x.shape[-1], x.element_size())[1]
+        out.view(-1, x.shape[-1])[rows:] *= 1.04  # every program but the first
+        return out
+
+    return kernel
+
+
+def _wrong_past_the_first_column_block(real):
+    def kernel(x, *args, **kwargs):
+        out = real(x, *args, **kwargs)
+        out[..., act_kernel.launch_config(x.shape[-1])[1]:] += 0.04
+        return out
+
+    return kernel
+
+
+def _query_tile() -> int:
+    from rembert_fast.kernels import attention as attention_kernel
+
+    return attention_kernel.INTERPRETER_CONFIG.kwargs["BLOCK_M"]
+
+
+def _wrong_past_the_first_query_tile_varlen(real):
+    def kernel(q, k, v, cu_seqlens_q, *args, **kwargs):
+        out = real(q, k, v, cu_seqlens_q, *args, **kwargs)
+        for start, end in zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist(), strict=True):
+            out[start + _query_tile():end] *= 1.04
+        return out
+
+    return kernel
+
+
+def _wrong_past_the_first_query_tile_padded(real):
+    def kernel(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out[:, _query_tile():] *= 1.04
+        return out
+
+    return kernel
+
+
+WRONG_IN_A_LATER_TILE = {
+    "layer_norm rows": ("layer_norm", "layer_norm", "layer_norm", _wrong_past_the_first_layer_norm_program),
+    "linear+layer_norm rows": ("layer_norm", "layer_norm", "linear_residual_layer_norm",
+                               _wrong_past_the_first_layer_norm_program),
+    "bias_act columns": ("activation", "bias_act", "bias_act[gelu]", _wrong_past_the_first_column_block),
+    "linear+bias_act columns": ("activation", "bias_act", "linear_bias_act[gelu]",
+                                _wrong_past_the_first_column_block),
+    "attention query tiles": ("attention", "attention_varlen", "attention",
+                              _wrong_past_the_first_query_tile_varlen),
+    "padded attention query tiles": ("attention", "attention_padded", "attention_padded",
+                                     _wrong_past_the_first_query_tile_padded),
+}
+
+
+@pytest.mark.parametrize("module,launcher,op,wrong", WRONG_IN_A_LATER_TILE.values(),
+                         ids=WRONG_IN_A_LATER_TILE.keys())
+def test_a_kernel_wrong_only_in_a_later_tile_fails_its_probe(fresh, monkeypatch, module, launcher, op, wrong):
+    # The probe's input spans two programs or more along every tiled dimension (architecture: dispatch),
+    # so a kernel right in its first tile and wrong after it never serves.
+    import importlib
+
+    kernels = importlib.import_module(f"rembert_fast.kernels.{module}")
+    monkeypatch.setattr(kernels, launcher, wrong(getattr(kernels, launcher)))
+    assert "max error" in (probe.run_probe(op, torch.device("cpu"), torch.float32) or "passed")

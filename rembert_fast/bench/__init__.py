@@ -3,6 +3,7 @@
 End to end, on the same weights and the same inputs, in one run:
 - ``rembert_fast``           rembert_fast's RemBertModel (the packed fast path);
 - ``rembert_fast+graphs``    the same model through `CudaGraphRunner` (CUDA only);
+- ``rembert_fast+compile``   `torch.compile(rembert_fast model, dynamic=True)`;
 - ``transformers+optimize``  a transformers RemBertModel after `rembert_fast.optimize`;
 - ``transformers``           transformers' RemBertModel, eager (the reference every ratio is against);
 - ``torch.compile``          `torch.compile(transformers model)`, default mode;
@@ -22,7 +23,9 @@ forward over the real tokens only, padding is not useful work) and that as a fra
 
 Timing: the median of `--iters` calls after the first call (whose output is checked and whose time,
 holding compilation and autotuning, is reported separately) and `--warmup` more calls (CUDA events
-on GPU, `perf_counter` on CPU). Results go
+on GPU, `perf_counter` on CPU). With `--stream N` a variable-length case is N batches of different
+lengths and a call is one pass over them; the first pass's time (`first_call_s` + `first_pass_s`, the
+table's "1st s") holds every compilation the stream causes. Results go
 to a table on stdout and a JSON file (device, date, git commit, versions, one entry per row).
 
 Run time: torch.compile (dynamic=False) compiles the 32-layer model once per dtype, input shape and

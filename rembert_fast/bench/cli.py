@@ -25,6 +25,7 @@ from rembert_fast.bench import train as train_bench
 from rembert_fast.bench.e2e import (
     COMPILE_IMPLS,
     DTYPE_NAMES,
+    FAST_COMPILE_IMPL,
     HF_IMPLS,
     IMPLS,
     LENGTH_MODES,
@@ -93,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fixed (every sequence full) and/or variable (uniform 32..seq)")
     cases.add_argument("--shapes", type=_shapes, metavar="BxL[:MODE],...",
                        help="explicit cases instead of batch-sizes x seq-lens x lengths")
+    cases.add_argument("--stream", type=int, default=1, metavar="N",
+                       help="each variable-length case is N batches of its padded shape with different "
+                       "lengths, timed as one pass over all N (default: 1)")
     impl = parser.add_argument_group("implementations")
     impl.add_argument("--impls", type=_name_list(IMPLS + train_bench.TRAIN_IMPLS[2:]),
                       help=f"comma list from: {', '.join(IMPLS)} (default: all that apply to the device); "
@@ -153,10 +157,13 @@ def resolve(args: argparse.Namespace, device: torch.device, have_hf: bool) -> di
     if args.impls:
         impls = list(args.impls)
     else:
+        compiles = on_gpu or args.compile
         impls = ["rembert_fast"]
-        if on_gpu:
-            impls += ["rembert_fast+graphs", "transformers+optimize"]
-        impls += ["transformers", *COMPILE_IMPLS] if (on_gpu or args.compile) else ["transformers"]
+        impls += ["rembert_fast+graphs"] if on_gpu else []
+        impls += [FAST_COMPILE_IMPL] if compiles else []
+        impls += ["transformers+optimize"] if on_gpu else []
+        impls += ["transformers"]
+        impls += [i for i in COMPILE_IMPLS if i != FAST_COMPILE_IMPL] if compiles else []
     if args.no_compile:
         impls = [i for i in impls if i not in COMPILE_IMPLS]
     if args.no_max_autotune:
@@ -227,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.threads is not None and args.threads <= 0:
             raise ValueError(f"--threads {args.threads} must be a positive number of threads")
+        if args.stream <= 0:
+            raise ValueError(f"--stream {args.stream} must be a positive number of batches")
         plan = resolve(args, device, have_hf)
         config_dict = _config_dict(args)
         check_layers(plan["layers"], config_dict["num_hidden_layers"])
@@ -276,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
                   "num_attention_heads": model_config.num_attention_heads},
         "settings": {"warmup": plan["warmup"], "iters": plan["iters"], "seed": args.seed,
                      "impls": plan["impls"], "dtypes": plan["dtypes"], "threads": torch.get_num_threads(),
+                     "stream": args.stream,
                      "reference": REFERENCE_IMPL if have_hf else None,
                      "error_reference": "transformers float32" if have_hf else None},
         "notes": plan["notes"],
@@ -304,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
                                          plan["iters"]) for d in plan["dtypes"]})
         rows = bench_e2e(hf_master, fast_master, plan["impls"], plan["dtypes"], plan["shapes"], device,
                          plan["warmup"], plan["iters"], args.seed, progress, result["gemm_peak"],
-                         on_shape=lambda so_far: save(rows=so_far, dispatch=_dispatch_record()))
+                         on_shape=lambda so_far: save(rows=so_far, dispatch=_dispatch_record()),
+                         stream=args.stream)
         kernels = (bench_kernels(model_config, plan["dtypes"], plan["shapes"], device,
                                  max(1, plan["warmup"]), plan["iters"], progress) if plan["kernels"] else [])
     finally:

@@ -2,6 +2,11 @@
 callable per implementation, and the rows: first call checked against transformers in float32,
 warm-up, timed calls interleaved across implementations, then tokens/s, model TFLOP/s, the ratio to
 transformers eager and whether the output agrees.
+
+A variable-length case can be a stream of batches (`--stream N`): N batches of one padded shape with
+different lengths, as a batch job or a server meets them; one timed call is a pass over all N, so an
+implementation that recompiles for a new token count pays for it. The first pass (after the checked
+first call) is untimed and reported apart as `first_pass_s`: it holds any compilation the stream causes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from rembert_fast.cuda_graphs import CudaGraphRunner
 IMPLS = (
     "rembert_fast",
     "rembert_fast+graphs",
+    "rembert_fast+compile",
     "transformers+optimize",
     "transformers",
     "torch.compile",
@@ -31,7 +37,8 @@ IMPLS = (
 )
 REFERENCE_IMPL = "transformers"
 HF_IMPLS = ("transformers+optimize", "transformers", "torch.compile", "torch.compile(max-autotune)")
-COMPILE_IMPLS = ("torch.compile", "torch.compile(max-autotune)")
+FAST_COMPILE_IMPL = "rembert_fast+compile"  # torch.compile(rembert_fast model, dynamic=True)
+COMPILE_IMPLS = (FAST_COMPILE_IMPL, "torch.compile", "torch.compile(max-autotune)")
 DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
                "bf16": "bfloat16", "bfloat16": "bfloat16"}
 LENGTH_MODES = ("fixed", "variable")
@@ -121,6 +128,14 @@ def make_inputs(shape: Shape, vocab_size: int, device: torch.device, seed: int
     return ids.to(device), mask.to(device)
 
 
+def make_batches(shape: Shape, vocab_size: int, device: torch.device, seed: int, stream: int
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The case's inputs: one batch, or for a variable-length case `stream` batches of the same padded
+    shape with different lengths (seeds `seed`, `seed + 1`, ...)."""
+    count = stream if shape.lengths == "variable" else 1
+    return [make_inputs(shape, vocab_size, device, seed + i) for i in range(count)]
+
+
 # ----------------------------------------------------------------------------------------- end to end
 def _make_callable(impl: str, hf_model: Any | None, fast_model: Any | None
                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -140,6 +155,11 @@ def _make_callable(impl: str, hf_model: Any | None, fast_model: Any | None
         return lambda ids, mask: patched(input_ids=ids, attention_mask=mask).last_hidden_state
     if impl == "transformers":
         return lambda ids, mask: hf_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    if impl == FAST_COMPILE_IMPL:
+        # dynamic=True: the token count and the longest sequence stay symbolic (architecture: the
+        # packed path under torch.compile), so one compilation serves a stream of batches.
+        compiled_fast = torch.compile(fast_model, dynamic=True)
+        return lambda ids, mask: compiled_fast(input_ids=ids, attention_mask=mask).last_hidden_state
     mode = "max-autotune" if impl == "torch.compile(max-autotune)" else None
     compiled = torch.compile(hf_model, mode=mode, dynamic=False)
     return lambda ids, mask: compiled(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -178,10 +198,12 @@ def _prepare_compile() -> None:
 def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], dtypes: list[str],
               shapes: list[Shape], device: torch.device, warmup: int, iters: int, seed: int,
               progress: Any, gemm_peaks: dict[str, dict[str, Any]] | None = None,
-              on_shape: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+              on_shape: Callable[[list[dict[str, Any]]], None] | None = None,
+              stream: int = 1) -> list[dict[str, Any]]:
     """One row per (dtype, shape, impl); see the module docstring. `gemm_peaks` maps a dtype name to
     `gemm_peak`'s result, for each row's fraction of it; `on_shape` gets the rows so far after each
-    shape (to save them before a time limit can cut the run off)."""
+    shape (to save them before a time limit can cut the run off); `stream` batches make up each
+    variable-length case."""
     rows: list[dict[str, Any]] = []
     config = (hf_master if hf_master is not None else fast_master).config
     ref32 = copy.deepcopy(hf_master).to(device) if hf_master is not None else None
@@ -199,14 +221,16 @@ def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], 
             except Exception as err:  # an impl that cannot be built is reported, the others still run
                 fns[impl] = err
         for shape in shapes:
-            ids, mask = make_inputs(shape, config.vocab_size, device, seed)
+            batches = make_batches(shape, config.vocab_size, device, seed, stream)
+            ids, mask = batches[0]
             progress.set_description(f"{dtype_name} {shape.label}")
             with torch.inference_mode():
                 ref = None if ref32 is None else ref32(input_ids=ids, attention_mask=mask).last_hidden_state
-                results = _bench_shape(fns, ids, mask, ref, device, warmup, iters)
+                results = _bench_shape(fns, batches, ref, device, warmup, iters)
+            lengths = [n for _, m in batches for n in m.sum(dim=1).tolist()]
             case = {"kind": "e2e", "dtype": dtype_name, "batch": shape.batch, "seq": shape.seq,
-                    "lengths": shape.lengths, "real_tokens": int(mask.sum()),
-                    "padded_tokens": shape.batch * shape.seq}
+                    "lengths": shape.lengths, "stream_batches": len(batches), "real_tokens": sum(lengths),
+                    "padded_tokens": len(batches) * shape.batch * shape.seq}
             shape_rows = [{**case, "impl": impl, **results[impl]} for impl in impls]
             for row in shape_rows:
                 runner = getattr(fns[row["impl"]], "runner", None)
@@ -214,7 +238,7 @@ def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], 
                     row["graphs"] = graph_status(runner, mask)
             peak = (gemm_peaks or {}).get(dtype_name)
             _judge(shape_rows, dtype_name, results.get(REFERENCE_IMPL, {}).get("max_abs_err"),
-                   model_flops(config, mask.sum(dim=1).tolist()), peak["tflop_per_s"] if peak else None)
+                   model_flops(config, lengths), peak["tflop_per_s"] if peak else None)
             rows += shape_rows
             progress.update(len(impls))
             if on_shape is not None:
@@ -223,30 +247,38 @@ def bench_e2e(hf_master: Any | None, fast_master: Any | None, impls: list[str], 
     return rows
 
 
-def _bench_shape(fns: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor | None,
-                 device: torch.device, warmup: int, iters: int) -> dict[str, dict[str, Any]]:
-    """Every implementation on one input: first call (checked), warm-up, then timed calls interleaved
-    across implementations, so a change in the machine's load hits them all alike."""
+def _bench_shape(fns: dict[str, Any], batches: list[tuple[torch.Tensor, torch.Tensor]],
+                 ref: torch.Tensor | None, device: torch.device, warmup: int, iters: int
+                 ) -> dict[str, dict[str, Any]]:
+    """Every implementation on one case: first call on the first batch (checked against `ref`), the
+    rest of a first pass over the batches, warm-up, then timed passes interleaved across
+    implementations, so a change in the machine's load hits them all alike."""
+    ids, mask = batches[0]
     results: dict[str, dict[str, Any]] = {}
     live: dict[str, Callable[[], Any]] = {}
     for impl, fn in fns.items():
         if isinstance(fn, Exception):
             results[impl] = {"status": f"error: {type(fn).__name__}: {fn}"}
             continue
-        call = functools.partial(fn, ids, mask)
+        call = functools.partial(_run_all, fn, batches)
         try:
             t0 = time.perf_counter()
-            out = call()
+            out = fn(ids, mask)
             timing.sync(device)
             first_call_s = time.perf_counter() - t0
             error = _max_error(out, ref, mask) if ref is not None else None
             del out
+            t0 = time.perf_counter()
+            _run_all(fn, batches[1:])
+            timing.sync(device)
+            first_pass_s = time.perf_counter() - t0
             for _ in range(warmup):
                 call()
         except Exception as err:  # one failing implementation must not hide the others' numbers
             results[impl] = {"status": f"error: {type(err).__name__}: {err}"}
             continue
-        results[impl] = {"status": "ok", "first_call_s": round(first_call_s, 4), "max_abs_err": error}
+        results[impl] = {"status": "ok", "first_call_s": round(first_call_s, 4),
+                         "first_pass_s": round(first_pass_s, 4), "max_abs_err": error}
         live[impl] = call
     times: dict[str, list[float]] = {impl: [] for impl in live}
     timing.sync(device)
@@ -262,6 +294,12 @@ def _bench_shape(fns: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, ref
                              max_ms=max(times[impl]), iters=iters,
                              peak_activation_mb=timing.peak_activation_mb(call, device))
     return results
+
+
+def _run_all(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+             batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for ids, mask in batches:
+        fn(ids, mask)
 
 
 def _judge(rows: list[dict[str, Any]], dtype_name: str, hf_error: float | None, flops: int,

@@ -9,10 +9,13 @@ from typing import Any
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The end-to-end rows as a fixed-width text table."""
     head = (f"{'impl':<28} {'dtype':<9} {'shape':<16} {'real tok':>9} {'median ms':>10} {'tok/s':>11} "
-            f"{'vs hf':>6} {'TFLOP/s':>8} {'of GEMM':>7} {'act MiB':>8} {'max err':>9} {'ok':>3}")
+            f"{'vs hf':>6} {'TFLOP/s':>8} {'of GEMM':>7} {'act MiB':>8} {'max err':>9} {'ok':>3} "
+            f"{'1st s':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = f"{r['batch']}x{r['seq']} {r['lengths'][:3]}"
+        if r.get("stream_batches", 1) > 1:
+            shape += f" x{r['stream_batches']}"
         if r["status"] != "ok":
             lines.append(f"{r['impl']:<28} {r['dtype']:<9} {shape:<16} {r['status']}")
             continue
@@ -21,9 +24,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         err = "-" if r["max_abs_err"] is None else f"{r['max_abs_err']:.1e}"
         ok = "-" if r["agrees"] is None else ("yes" if r["agrees"] else "NO")
         of_gemm = "-" if r.get("fraction_of_gemm_peak") is None else f"{r['fraction_of_gemm_peak']:.0%}"
+        first = r["first_call_s"] + r.get("first_pass_s", 0.0)  # compilation, capture, first-use checks
         lines.append(f"{r['impl']:<28} {r['dtype']:<9} {shape:<16} {r['real_tokens']:>9} "
                      f"{r['median_ms']:>10.2f} {r['tokens_per_s']:>11.0f} {ratio:>6} "
-                     f"{r.get('model_tflop_per_s', 0.0):>8.1f} {of_gemm:>7} {peak:>8} {err:>9} {ok:>3}")
+                     f"{r.get('model_tflop_per_s', 0.0):>8.1f} {of_gemm:>7} {peak:>8} {err:>9} {ok:>3} "
+                     f"{first:>7.1f}")
         if r.get("graphs", "replayed") != "replayed":
             lines.append(f"  ^ {r['graphs']}")
     return "\n".join(lines)

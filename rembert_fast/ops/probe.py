@@ -1,5 +1,12 @@
 """Probes: run one fused op and its eager reference on a small random input and say whether they agree.
 
+The input is sized from the launch's tiling, so that a kernel wrong only past its first tile fails: two
+programs or more along every dimension the grid tiles, the last one partial (rows of LayerNorm, rows and
+column blocks of bias + activation, rows of the embedding, heads), and for attention three sequences of
+uneven lengths, the longest one and a half times the largest block the launch may pick (two query
+programs and two key tiles), the others shorter than a tile. Still small: the probe's cost is the
+kernel's compile.
+
 A probe compares the fused kernel's output on a fixed-seed input with an fp32 reference of the same
 inputs (its matmuls in full fp32, TF32 off whatever the user set); it passes where the kernel's max
 error is at most twice the same-dtype eager error plus a floor (the error a correct kernel cannot avoid:
@@ -14,6 +21,7 @@ an activation are probed per activation: `op[activation]` (e.g. "bias_act[gelu]"
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -21,11 +29,35 @@ import torch
 import torch.nn.functional as F
 
 from rembert_fast import extension
+from rembert_fast.kernels._launch import interpreting
 from rembert_fast.ops import competitors, reference, registry
 from rembert_fast.ops.contract import ACTIVATIONS
 
-_ROWS, _WIDTH = 8, 96  # the probe's class of input: small, a width that is not a power of two
-_HEADS, _HEAD_DIM, _LENGTHS = 2, 64, (5, 9)
+_WIDTH = 96  # LayerNorm and embedding width: not a power of two, one block wide
+_HEADS, _HEAD_DIM = 2, 64
+_EMBED_ROWS_PER_BLOCK = 4  # the extension's launch: a warp per row, 4 warps a block (csrc/embed_kernel.cu)
+
+
+def _tiled(per_program: int) -> int:
+    """A length covering one full program of `per_program` and an uneven part of a second."""
+    return per_program + per_program // 2 + 1
+
+
+def _bias_act_width(kernel) -> int:
+    """The narrowest width above _WIDTH, not a multiple of 16, that the bias + activation launch splits
+    into two column blocks or more."""
+    return next(n for n in itertools.count(_WIDTH + 1)
+                if n % 16 and n > kernel.launch_config(n)[1])
+
+
+def _attention_lengths() -> tuple[int, int, int]:
+    """Three uneven sequence lengths from the attention launch's largest block (the interpreter's
+    config, else the largest any autotuned config may pick): one and a half tiles, then two under one."""
+    from rembert_fast.kernels import attention as kernel
+
+    configs = [kernel.INTERPRETER_CONFIG] if interpreting() else kernel.CONFIGS
+    tile = max(max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in configs)
+    return _tiled(tile), tile // 2 + 3, tile // 4 + 2
 
 
 def _rand(gen: torch.Generator, *shape: int) -> torch.Tensor:
@@ -35,8 +67,9 @@ def _rand(gen: torch.Generator, *shape: int) -> torch.Tensor:
 def _layer_norm_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     from rembert_fast.kernels import layer_norm as kernel
 
-    args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH), _rand(gen, _WIDTH), 1e-12,
-            _rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH))
+    rows = _tiled(kernel.launch_config(_WIDTH, 4)[1])  # the rows a program takes do not depend on dtype
+    args = (_rand(gen, rows, _WIDTH), _rand(gen, _WIDTH), _rand(gen, _WIDTH), 1e-12,
+            _rand(gen, rows, _WIDTH), _rand(gen, _WIDTH))
 
     def variants(fn: Callable) -> Callable:  # with bias, residual and x_bias, then with none of them
         return lambda x, w, b, eps, res, xb: torch.cat([fn(x, w, b, eps, res, xb), fn(x, w, None, eps)])
@@ -54,17 +87,18 @@ def _bias_act_case(gen: torch.Generator, activations: tuple[str, ...] = ACTIVATI
     def every_activation(fn: Callable) -> Callable:  # each activation, with and without a bias
         return lambda x, b: torch.cat([fn(x, bias, act) for act in activations for bias in (b, None)])
 
-    args = (2 * _rand(gen, _ROWS, _WIDTH), _rand(gen, _WIDTH))
+    width = _bias_act_width(kernel)
+    args = (2 * _rand(gen, _tiled(kernel.launch_config(width)[0]), width), _rand(gen, width))
     return args, every_activation(lambda *a: kernel.bias_act(*a)), every_activation(reference.bias_act_ref)
 
 
 def _attention_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     from rembert_fast.kernels import attention as kernel
 
-    total = sum(_LENGTHS)
-    cu = torch.tensor([0, _LENGTHS[0], total], dtype=torch.int32)
-    qkv = [_rand(gen, total, _HEADS, _HEAD_DIM) for _ in range(3)]
-    args = (*qkv, cu, cu, max(_LENGTHS), max(_LENGTHS))
+    lengths = _attention_lengths()
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    qkv = [_rand(gen, sum(lengths), _HEADS, _HEAD_DIM) for _ in range(3)]
+    args = (*qkv, cu, cu, max(lengths), max(lengths))
 
     def both(fn: Callable) -> Callable:  # without and with the causal mask
         return lambda *a: torch.cat([fn(*a), fn(*a, True)])
@@ -75,9 +109,9 @@ def _attention_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
 def _attention_padded_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     from rembert_fast.kernels import attention as kernel
 
-    length = max(_LENGTHS)
-    qkv = [_rand(gen, len(_LENGTHS), length, _HEADS, _HEAD_DIM) for _ in range(3)]
-    mask = torch.arange(length)[None, :] < torch.tensor(_LENGTHS)[:, None]
+    lengths = _attention_lengths()
+    qkv = [_rand(gen, len(lengths), max(lengths), _HEADS, _HEAD_DIM) for _ in range(3)]
+    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
 
     def fused(q, k, v, m):  # without and with the causal mask
         return torch.cat([kernel.attention_padded(q, k, v, m), kernel.attention_padded(q, k, v, m, True)])
@@ -90,8 +124,9 @@ def _attention_padded_case(gen: torch.Generator) -> tuple[tuple, Callable, Calla
 
 
 def _embed_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
-    ids = torch.randint(0, 50, (_ROWS,), generator=gen)
-    args = (ids, torch.arange(_ROWS), ids % 2, _rand(gen, 50, _WIDTH), _rand(gen, _ROWS, _WIDTH),
+    rows = _tiled(_EMBED_ROWS_PER_BLOCK)
+    ids = torch.randint(0, 50, (rows,), generator=gen)
+    args = (ids, torch.arange(rows), ids % 2, _rand(gen, 50, _WIDTH), _rand(gen, rows, _WIDTH),
             _rand(gen, 2, _WIDTH), _rand(gen, _WIDTH), _rand(gen, _WIDTH), 1e-12, _rand(gen, 48, _WIDTH),
             _rand(gen, 48))
 
@@ -111,7 +146,9 @@ def _linear_bias_act_case(gen: torch.Generator, activations: tuple[str, ...] = A
     def every_activation(fn: Callable) -> Callable:  # the GEMM then each activation
         return lambda x, w, b: torch.cat([fn(x, w, b, act) for act in activations])
 
-    args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, 48, _WIDTH) / 8, _rand(gen, 48))
+    width = _bias_act_width(kernel)  # the GEMM's output: the epilogue's input
+    args = (_rand(gen, _tiled(kernel.launch_config(width)[0]), _WIDTH), _rand(gen, width, _WIDTH) / 8,
+            _rand(gen, width))
     return (args, every_activation(lambda x, w, b, act: kernel.bias_act(F.linear(x, w), b, act)),
             every_activation(lambda x, w, b, act: reference.bias_act_ref(F.linear(x, w, b), None, act)))
 
@@ -119,8 +156,9 @@ def _linear_bias_act_case(gen: torch.Generator, activations: tuple[str, ...] = A
 def _linear_residual_layer_norm_case(gen: torch.Generator) -> tuple[tuple, Callable, Callable]:
     from rembert_fast.kernels import layer_norm as kernel
 
-    args = (_rand(gen, _ROWS, _WIDTH), _rand(gen, 48, _WIDTH) / 8, _rand(gen, 48), _rand(gen, _ROWS, 48),
-            _rand(gen, 48), _rand(gen, 48))
+    rows = _tiled(kernel.launch_config(_WIDTH, 4)[1])
+    args = (_rand(gen, rows, _WIDTH), _rand(gen, _WIDTH, _WIDTH) / 8, _rand(gen, _WIDTH),
+            _rand(gen, rows, _WIDTH), _rand(gen, _WIDTH), _rand(gen, _WIDTH))
     return (args, lambda x, w, b, res, lw, lb: kernel.layer_norm(F.linear(x, w), lw, lb, 1e-12, res, b),
             lambda x, w, b, res, lw, lb: reference.layer_norm_ref(F.linear(x, w, b), lw, lb, 1e-12, res))
 
@@ -165,7 +203,8 @@ def _valid_rows(op: str, out: torch.Tensor) -> torch.Tensor:
     """The probe's rows a kernel must write: attention_padded's padding queries are unspecified."""
     if op != "attention_padded":
         return out
-    return torch.cat([out[b, :_LENGTHS[b % len(_LENGTHS)]] for b in range(out.shape[0])])
+    lengths = _attention_lengths()
+    return torch.cat([out[b, :lengths[b % len(lengths)]] for b in range(out.shape[0])])
 
 
 @contextlib.contextmanager

@@ -7,8 +7,9 @@ error or launch error disables that path for the key with one warning naming op,
 eager path serves it. The per-bucket choices the dispatch measures (`rembert_fast.ops.measure`) are kept
 beside the verdicts (`held_choice`, `record_choice`), each under its `CallClass.name`. Both persist
 in a JSON cache, one file per GPU, stamped with the GPU, CUDA/driver, torch and triton versions and a
-hash of the kernel sources; a file that is corrupt, truncated or stamped otherwise is ignored with one
-warning and rewritten (temp file + os.replace, under an fcntl lock).
+hash of the kernel sources; a file that cannot be read (bad bytes, truncated, a directory in its
+place, permission denied), is not the cache's layout or is stamped otherwise is ignored with one warning
+and rewritten (temp file + os.replace, under an fcntl lock): never an exception.
 
 `$REMBERT_FAST_TUNE`: `on` (default), `off` (no probe; fused paths trusted), `force` (ignore the cache,
 probe again once per process). `$REMBERT_FAST_CACHE`: the cache directory (default
@@ -24,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import warnings
@@ -123,18 +125,20 @@ def cache_path(device_type: str) -> Path:
 
 
 def _read_tables(path: Path, key: dict[str, Any]) -> tuple[dict[str, str | None], dict[str, dict[str, Any]]]:
-    """(verdicts, choices) in `path` if it holds this key's; empty (one warning) for a corrupt or foreign
-    file."""
+    """(verdicts, choices) in `path` if it holds this key's; empty, with one warning, for a file that
+    cannot be read (a directory in its place, permission denied), is not UTF-8 JSON of the cache's
+    layout (bad bytes, truncated, nested past the parser's depth) or is stamped for another key. Never
+    raises: the caller rewrites the file."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return {}, {}
     except OSError as error:
-        warnings.warn(f"rembert_fast: tuning cache {path} cannot be read ({error}); probing again",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"rembert_fast: tuning cache {path} cannot be read ({error}); ignoring it and "
+                      "rewriting it", RuntimeWarning, stacklevel=3)
         return {}, {}
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict) or not isinstance(data.get("verdicts"), dict):
             raise ValueError("no 'verdicts' table")
         verdicts = {str(k): (None if v is None else str(v)) for k, v in data["verdicts"].items()}
@@ -143,9 +147,10 @@ def _read_tables(path: Path, key: dict[str, Any]) -> tuple[dict[str, str | None]
                 isinstance(c, dict) and isinstance(c.get("choice"), str) and isinstance(c.get("ms"), dict)
                 for c in choices.values()):
             raise ValueError("a malformed 'choices' table")
-    except (ValueError, TypeError, AttributeError) as error:
-        warnings.warn(f"rembert_fast: tuning cache {path} is corrupt ({error}); ignoring it and "
-                      "rewriting it", RuntimeWarning, stacklevel=3)
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; json raises RecursionError past its depth
+    except (ValueError, TypeError, AttributeError, RecursionError) as error:
+        warnings.warn(f"rembert_fast: tuning cache {path} is corrupt ({type(error).__name__}: "
+                      f"{str(error)[:200]}); ignoring it and rewriting it", RuntimeWarning, stacklevel=3)
         return {}, {}
     if data.get("key") != key:
         warnings.warn(f"rembert_fast: tuning cache {path} is for another GPU, driver or kernel version "
@@ -175,6 +180,10 @@ def write_cache(path: Path, key: dict[str, Any], verdicts: dict[str, str | None]
                           sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
+            if path.is_dir() and not path.is_symlink():
+                # A directory where the cache file belongs (warned about when read) would make the
+                # replace fail on every write: the file's name is rembert_fast's, so it goes.
+                shutil.rmtree(path)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
