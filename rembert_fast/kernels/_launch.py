@@ -1,5 +1,6 @@
 """What every kernel launcher needs besides its kernel: the interpreter flag, the output buffer, the
-(M, N) row view and the device guard. Needs no Triton, so `rembert_fast.ops` may import it anywhere.
+(M, N) row view, the device guard and the backward's row-program count. Needs no Triton, so
+`rembert_fast.ops` may import it anywhere.
 
 Launchers trust their callers (`rembert_fast.ops` validates every argument with the value named);
 they check only what their kernel itself cannot take.
@@ -41,3 +42,21 @@ def on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Make `t`'s CUDA device the current one for a launch (Triton launches on the current device, not
     the tensors': a model on cuda:1 in a process whose current device is cuda:0 would fault)."""
     return torch.cuda.device(t.device.index if t.is_cuda else -1)
+
+
+BWD_PROGRAMS_PER_SM = 4  # backward programs per SM: enough to hide latency, few partial rows to reduce
+INTERPRETER_BWD_PROGRAMS = 2  # under the interpreter: small, and more than one, so the reduce is exercised
+
+
+def backward_programs(m: int, rows: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows_per_program) of a row-tiled backward over `m` rows in tiles of `rows` whose column
+    gradients are reduced in two stages: at most BWD_PROGRAMS_PER_SM per SM, each walking a contiguous
+    run of whole tiles."""
+    tiles = -(-m // rows)
+    if device.type == "cuda":
+        limit = BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        limit = INTERPRETER_BWD_PROGRAMS if interpreting() else 1
+    programs = max(min(tiles, limit), 1)
+    tiles_per_program = -(-tiles // programs)
+    return -(-tiles // max(tiles_per_program, 1)), tiles_per_program * rows

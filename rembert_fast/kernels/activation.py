@@ -42,7 +42,7 @@ Backward (``bias_act_backward``): dx = dy * act'(z), the pre-activation z recomp
 Its grid is ``(programs, cdiv(N, BLOCK_N))`` with the forward's tile: each program walks a contiguous
 run of row tiles of one column block and keeps its column sums in fp32 registers, stores one partial
 row, and one ``sum(0)`` over the partial rows finishes d bias (a two-stage reduction; the number of
-row programs is ``layer_norm.backward_programs``' rule, a few per SM).
+row programs is ``_launch.backward_programs``' rule, a few per SM).
 
 References: Triton tutorial 02-fused-softmax (row-tiled elementwise work); transformers
 ``activations.py`` (the definitions); W. Kahan's expm1 identity (Higham, Accuracy and Stability of
@@ -53,7 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rembert_fast.kernels._launch import on_device_of, output_buffer, rows_view
+from rembert_fast.kernels._launch import backward_programs, on_device_of, output_buffer, rows_view
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "selu")
 _TILE = 4096  # elements per program: 4 warps x 32 elements per thread, 16-byte loads at every dtype
@@ -252,8 +252,6 @@ def bias_act_backward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gradients of `bias_act` on the Triton kernel: (dx in x's shape and dtype, d bias in bias's dtype
     summed in fp32, or None without a bias)."""
-    from rembert_fast.kernels.layer_norm import backward_programs
-
     assert activation in ACTIVATIONS and dy.shape == x.shape and dy.dtype == x.dtype
     n = x.shape[-1]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -35,7 +35,7 @@ Backward (``layer_norm_backward``), per row, with xhat = (h - mean) * rstd and g
 
 The statistics are recomputed from x, x_bias and residual (which the backward reads anyway to form
 xhat), so the forward stores nothing. The column sums are a two-stage fp32 reduction: a fixed number
-of programs (``backward_programs``: four per SM) each walk a contiguous run of rows and accumulate
+of programs (``_launch.backward_programs``: four per SM) each walk a contiguous run of rows and accumulate
 their partial sums in registers, store one (N,) fp32 row each, and one ``sum(0)`` over those rows
 finishes. The backward keeps twice the forward's warps per tile (``backward_launch_config``): it holds
 about twice as many row-sized values per thread, and its column accumulators stay in registers, so it
@@ -51,7 +51,12 @@ import torch
 import triton
 import triton.language as tl
 
-from rembert_fast.kernels._launch import interpreting, on_device_of, output_buffer, rows_view
+from rembert_fast.kernels._launch import (
+    backward_programs,
+    on_device_of,
+    output_buffer,
+    rows_view,
+)
 
 MAX_N = 16384  # widest row held in registers: 16384 fp32 values over 16 warps = 32 per thread
 _MIN_TILE = 2048  # elements per program below which narrow rows are packed together
@@ -59,8 +64,6 @@ _MAX_WARPS = 16
 _WIDE_FP32_BLOCK = 8192  # fp32 rows of this block take 32 warps (see launch_config)
 BACKWARD_MAX_N = 4096  # widest row the backward holds in registers without a spill (compile gate)
 _NARROW_BWD_TILE = 1024
-_BWD_PROGRAMS_PER_SM = 4  # backward programs per SM: enough to hide latency, few partial rows to reduce
-_INTERPRETER_PROGRAMS = 2  # under the interpreter: small, and more than one, so the reduce is exercised
 
 
 @triton.jit(do_not_specialize=["M"])  # the token count changes every batch: one binary for all
@@ -249,19 +252,6 @@ def backward_launch_config(n: int, elem_bytes: int) -> tuple[int, int, int]:
     if block_n <= 16:
         return block_n, _NARROW_BWD_TILE // block_n, 8
     return block_n, rows, min(2 * num_warps, 32)
-
-
-def backward_programs(m: int, rows: int, device: torch.device) -> tuple[int, int]:
-    """(programs, rows_per_program) of the backward over `m` rows in tiles of `rows`: at most
-    _BWD_PROGRAMS_PER_SM per SM, each walking a contiguous run of whole tiles."""
-    tiles = triton.cdiv(m, rows)
-    if device.type == "cuda":
-        limit = _BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        limit = _INTERPRETER_PROGRAMS if interpreting() else 1
-    programs = max(min(tiles, limit), 1)
-    tiles_per_program = triton.cdiv(tiles, programs)
-    return triton.cdiv(tiles, tiles_per_program), tiles_per_program * rows
 
 
 def layer_norm_backward(
