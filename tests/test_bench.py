@@ -363,7 +363,7 @@ def test_graph_status_says_when_a_graphs_row_ran_eagerly():
     row = {"impl": "rembert_fast+graphs", "dtype": "bfloat16", "batch": 2, "seq": 16, "lengths": [12, 5],
            "status": "ok", "real_tokens": 17, "median_ms": 1.0, "tokens_per_s": 17e3,
            "ratio_vs_transformers": 2.0, "peak_activation_mb": 1.0, "max_abs_err": 0.0, "agrees": True,
-           "graphs": "eager: no bucket fits"}
+           "first_call_s": 0.5, "graphs": "eager: no bucket fits"}
     assert bench.format_table([row]).splitlines()[-1] == "  ^ eager: no bucket fits"
     assert "^" not in bench.format_table([{**row, "graphs": "replayed"}])
 
@@ -533,7 +533,8 @@ exec "PYTHON_PATH" "$@"
 def test_gpu_check_records_hold_only_their_own_rows_and_no_later_step_builds_the_extension(tmp_path):
     """A real run with the GPU steps stood in for: the install check fails (no `rembert_fast._C` here),
     so every later step runs with REMBERT_FAST_BUILD_CUDA=0; the tune record holds the two tune tables
-    (bf16 back before fp16 ran), the kernels record the four kernel tables, nothing else."""
+    (bf16 back before fp16 ran), the kernels record the kernel tables (forward and backward), nothing
+    else."""
     import importlib.util
 
     if importlib.util.find_spec("rembert_fast._C") is not None:
@@ -541,7 +542,8 @@ def test_gpu_check_records_hold_only_their_own_rows_and_no_later_step_builds_the
     python = tmp_path / "python"
     python.write_text(_STAND_IN_PYTHON.replace("PYTHON_PATH", sys.executable))
     python.chmod(0o755)
-    skip = "install install_without_extension doctor gpu_tests bench_e2e bench_compile kernel_tests"
+    skip = ("install install_without_extension doctor gpu_tests bench_e2e bench_compile kernel_tests "
+            "training_tests")
     env = dict(os.environ, GPU_CHECK_SKIP=skip, TORCH_CUDA_ARCH_LIST="9.0", PYTHON=str(python))
     env.pop("REMBERT_FAST_BUILD_CUDA", None)
     done = subprocess.run(["bash", str(ROOT / "benches" / "gpu_check.sh"), str(tmp_path / "out")],
@@ -550,13 +552,15 @@ def test_gpu_check_records_hold_only_their_own_rows_and_no_later_step_builds_the
     steps = [line.split("\t")[:2] for line in (tmp_path / "out" / "steps.tsv").read_text().splitlines()[1:]]
     ran = [name for name, status in steps if status == "ok"]
     assert ran == ["install_check_without_extension", "tune_bf16", "tune_fp16", "bench_attention",
-                   "bench_layer_norm", "bench_bias_act", "bench_embed"]
+                   "bench_layer_norm", "bench_bias_act", "bench_embed", "bench_attention_backward",
+                   "bench_layer_norm_backward", "bench_bias_act_backward"]
     (tune,) = (tmp_path / "out").glob("gpu-*-tune.json")
     (kernels,) = (tmp_path / "out").glob("gpu-*-kernels.json")
     tables = json.loads(tune.read_text())["tables"]
     assert sorted(tables) == ["bf16", "fp16"]
     assert all(f"--dtype {dtype} " in table["step"] for dtype, table in tables.items())
     benches = json.loads(kernels.read_text())["benches"]
-    assert sorted(benches) == ["attention", "bias_act", "embed", "layer_norm"]
+    assert sorted(benches) == ["attention", "attention_backward", "bias_act", "bias_act_backward", "embed",
+                               "layer_norm", "layer_norm_backward"]
     assert all(f"benches/bench_{name}.py " in table["step"] for name, table in benches.items())
     assert {t["build_cuda"] for t in [*tables.values(), *benches.values()]} == {"0"}
